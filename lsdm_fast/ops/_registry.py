@@ -1,0 +1,92 @@
+"""Backend registry and dispatch for the hot ops.
+
+Every hot op has one public entry point with `backend=`; implementations register here:
+
+    @register("critic_gradient_penalty", "cpp", available=lambda device: ...)
+    def _impl(...): ...
+
+"auto" picks, for the tensors' device, the first available backend in AUTO_ORDER; when the
+preferred compiled backend is missing it falls back to "torch" with one warning per op.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .._ext import warn_once
+
+BACKENDS = ("torch", "cpp", "triton", "cuda")
+AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")}
+
+
+@dataclass
+class _Impl:
+    fn: Callable
+    available: Callable[[torch.device], bool]
+    why_unavailable: Callable[[], str] | None = None
+
+
+_IMPLS: dict[str, dict[str, _Impl]] = {}
+# backend modules that failed to import: "module name" -> reason
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def register(op: str, backend: str, available: Callable[[torch.device], bool] | None = None,
+             why_unavailable: Callable[[], str] | None = None):
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+    def deco(fn):
+        _IMPLS.setdefault(op, {})[backend] = _Impl(fn, available or (lambda device: True), why_unavailable)
+        return fn
+
+    return deco
+
+
+def available_backends(op: str, device: torch.device | str = "cpu") -> list[str]:
+    device = torch.device(device)
+    return [b for b in BACKENDS if b in _IMPLS.get(op, {}) and _IMPLS[op][b].available(device)]
+
+
+def registered_ops() -> list[str]:
+    return sorted(_IMPLS)
+
+
+def resolve(op: str, backend: str, device: torch.device) -> tuple[str, Callable]:
+    """The backend name and function to run `op` with on `device`."""
+    impls = _IMPLS.get(op)
+    if not impls:
+        raise KeyError(f"no implementation registered for op {op!r}")
+    if backend == "auto":
+        order = AUTO_ORDER.get(device.type, ("torch",))
+        for name in order:
+            impl = impls.get(name)
+            if impl is not None and impl.available(device):
+                if name == "torch" and order[0] != "torch":
+                    warn_once(
+                        f"{op}:{device.type}",
+                        f"lsdm_fast: no compiled backend for {op!r} on {device.type} "
+                        f"(wanted {order[0]!r}); falling back to the pure-PyTorch reference. "
+                        "Build the extension with `pip install --no-build-isolation -e .` "
+                        "and see `lsdm info`.",
+                    )
+                return name, impl.fn
+        raise RuntimeError(f"no backend for {op!r} on {device}")  # torch is always registered
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} for {op}; expected 'auto' or one of {BACKENDS}")
+    impl = impls.get(backend)
+    if impl is None:
+        raise RuntimeError(
+            f"backend {backend!r} is not implemented for {op!r} "
+            f"(implemented: {sorted(impls)}{'; import errors: ' + str(IMPORT_ERRORS) if IMPORT_ERRORS else ''})"
+        )
+    if not impl.available(device):
+        why = impl.why_unavailable() if impl.why_unavailable else ""
+        raise RuntimeError(
+            f"backend {backend!r} for {op!r} is not available for tensors on {device}"
+            + (f": {why}" if why else "")
+            + f"; available here: {available_backends(op, device)}"
+        )
+    return backend, impl.fn

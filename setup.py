@@ -1,0 +1,54 @@
+"""Builds lsdm_fast's C++ extension (always) and its CUDA extension (when torch has CUDA and
+nvcc is found). Install with `pip install --no-build-isolation -e .` so the extension is built
+against the torch that will run it."""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:  # pragma: no cover
+    sys.exit("lsdm_fast: install torch first (CPU: `pip install torch==2.13.0`), then "
+             "`pip install --no-build-isolation -e .`")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def rel(paths):
+    return sorted(os.path.relpath(p, HERE) for p in paths)
+
+
+cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+ext_modules = [
+    CppExtension(
+        "lsdm_fast._C",
+        rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))),
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
+]
+
+cuda_sources = rel(glob.glob(os.path.join(HERE, "kernels", "*.cu")) + glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp")))
+want_cuda = os.environ.get("LSDM_BUILD_CUDA", "auto")
+if want_cuda != "0" and torch.version.cuda and CUDA_HOME and cuda_sources:
+    arch = os.environ.get("LSDM_CUDA_ARCH", "80;90")  # portable Ampere + Hopper
+    gencode = []
+    for a in arch.split(";"):
+        gencode += [f"-gencode=arch=compute_{a},code=sm_{a}"]
+    gencode += [f"-gencode=arch=compute_{arch.split(';')[-1]},code=compute_{arch.split(';')[-1]}"]  # PTX for newer cards
+    ext_modules.append(
+        CUDAExtension(
+            "lsdm_fast._C_cuda",
+            cuda_sources,
+            include_dirs=[os.path.join(HERE, "csrc"), os.path.join(HERE, "kernels")],
+            extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math", *gencode]},
+        )
+    )
+elif want_cuda == "1":
+    sys.exit("lsdm_fast: LSDM_BUILD_CUDA=1 but torch has no CUDA or CUDA_HOME/nvcc is missing")
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
