@@ -27,3 +27,4 @@ __all__ = [
     "critic_gradient_penalty", "critic_score_grad", "encode", "generate", "MLPParams",
     "mlp_forward_reference", "philox_normal",
 ]
+from . import critic_gp_library  # noqa: E402,F401  (registers the lsdm_fast::critic_gp_fused custom op)

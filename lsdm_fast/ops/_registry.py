@@ -64,11 +64,13 @@ def resolve(op: str, backend: str, device: torch.device) -> tuple[str, Callable]
         for name in order:
             impl = impls.get(name)
             if impl is not None and impl.available(device):
-                if name == "torch" and order[0] != "torch":
+                # warn only when a compiled backend exists for this op but cannot run here
+                missing = [b for b in order if b != "torch" and b in impls]
+                if name == "torch" and missing:
                     warn_once(
                         f"{op}:{device.type}",
                         f"lsdm_fast: no compiled backend for {op!r} on {device.type} "
-                        f"(wanted {order[0]!r}); falling back to the pure-PyTorch reference. "
+                        f"(wanted {missing[0]!r}); falling back to the pure-PyTorch reference. "
                         "Build the extension with `pip install --no-build-isolation -e .` "
                         "and see `lsdm info`.",
                     )

@@ -1,0 +1,260 @@
+"""LSDM as an estimator: fit on pairs plus unpaired data, sample in one step, save and load."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import ops
+from .config import LSDMConfig
+from .io import atomic_write_bytes, atomic_write_json
+from .models import MLP, Critic, Generator, build_autoencoder
+from .ops.encode_generate import condition_tensor
+
+FORMAT_VERSION = 1
+
+
+def _as_tensor(a, name: str, dtype=None) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a
+    if dtype is not None:
+        t = t.to(dtype)
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+class LSDM:
+    """Latent Space Distribution Matching.
+
+    >>> model = LSDM(LSDMConfig()).fit(paired_x, paired_y, unpaired_y)
+    >>> images = model.sample(torch.arange(10), n_per_x=8, seed=0)
+
+    paired_x: integer labels (N,) (one-hot conditions) or a float tensor (N, cond_dim).
+    paired_y, unpaired_y: images (N, H, W) or flat (N, D), values in [0, 1].
+    """
+
+    def __init__(self, config: LSDMConfig | None = None):
+        self.config = config or LSDMConfig()
+        self.config.validate()
+        self.encoder = self.decoder = self.generator = self.critic = None
+        self.meta: dict = {}
+        self.history: dict = {}
+
+    # ------------------------------------------------------------------ building
+    def _build(self, data_dim: int, cond_dim: int, image_shape) -> None:
+        a, m = self.config.autoencoder, self.config.matching
+        k = m.noise_dim or a.latent_dim
+        self.encoder, self.decoder = build_autoencoder(a.kind, data_dim, a.latent_dim, a.hidden, image_shape)
+        self.generator = Generator(k, cond_dim, a.latent_dim, m.generator_hidden, m.negative_slope)
+        self.critic = Critic(cond_dim, a.latent_dim, m.critic_hidden, m.negative_slope)
+        self.latent_mean = torch.zeros(a.latent_dim)
+        self.latent_std = torch.ones(a.latent_dim)
+        for mod in self.modules():
+            mod.to(self.device)
+
+    def modules(self):
+        return [self.encoder, self.decoder, self.generator, self.critic]
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.config.device)
+
+    def _conditions(self, x, what: str) -> torch.Tensor:
+        x = _as_tensor(x, what)
+        if self.meta["cond_kind"] == "onehot":
+            if x.is_floating_point():
+                raise ValueError(f"{what}: this model is conditioned on class labels; give integer labels, got {x.dtype}")
+            return condition_tensor(x, self.meta["num_classes"], torch.float32)
+        if not x.is_floating_point() or x.dim() != 2 or x.shape[1] != self.meta["cond_dim"]:
+            raise ValueError(f"{what}: expected a float tensor (N, {self.meta['cond_dim']}), got {x.dtype} {tuple(x.shape)}")
+        return x.float()
+
+    # ------------------------------------------------------------------ training
+    def fit(self, paired_x, paired_y, unpaired_y=None, *, num_classes: int | None = None,
+            progress: bool = True) -> "LSDM":
+        from .stages import train_autoencoder, train_joint_matching
+
+        cfg = self.config
+        py = _as_tensor(paired_y, "paired_y", torch.float32)
+        image_shape = tuple(py.shape[1:]) if py.dim() == 3 else None
+        if py.dim() < 2 or len(py) == 0:
+            raise ValueError(f"paired_y is empty or not a batch (shape {tuple(py.shape)}): LSDM needs at least one "
+                             "(x, y) pair, given as (N, H, W) images or flat (N, D) rows")
+        py = py.flatten(1)
+        uy = torch.zeros(0, py.shape[1]) if unpaired_y is None else _as_tensor(unpaired_y, "unpaired_y", torch.float32)
+        if uy.dim() < 2:
+            raise ValueError(f"unpaired_y must be (M, H, W) or (M, D), got shape {tuple(uy.shape)}")
+        uy = uy.flatten(1)
+        if uy.shape[1] != py.shape[1]:
+            raise ValueError(f"unpaired_y has {uy.shape[1]} values per sample but paired_y has {py.shape[1]}")
+        px = _as_tensor(paired_x, "paired_x")
+        if len(px) != len(py):
+            raise ValueError(f"paired_x has {len(px)} rows but paired_y has {len(py)}")
+        if not px.is_floating_point():
+            ncls = num_classes if num_classes is not None else int(px.max()) + 1
+            self.meta = {"cond_kind": "onehot", "num_classes": ncls, "cond_dim": ncls}
+        else:
+            if px.dim() != 2:
+                raise ValueError(f"paired_x as a float condition must be 2-D (N, cond_dim), got {tuple(px.shape)}")
+            self.meta = {"cond_kind": "tensor", "num_classes": None, "cond_dim": int(px.shape[1])}
+        for name, t in (("paired_y", py), ("unpaired_y", uy)):
+            if t.numel() and (t.min() < 0 or t.max() > 1):
+                raise ValueError(f"{name} must have values in [0, 1], got [{float(t.min()):.3g}, {float(t.max()):.3g}]")
+        self.meta.update(data_dim=int(py.shape[1]), image_shape=image_shape, format_version=FORMAT_VERSION)
+
+        dev = self.device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self._build(py.shape[1], self.meta["cond_dim"], image_shape)
+        rng = torch.Generator(device=dev).manual_seed(cfg.seed)
+        x = self._conditions(px, "paired_x").to(dev)
+        all_y = torch.cat([py, uy]).to(dev)
+
+        t0 = time.perf_counter()
+        ae_losses = train_autoencoder(self.encoder, self.decoder, all_y, cfg.autoencoder, rng, progress)
+        t1 = time.perf_counter()
+        for mod in (self.encoder, self.decoder):
+            mod.eval().requires_grad_(False)  # frozen from here on
+        z_all = self.encode(all_y)
+        self.latent_mean, self.latent_std = z_all.mean(0), z_all.std(0).clamp_min(1e-6)
+        z_pairs = (z_all[: len(py)] - self.latent_mean) / self.latent_std  # pairs come first in all_y
+        match = train_joint_matching(self.generator, self.critic, x, z_pairs, cfg.matching, rng, progress)
+        t2 = time.perf_counter()
+        self.history = {"reconstruction": ae_losses, **match,
+                        "seconds": {"stage1": t1 - t0, "stage2": t2 - t1},
+                        "counts": {"paired": len(py), "unpaired": len(uy)}}
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def _require_fitted(self):
+        if self.generator is None:
+            raise RuntimeError("this LSDM is not fitted: call fit() or LSDM.load(dir) first")
+
+    def encode(self, y, *, backend: str = "auto", batch_size: int = 65536) -> torch.Tensor:
+        """Raw latents E(y) (before stage 2's standardisation)."""
+        if self.encoder is None:
+            raise RuntimeError("this LSDM is not fitted: call fit() or LSDM.load(dir) first")
+        y = _as_tensor(y, "y", torch.float32)
+        y = y.reshape(len(y), -1).to(self.device)
+        if isinstance(self.encoder, MLP):
+            return ops.encode(self.encoder.params(), y, batch_size=batch_size, backend=backend)
+        with torch.no_grad():
+            return torch.cat([self.encoder(y[i:i + batch_size]) for i in range(0, len(y), batch_size)])
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self._require_fitted()
+        with torch.no_grad():
+            return self.decoder(z.to(self.device))
+
+    def _generator_params(self):
+        """Generator with the latent de-standardisation folded into its last layer."""
+        p = self.generator.mlp.params()
+        w, b = p.weights[-1].detach(), p.biases[-1].detach()
+        s, mu = self.latent_std.to(w), self.latent_mean.to(w)
+        weights = [t.detach() for t in p.weights[:-1]] + [w * s[:, None]]
+        biases = [t.detach() for t in p.biases[:-1]] + [b * s + mu]
+        return p._replace(weights=weights, biases=biases)
+
+    def sample(self, x, n_per_x: int = 1, *, seed: int = 0, offset: int = 0, backend: str = "auto",
+               out_dtype: torch.dtype = torch.float32, eta: torch.Tensor | None = None) -> torch.Tensor:
+        """n_per_x samples y ~ P(Y | x) for each condition; rows grouped by condition, flat (N, D).
+
+        Reproducible: the noise of row i is a function of (seed, offset + i) only.
+        """
+        self._require_fitted()
+        if n_per_x < 1:
+            raise ValueError(f"n_per_x must be >= 1, got {n_per_x}")
+        x = _as_tensor(x, "x")
+        x = x.repeat_interleave(n_per_x, 0).to(self.device)
+        if self.meta["cond_kind"] == "onehot":
+            self._conditions(x, "x")  # validates labels
+            cond, ncls = x.long(), self.meta["num_classes"]
+        else:
+            cond, ncls = self._conditions(x, "x"), None
+        gen = self._generator_params()
+        k = self.generator.noise_dim
+        if isinstance(self.decoder, MLP):
+            dec = self.decoder.params()
+            dec = dec._replace(weights=[w.detach() for w in dec.weights], biases=[b.detach() for b in dec.biases])
+            return ops.generate(gen, dec, cond, noise_dim=k, num_classes=ncls, seed=seed, offset=offset,
+                                eta=eta, out_dtype=out_dtype, backend=backend)
+        # conv decoder: generator through the op's reference path, then the module
+        with torch.no_grad():
+            if eta is None:
+                eta = ops.philox_normal(seed, offset, len(cond), k, device=self.device)
+            xc = condition_tensor(cond, ncls, torch.float32)
+            z = ops.mlp_forward_reference(gen, torch.cat([eta, xc], 1))
+            y = self.decoder(z)
+        from .ops.encode_generate import to_out_dtype
+        return to_out_dtype(y, out_dtype)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str) -> str:
+        self._require_fitted()
+        tensors = {}
+        for name, mod in zip(("encoder", "decoder", "generator", "critic"), self.modules()):
+            for k, v in mod.state_dict().items():
+                tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
+        tensors["latent_mean"] = self.latent_mean.detach().cpu().contiguous()
+        tensors["latent_std"] = self.latent_std.detach().cpu().contiguous()
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_bytes(os.path.join(folder, "model.safetensors"), st_save(tensors))
+        meta = {**self.meta, "image_shape": list(self.meta["image_shape"]) if self.meta.get("image_shape") else None}
+        atomic_write_json(os.path.join(folder, "config.json"), {"config": self.config.to_dict(), "meta": meta})
+        hist = {k: v for k, v in self.history.items()}
+        atomic_write_json(os.path.join(folder, "history.json"), hist)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str, device: str | None = None) -> "LSDM":
+        cfg_path, w_path = os.path.join(folder, "config.json"), os.path.join(folder, "model.safetensors")
+        for p in (cfg_path, w_path):
+            if not os.path.exists(p):
+                raise FileNotFoundError(f"{p}: not found; is {folder!r} a folder written by LSDM.save?")
+        try:
+            with open(cfg_path) as fh:
+                blob = json.load(fh)
+            config = LSDMConfig.from_dict(blob["config"])
+            meta = blob["meta"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{cfg_path}: not a valid LSDM config ({exc})") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{cfg_path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+        if device is not None:
+            config.device = device
+        model = cls(config)
+        model.meta = {**meta, "image_shape": tuple(meta["image_shape"]) if meta.get("image_shape") else None}
+        model._build(meta["data_dim"], meta["cond_dim"], model.meta["image_shape"])
+        with open(w_path, "rb") as fh:
+            try:
+                tensors = st_load(fh.read())
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+                raise ValueError(f"{w_path}: cannot read safetensors file ({exc})") from None
+        for name, mod in zip(("encoder", "decoder", "generator", "critic"), model.modules()):
+            sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            try:
+                mod.load_state_dict(sd)
+            except RuntimeError as exc:
+                raise ValueError(f"{w_path}: weights for {name} do not match the config ({exc})") from None
+            mod.to(model.device).eval().requires_grad_(False)
+        model.latent_mean = tensors["latent_mean"].to(model.device)
+        model.latent_std = tensors["latent_std"].to(model.device)
+        hist_path = os.path.join(folder, "history.json")
+        if os.path.exists(hist_path):
+            with open(hist_path) as fh:
+                model.history = json.load(fh)
+        return model

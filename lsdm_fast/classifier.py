@@ -1,0 +1,51 @@
+"""A quick digit classifier, trained on the real training set, that judges whether generated
+samples show the requested class. (The full evaluation suite is a separate piece of work.)"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import trange
+
+
+class Classifier(nn.Module):
+    def __init__(self, data_dim: int, num_classes: int, hidden: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(data_dim, hidden), nn.ReLU(), nn.Dropout(0.2),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.2),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, steps: int = 2000,
+                     batch_size: int = 256, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> Classifier:
+    y = images.reshape(len(images), -1).float()
+    labels = labels.long().to(y.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Classifier(y.shape[1], num_classes).to(y.device)
+    rng = torch.Generator(device=y.device).manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    model.train()
+    for _ in trange(steps, desc="classifier", disable=not progress, leave=False):
+        idx = torch.randint(len(y), (batch_size,), generator=rng, device=y.device)
+        yb = y[idx]
+        loss = F.cross_entropy(model(yb), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: Classifier, images: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+    y = images.reshape(len(images), -1).float()
+    return torch.cat([model(y[i:i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)])
+
+
+def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predict(model, images).cpu() == labels.cpu().long()).float().mean())

@@ -1,0 +1,193 @@
+"""The `lsdm` command: demo, train, sample, info."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _positive(kind):
+    def parse(s):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {s}")
+        return v
+    return parse
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
+    p.add_argument("--out", default=defaults["out"], help="output folder (default: %(default)s)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--latent-dim", type=_positive(int), default=defaults["latent_dim"])
+    p.add_argument("--ae-steps", type=_nonneg_int, default=defaults["ae_steps"], help="stage-1 steps")
+    p.add_argument("--steps", type=_nonneg_int, default=defaults["steps"], help="stage-2 generator steps")
+    p.add_argument("--batch-size", type=_positive(int), default=256)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"],
+                   help="backend of the stage-2 critic step (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lsdm", description="Latent Space Distribution Matching")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train on scikit-learn's 8x8 digits (no files needed) and write "
+                                       "samples.png, losses.png, metrics.json")
+    _add_train_args(demo, {"out": "runs/demo", "latent_dim": 8, "ae_steps": 2000, "steps": 1500})
+    demo.add_argument("--n-per-class", type=_positive(int), default=20)
+
+    tr = sub.add_parser("train", help="train on a folder of MNIST-format IDX files (or 'digits')")
+    tr.add_argument("--data", required=True, help="folder with train-/t10k- images and labels IDX files, or 'digits'")
+    tr.add_argument("--task", choices=["class", "superres"], default="class")
+    tr.add_argument("--factor", type=int, choices=[2, 4], default=4, help="super-resolution pooling factor")
+    g = tr.add_mutually_exclusive_group()
+    g.add_argument("--n-per-class", type=_positive(int), help="pairs per class (default 100)")
+    g.add_argument("--n-pairs", type=_positive(int), help="pairs in total, class-stratified")
+    tr.add_argument("--m-unpaired", type=_nonneg_int, default=None, help="unpaired images (default: all the rest)")
+    tr.add_argument("--ae-kind", choices=["mlp", "conv"], default="mlp")
+    tr.add_argument("--classifier-steps", type=_positive(int), default=2000,
+                    help="steps of the quick judge classifier used for the accuracy metric")
+    tr.add_argument("--eval-per-class", type=_positive(int), default=200)
+    _add_train_args(tr, {"out": "runs/train", "latent_dim": 16, "ae_steps": 6000, "steps": 4000})
+
+    sm = sub.add_parser("sample", help="draw samples from a saved model")
+    sm.add_argument("--model", required=True, help="folder written by train/demo (…/model)")
+    sm.add_argument("--labels", default=None, help="comma-separated class labels (default: every class)")
+    sm.add_argument("--n-per-class", type=_positive(int), default=10)
+    sm.add_argument("--seed", type=_nonneg_int, default=0)
+    sm.add_argument("--out", default="samples.png", help=".png for a grid, .npy for the raw array")
+    sm.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"])
+    sm.add_argument("--device", default=None)
+
+    sub.add_parser("info", help="versions, devices and which backends are available")
+    return parser
+
+
+def _config_from_args(args, ae_kind="mlp"):
+    from .config import AutoencoderConfig, LSDMConfig, MatchingConfig
+
+    return LSDMConfig(
+        autoencoder=AutoencoderConfig(kind=ae_kind, latent_dim=args.latent_dim, steps=args.ae_steps,
+                                      batch_size=args.batch_size,
+                                      hidden=(256, 128) if args.command == "demo" else (512, 256)),
+        matching=MatchingConfig(steps=args.steps, batch_size=args.batch_size, backend=args.backend),
+        seed=args.seed, device=args.device)
+
+
+def cmd_demo(args) -> int:
+    from .pipeline import RunSpec, run
+
+    spec = RunSpec(data="digits", task="class", n_per_class=args.n_per_class, out=args.out,
+                   classifier_steps=1500, progress=not args.quiet, config=_config_from_args(args))
+    m = run(spec)
+    print(f"demo: {m['paired']} pairs + {m['unpaired']} unpaired digits; conditional accuracy of samples "
+          f"{m['conditional_accuracy']:.3f} (classifier on real test digits: {m['classifier_test_accuracy']:.3f}); "
+          f"{m['total_seconds']:.0f} s")
+    print(f"wrote {args.out}/samples.png, {args.out}/losses.png, {args.out}/metrics.json, {args.out}/model/")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .data import load_dataset
+    from .pipeline import RunSpec, run
+
+    if args.data != "digits":  # fail on bad data before any training starts
+        load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    n_per_class = args.n_per_class if (args.n_per_class or args.n_pairs) else 100
+    spec = RunSpec(data=args.data, task=args.task, factor=args.factor,
+                   n_per_class=None if args.n_pairs else n_per_class, n_pairs=args.n_pairs,
+                   m_unpaired=args.m_unpaired, out=args.out, progress=not args.quiet,
+                   classifier_steps=args.classifier_steps, eval_per_class=args.eval_per_class,
+                   config=_config_from_args(args, args.ae_kind))
+    m = run(spec)
+    print(json.dumps({k: v for k, v in m.items() if k not in ("config", "versions")}, indent=2))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from .api import LSDM
+    from .viz import save_grid
+
+    model = LSDM.load(args.model, device=args.device)
+    if model.meta["cond_kind"] != "onehot":
+        raise ValueError("`lsdm sample` draws class-conditional grids; for super-resolution use the Python API "
+                         "(LSDM.load(dir).sample(low_res, n_per_x))")
+    if args.labels is None:
+        labels = list(range(model.meta["num_classes"]))
+    else:
+        try:
+            labels = [int(s) for s in args.labels.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--labels must be comma-separated integers, got {args.labels!r}") from None
+    y = model.sample(torch.tensor(labels), args.n_per_class, seed=args.seed, backend=args.backend).cpu()
+    if args.out.endswith(".npy"):
+        np.save(args.out, y.numpy())
+    else:
+        shape = model.meta["image_shape"] or (int(y.shape[1] ** 0.5),) * 2
+        save_grid(y, args.out, len(labels), args.n_per_class, shape, row_labels=labels)
+    print(f"wrote {len(y)} samples to {args.out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    import torch
+
+    from . import __version__, _ext, ops
+
+    print(f"lsdm_fast {__version__}  python {platform.python_version()}  torch {torch.__version__}")
+    try:
+        import triton
+        print(f"triton {triton.__version__}  (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')})")
+    except ImportError:
+        print("triton: not installed")
+    print(f"CUDA available: {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+    cpu = _ext.cpu_extension()
+    print("C++ extension lsdm_fast._C: " + (json.dumps(cpu.build_info()) if cpu else f"missing ({_ext.load_error('_C')})"))
+    cu = _ext.cuda_extension()
+    print("CUDA extension lsdm_fast._C_cuda: " + ("built" if cu else f"missing ({_ext.load_error('_C_cuda')})"))
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for op in ops.registered_ops():
+        print(f"  {op:26s} " + "  ".join(f"{d}: {ops.available_backends(op, d)}" for d in devices))
+    for mod, why in ops.IMPORT_ERRORS.items():
+        print(f"  backend module {mod} not loaded: {why}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    handler = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command]
+    try:
+        return handler(args)
+    except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"lsdm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Configuration as plain dataclasses (saved as JSON beside every checkpoint)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class AutoencoderConfig:
+    kind: str = "mlp"  # "mlp" or "conv" (conv needs square images whose side is divisible by 4)
+    latent_dim: int = 16
+    hidden: tuple[int, ...] = (512, 256)
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    loss: str = "bce"  # "bce" (images in [0, 1]) or "mse"
+    latent_l2: float = 1e-4  # keeps the latent cloud compact: easier for stage 2 to match
+
+
+@dataclass
+class MatchingConfig:
+    noise_dim: int | None = None  # None: same as latent_dim
+    generator_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = (256, 256)
+    negative_slope: float = 0.2
+    gp_weight: float = 10.0
+    penalty_over: str = "joint"  # gradient norm over (x, z) jointly, or "latent": over z only
+    critic_steps: int = 5
+    steps: int = 3000  # generator steps
+    batch_size: int = 256
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    backend: str = "auto"  # for the critic step; the results do not depend on it
+
+
+@dataclass
+class LSDMConfig:
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LSDMConfig":
+        def build(klass, values):
+            names = {f.name for f in fields(klass)}
+            unknown = set(values) - names
+            if unknown:
+                raise ValueError(f"{klass.__name__}: unknown config keys {sorted(unknown)}")
+            out = {}
+            for f in fields(klass):
+                if f.name in values:
+                    v = values[f.name]
+                    out[f.name] = tuple(v) if isinstance(v, list) else v
+            return klass(**out)
+
+        d = dict(d)
+        ae = build(AutoencoderConfig, d.pop("autoencoder", {}))
+        mt = build(MatchingConfig, d.pop("matching", {}))
+        return build(cls, {**d, "autoencoder": ae, "matching": mt})
+
+    def validate(self) -> None:
+        a, m = self.autoencoder, self.matching
+        checks = [
+            (a.kind in ("mlp", "conv"), f"autoencoder.kind must be 'mlp' or 'conv', got {a.kind!r}"),
+            (a.latent_dim >= 1, f"autoencoder.latent_dim must be >= 1, got {a.latent_dim}"),
+            (a.loss in ("bce", "mse"), f"autoencoder.loss must be 'bce' or 'mse', got {a.loss!r}"),
+            (a.steps >= 0 and m.steps >= 0, "steps must be >= 0"),
+            (a.batch_size >= 1 and m.batch_size >= 1, "batch sizes must be >= 1"),
+            (m.critic_steps >= 1, f"matching.critic_steps must be >= 1, got {m.critic_steps}"),
+            (m.penalty_over in ("joint", "latent"), f"matching.penalty_over must be 'joint' or 'latent', got {m.penalty_over!r}"),
+            (m.gp_weight >= 0, f"matching.gp_weight must be >= 0, got {m.gp_weight}"),
+            (len(m.critic_hidden) >= 1 and len(m.critic_hidden) <= 3, "matching.critic_hidden needs 1 to 3 widths (2 to 4 layers)"),
+            (a.lr > 0 and m.lr > 0, "learning rates must be positive"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)

@@ -1,0 +1,60 @@
+"""Pictures people would rather see than read: sample grids and loss curves."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def save_grid(images, path: str, rows: int, cols: int, image_shape, row_labels=None, title=None) -> str:
+    """images: (rows*cols, H*W) in [0, 1], filled row by row."""
+    imgs = np.asarray(images, dtype=np.float32).reshape(rows, cols, *image_shape)
+    h, w = image_shape
+    pad = 1
+    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = imgs[r, c]
+    scale = max(1.0, 6.0 / cols)
+    fig, ax = plt.subplots(figsize=(cols * 0.45 * scale + 0.6, rows * 0.45 * scale + (0.4 if title else 0.1)))
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels is not None:
+        ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(rows)], [str(l) for l in row_labels])
+    else:
+        ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_loss_plot(history: dict, path: str) -> str:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    rec = np.asarray(history.get("reconstruction", []))
+    axes[0].plot(rec, lw=0.6)
+    axes[0].set(title="stage 1: reconstruction loss", xlabel="step", yscale="log")
+
+    def smooth(v, k=25):
+        v = np.asarray(v, dtype=float)
+        return v if len(v) < k else np.convolve(v, np.ones(k) / k, mode="valid")
+
+    axes[1].plot(smooth(history.get("wasserstein", [])), lw=0.8, label="W estimate")
+    axes[1].plot(smooth(history.get("penalty", [])), lw=0.8, label="gradient penalty")
+    axes[1].set(title="stage 2: critic", xlabel="generator step")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(smooth(history.get("generator_loss", [])), lw=0.8)
+    axes[2].set(title="stage 2: generator loss  -mean f(x, G)", xlabel="generator step")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,71 @@
+"""The `lsdm` command: info, a tiny train + sample run, and clean errors for bad arguments/data."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lsdm_fast.cli import main
+from test_data import make_mnist_folder
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "critic_gradient_penalty" in out and "torch" in out and "C++ extension" in out
+
+
+def test_train_and_sample_on_tiny_idx_folder(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 10
+    images = (rng.random((60, 28, 28)) * 255 * (labels[:, None, None] / 9)).astype(np.uint8)
+    data = make_mnist_folder(str(tmp_path / "data"), images=images, labels=labels)
+    out = str(tmp_path / "run")
+    rc = main(["train", "--data", data, "--n-per-class", "2", "--m-unpaired", "20", "--latent-dim", "4",
+               "--ae-steps", "20", "--steps", "3", "--batch-size", "16", "--classifier-steps", "20",
+               "--eval-per-class", "5", "--out", out, "--quiet"])
+    assert rc == 0
+    for f in ("samples.png", "losses.png", "metrics.json", "model/model.safetensors", "model/config.json"):
+        assert os.path.getsize(os.path.join(out, f)) > 0, f
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["paired"] == 20 and m["unpaired"] == 20 and 0 <= m["conditional_accuracy"] <= 1
+    capsys.readouterr()
+    assert main(["sample", "--model", os.path.join(out, "model"), "--labels", "1,2", "--n-per-class", "3",
+                 "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (6, 784)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "/no/such/folder"], "/no/such/folder: data folder not found"),
+    (["sample", "--model", "/no/such/model"], "config.json: not found"),
+])
+def test_bad_paths_give_one_clear_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--data", "x", "--n-per-class", "0"],
+    ["train", "--data", "x", "--n-per-class", "abc"],
+    ["train", "--data", "x", "--steps", "-1"],
+    ["train", "--data", "x", "--task", "nope"],
+    ["train", "--data", "x", "--n-per-class", "3", "--n-pairs", "5"],
+    ["demo", "--backend", "gpu"],
+    ["frobnicate"],
+])
+def test_bad_arguments_rejected_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_bad_idx_file_rejected_before_training(tmp_path, capsys):
+    data = make_mnist_folder(str(tmp_path / "d"))
+    with open(os.path.join(data, "train-labels-idx1-ubyte.gz"), "wb") as fh:
+        fh.write(b"not an idx file at all")
+    assert main(["train", "--data", data, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "train-labels-idx1-ubyte.gz" in err and "wrong magic number" in err
+    assert not os.path.exists(tmp_path / "o")
