@@ -21,7 +21,10 @@ def rel(paths):
     return sorted(os.path.relpath(p, HERE) for p in paths)
 
 
-cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+# The extension is built on the machine that runs it, so tune for its CPU by default
+# (LSDM_CPU_ARCH=x86-64-v2, say, for a portable build).
+cpu_arch = os.environ.get("LSDM_CPU_ARCH", "native")
+cxx_flags = ["-O3", "-std=c++20", "-fopenmp"] + ([f"-march={cpu_arch}"] if cpu_arch else [])
 ext_modules = [
     CppExtension(
         "lsdm_fast._C",
@@ -45,7 +48,7 @@ if want_cuda != "0" and torch.version.cuda and CUDA_HOME and cuda_sources:
             "lsdm_fast._C_cuda",
             cuda_sources,
             include_dirs=[os.path.join(HERE, "csrc"), os.path.join(HERE, "kernels")],
-            extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math", *gencode]},
+            extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math", *gencode]},
         )
     )
 elif want_cuda == "1":

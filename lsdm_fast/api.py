@@ -170,10 +170,13 @@ class LSDM:
         return p._replace(weights=weights, biases=biases)
 
     def sample(self, x, n_per_x: int = 1, *, seed: int = 0, offset: int = 0, backend: str = "auto",
-               out_dtype: torch.dtype = torch.float32, eta: torch.Tensor | None = None) -> torch.Tensor:
+               out_dtype: torch.dtype = torch.float32, eta: torch.Tensor | None = None,
+               path: str | None = None, chunk_size: int = 65536, progress: bool = False):
         """n_per_x samples y ~ P(Y | x) for each condition; rows grouped by condition, flat (N, D).
 
-        Reproducible: the noise of row i is a function of (seed, offset + i) only.
+        Reproducible: the noise of row i is a function of (seed, offset + i) only. With `path`
+        (a .npy file) the samples are generated `chunk_size` rows at a time straight into a
+        memory-mapped file, for batches larger than memory; the memmap is returned.
         """
         self._require_fitted()
         if n_per_x < 1:
@@ -190,8 +193,17 @@ class LSDM:
         if isinstance(self.decoder, MLP):
             dec = self.decoder.params()
             dec = dec._replace(weights=[w.detach() for w in dec.weights], biases=[b.detach() for b in dec.biases])
+            if path is not None:
+                if eta is not None:
+                    raise ValueError("give either eta or path, not both")
+                from .sampling import generate_chunked
+                return generate_chunked(gen, dec, cond, noise_dim=k, num_classes=ncls, seed=seed, offset=offset,
+                                        chunk_size=chunk_size, path=path, out_dtype=out_dtype, backend=backend,
+                                        progress=progress)
             return ops.generate(gen, dec, cond, noise_dim=k, num_classes=ncls, seed=seed, offset=offset,
                                 eta=eta, out_dtype=out_dtype, backend=backend)
+        if path is not None:
+            raise ValueError("sampling straight to a file needs the MLP decoder (the fused generate op)")
         # conv decoder: generator through the op's reference path, then the module
         with torch.no_grad():
             if eta is None:

@@ -120,7 +120,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
     import torch
 
     from .api import LSDM
@@ -137,10 +136,11 @@ def cmd_sample(args) -> int:
             labels = [int(s) for s in args.labels.split(",") if s.strip()]
         except ValueError:
             raise ValueError(f"--labels must be comma-separated integers, got {args.labels!r}") from None
-    y = model.sample(torch.tensor(labels), args.n_per_class, seed=args.seed, backend=args.backend).cpu()
-    if args.out.endswith(".npy"):
-        np.save(args.out, y.numpy())
+    if args.out.endswith(".npy"):  # chunked, straight to a memory-mapped file: any size fits
+        y = model.sample(torch.tensor(labels), args.n_per_class, seed=args.seed, backend=args.backend,
+                         path=args.out, progress=True)
     else:
+        y = model.sample(torch.tensor(labels), args.n_per_class, seed=args.seed, backend=args.backend).cpu()
         shape = model.meta["image_shape"] or (int(y.shape[1] ** 0.5),) * 2
         save_grid(y, args.out, len(labels), args.n_per_class, shape, row_labels=labels)
     print(f"wrote {len(y)} samples to {args.out}")

@@ -65,6 +65,14 @@ def test_end_to_end_tiny_run(digits, fitted):
     assert z.shape == (7, 4)
 
 
+def test_sample_straight_to_npy_in_chunks(fitted, tmp_path):
+    labels = torch.arange(10)
+    mm = fitted.sample(labels, 5, seed=2, path=str(tmp_path / "s.npy"), chunk_size=7)
+    ref = fitted.sample(labels, 5, seed=2)
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), ref.numpy(), rtol=0, atol=1e-6)
+    assert mm.shape == (50, 64)
+
+
 def test_same_seed_same_samples_different_seed_different(digits, fitted):
     a, b, c = fitted, fit(digits, 0), fit(digits, 1)
     for name in ("reconstruction", "critic_loss"):
