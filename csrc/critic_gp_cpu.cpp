@@ -32,7 +32,7 @@ using at::Tensor;
 
 // Elementwise passes are split over threads only when each chunk has real work: a parallel
 // region costs a thread wake-up, far more than a 256-row pass, and much more on a shared CPU.
-constexpr int64_t kGrainElems = 1 << 18;
+constexpr int64_t kGrainElems = 1 << 15;
 inline int64_t grain_rows(int64_t cols) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, cols)); }
 
 void check_mlp(const std::vector<Tensor>& weights, const std::vector<Tensor>& biases, const Tensor& x,

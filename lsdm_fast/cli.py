@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--classifier-steps", type=_positive(int), default=2000,
                     help="steps of the quick judge classifier used for the accuracy metric")
     tr.add_argument("--eval-per-class", type=_positive(int), default=200)
-    _add_train_args(tr, {"out": "runs/train", "latent_dim": 16, "ae_steps": 6000, "steps": 4000})
+    _add_train_args(tr, {"out": "runs/train", "latent_dim": 16, "ae_steps": 4000, "steps": 4000})
 
     sm = sub.add_parser("sample", help="draw samples from a saved model")
     sm.add_argument("--model", required=True, help="folder written by train/demo (…/model)")
