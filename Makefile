@@ -19,9 +19,10 @@ $(VENV)/.installed: $(VENV)/.base setup.py pyproject.toml $(wildcard csrc/*.cpp 
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+# one build of the extension, with the test needs (not a second build on top of .installed)
+$(VENV)/.installed-dev: $(VENV)/.base setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
-	touch $@
+	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
