@@ -122,6 +122,12 @@ class LSDM:
         self.meta.update(data_dim=int(py.shape[1]), image_shape=image_shape, format_version=FORMAT_VERSION)
 
         dev = self.device
+        from .ops._registry import resolve
+        for op in ("critic_gradient_penalty", "critic_score_grad"):  # an unusable backend fails now, not after stage 1
+            try:
+                resolve(op, cfg.matching.backend, dev)
+            except (RuntimeError, KeyError) as exc:
+                raise ValueError(f"matching.backend={cfg.matching.backend!r}: {exc}") from None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self._build(py.shape[1], self.meta["cond_dim"], image_shape)
