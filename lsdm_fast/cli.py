@@ -241,6 +241,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _init_distributed(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, else gloo); each
+    rank uses cuda:LOCAL_RANK when --device is cuda/auto on a GPU machine."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = args.device in ("cuda", "auto") and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    dist.init_process_group("nccl" if gpu else "gloo")
+
+
 def _explicit_dests(argv) -> set[str]:
     """The options given on the command line (not defaulted): argv parsed with every default suppressed."""
     quiet = build_parser()
@@ -261,6 +280,8 @@ def main(argv=None) -> int:
         args._explicit = _explicit_dests(argv)
     handler = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command]
     try:
+        if args.command in ("demo", "train"):
+            _init_distributed(args)
         return handler(args)
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"lsdm {args.command}: error: {exc}", file=sys.stderr)
