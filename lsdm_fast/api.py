@@ -85,8 +85,13 @@ class LSDM:
 
     # ------------------------------------------------------------------ training
     def fit(self, paired_x, paired_y, unpaired_y=None, *, num_classes: int | None = None,
-            progress: bool = True) -> "LSDM":
-        from .stages import train_autoencoder, train_joint_matching
+            progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> "LSDM":
+        """Train both stages. With `checkpoint_dir`, a checkpoint is written there atomically every
+        `checkpoint_every` steps of each stage (config) and at the end of each stage; with
+        `resume=True` a checkpoint found there is continued exactly (bit-identical on CPU to a run
+        that was never interrupted), after checking that its config and data match these."""
+        from .checkpoint import Checkpointer, data_fingerprint, find_checkpoint
+        from .stages import StageHooks, train_autoencoder, train_joint_matching
 
         cfg = self.config
         py = _as_tensor(paired_y, "paired_y", torch.float32)
@@ -117,6 +122,12 @@ class LSDM:
         self.meta.update(data_dim=int(py.shape[1]), image_shape=image_shape, format_version=FORMAT_VERSION)
 
         dev = self.device
+        from .ops._registry import resolve
+        for op in ("critic_gradient_penalty", "critic_score_grad"):  # an unusable backend fails now, not after stage 1
+            try:
+                resolve(op, cfg.matching.backend, dev)
+            except (RuntimeError, KeyError) as exc:
+                raise ValueError(f"matching.backend={cfg.matching.backend!r}: {exc}") from None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self._build(py.shape[1], self.meta["cond_dim"], image_shape)
@@ -124,20 +135,70 @@ class LSDM:
         x = self._conditions(px, "paired_x").to(dev)
         all_y = torch.cat([py, uy]).to(dev)
 
+        ck, state = None, None
+        if checkpoint_dir is not None:
+            ck = Checkpointer(checkpoint_dir, cfg.to_dict(), data_fingerprint(x, all_y))
+            if resume:
+                state = ck.load()
+            elif find_checkpoint(checkpoint_dir):
+                raise ValueError(f"{checkpoint_dir} already holds a checkpoint of another run; resume it "
+                                 "(resume=True, `lsdm train --resume DIR`) or choose another checkpoint folder")
+        elif resume:
+            raise ValueError("resume=True needs the checkpoint_dir to resume from")
+        names = ("encoder", "decoder", "generator", "critic")
+        if state is not None:
+            for name, mod in zip(names, self.modules()):
+                mod.load_state_dict(state["models"][name])
+            rng.set_state(state["rng"])
+            self.latent_mean = state["latent_mean"].to(dev)
+            self.latent_std = state["latent_std"].to(dev)
+        stage = int(state["stage"]) if state is not None else 1
+        prec = cfg.precision
+
+        def save(stage_no, step, stage_state, history):
+            if ck is not None:
+                ck.save(stage=stage_no, step=step, models=dict(zip(names, self.modules())), rng=rng,
+                        latent_mean=self.latent_mean, latent_std=self.latent_std, meta=self._meta_json(),
+                        stage_state=stage_state, history=history)
+
+        def hooks(stage_no, every, history):
+            if ck is None:
+                return StageHooks()
+            return StageHooks(every=every, save=lambda step, st: save(stage_no, step, st, history),
+                              resume=state["stage_state"] if state is not None and stage == stage_no else None,
+                              describe=ck.describe)
+
         t0 = time.perf_counter()
-        ae_losses = train_autoencoder(self.encoder, self.decoder, all_y, cfg.autoencoder, rng, progress)
+        if stage == 1:
+            ae_losses = train_autoencoder(self.encoder, self.decoder, all_y, cfg.autoencoder, rng, progress,
+                                          hooks=hooks(1, cfg.autoencoder.checkpoint_every, {}), precision=prec)
+        else:
+            ae_losses = list(state["history"]["reconstruction"])
         t1 = time.perf_counter()
         for mod in (self.encoder, self.decoder):
             mod.eval().requires_grad_(False)  # frozen from here on
         z_all = self.encode(all_y)
-        self.latent_mean, self.latent_std = z_all.mean(0), z_all.std(0).clamp_min(1e-6)
+        if stage == 1:
+            self.latent_mean, self.latent_std = z_all.mean(0), z_all.std(0).clamp_min(1e-6)
+            save(2, 0, None, {"reconstruction": ae_losses})
         z_pairs = (z_all[: len(py)] - self.latent_mean) / self.latent_std  # pairs come first in all_y
-        match = train_joint_matching(self.generator, self.critic, x, z_pairs, cfg.matching, rng, progress)
+        if stage <= 2:
+            h2 = hooks(2, cfg.matching.checkpoint_every, {"reconstruction": ae_losses})
+            match = train_joint_matching(self.generator, self.critic, x, z_pairs, cfg.matching, rng, progress,
+                                         hooks=h2, precision=prec)
+            save(3, cfg.matching.steps, None, {"reconstruction": ae_losses, **match})
+        else:
+            match = {k: v for k, v in state["history"].items() if k != "reconstruction"}
         t2 = time.perf_counter()
         self.history = {"reconstruction": ae_losses, **match,
                         "seconds": {"stage1": t1 - t0, "stage2": t2 - t1},
                         "counts": {"paired": len(py), "unpaired": len(uy)}}
+        if state is not None:
+            self.history["resumed_from"] = {"stage": int(state["stage"]), "step": int(state["step"])}
         return self
+
+    def _meta_json(self) -> dict:
+        return {**self.meta, "image_shape": list(self.meta["image_shape"]) if self.meta.get("image_shape") else None}
 
     # ------------------------------------------------------------------ inference
     def _require_fitted(self):
@@ -225,7 +286,7 @@ class LSDM:
         tensors["latent_std"] = self.latent_std.detach().cpu().contiguous()
         os.makedirs(folder, exist_ok=True)
         atomic_write_bytes(os.path.join(folder, "model.safetensors"), st_save(tensors))
-        meta = {**self.meta, "image_shape": list(self.meta["image_shape"]) if self.meta.get("image_shape") else None}
+        meta = self._meta_json()
         atomic_write_json(os.path.join(folder, "config.json"), {"config": self.config.to_dict(), "meta": meta})
         hist = {k: v for k, v in self.history.items()}
         atomic_write_json(os.path.join(folder, "history.json"), hist)

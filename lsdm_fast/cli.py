@@ -39,6 +39,11 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--batch-size", type=_positive(int), default=256)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"],
                    help="backend of the stage-2 critic step (default: %(default)s)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast for stage 1 and the generator; the critic step stays fp32 (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=_nonneg_int, default=0,
+                   help="write a checkpoint every N steps of each stage (0: none unless --checkpoint-dir)")
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: OUT/checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -52,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-per-class", type=_positive(int), default=20)
 
     tr = sub.add_parser("train", help="train on a folder of MNIST-format IDX files (or 'digits')")
-    tr.add_argument("--data", required=True, help="folder with train-/t10k- images and labels IDX files, or 'digits'")
+    tr.add_argument("--data", help="folder with train-/t10k- images and labels IDX files, or 'digits' "
+                                   "(required unless --resume)")
+    tr.add_argument("--resume", metavar="DIR", default=None,
+                    help="continue the run checkpointed in DIR (its checkpoint folder or its --out folder) "
+                         "exactly; the run's arguments are read from DIR")
     tr.add_argument("--task", choices=["class", "superres"], default="class")
     tr.add_argument("--factor", type=int, choices=[2, 4], default=4, help="super-resolution pooling factor")
     g = tr.add_mutually_exclusive_group()
@@ -81,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(args, ae_kind="mlp"):
     from .config import AutoencoderConfig, LSDMConfig, MatchingConfig
 
-    return LSDMConfig(
+    cfg = LSDMConfig(
         autoencoder=AutoencoderConfig(kind=ae_kind, latent_dim=args.latent_dim, steps=args.ae_steps,
                                       batch_size=args.batch_size,
                                       hidden=(256, 128) if args.command == "demo" else (512, 256)),
         matching=MatchingConfig(steps=args.steps, batch_size=args.batch_size, backend=args.backend),
-        seed=args.seed, device=args.device)
+        seed=args.seed, device=args.device, precision=args.precision)
+    cfg.autoencoder.checkpoint_every = cfg.matching.checkpoint_every = args.checkpoint_every
+    return cfg
 
 
 def cmd_demo(args) -> int:
@@ -94,7 +105,10 @@ def cmd_demo(args) -> int:
 
     spec = RunSpec(data="digits", task="class", n_per_class=args.n_per_class, out=args.out,
                    classifier_steps=1500, progress=not args.quiet, config=_config_from_args(args))
-    m = run(spec)
+    ckdir = args.checkpoint_dir or (os.path.join(args.out, "checkpoint") if args.checkpoint_every else None)
+    m = run(spec, checkpoint_dir=ckdir)
+    if "rank" in m:
+        return 0
     print(f"demo: {m['paired']} pairs + {m['unpaired']} unpaired digits; conditional accuracy of samples "
           f"{m['conditional_accuracy']:.3f} (classifier on real test digits: {m['classifier_test_accuracy']:.3f}); "
           f"{m['total_seconds']:.0f} s")
@@ -102,10 +116,55 @@ def cmd_demo(args) -> int:
     return 0
 
 
+RUN_FILE = "run.json"
+# arguments that may differ between the interrupted run and its resumption
+_RESUME_FREE = {"command", "resume", "quiet", "checkpoint_every"}
+
+
+def _resolve_resume(args, explicit: set[str]):
+    """The interrupted run's arguments (from DIR/run.json), refusing explicit ones that differ."""
+    from .checkpoint import read_checkpoint
+
+    folder = args.resume
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--resume {folder}: folder not found")
+    if not os.path.exists(os.path.join(folder, RUN_FILE)) and os.path.exists(os.path.join(folder, "checkpoint", RUN_FILE)):
+        folder = os.path.join(folder, "checkpoint")
+    path = os.path.join(folder, RUN_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume {args.resume}: no {RUN_FILE} there; is it the checkpoint folder (or --out "
+                                "folder) of a run started with --checkpoint-every?")
+    try:
+        with open(path) as fh:
+            saved = json.load(fh)["args"]
+        assert isinstance(saved, dict)
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise ValueError(f"{path}: not a valid run file ({exc})") from None
+    if os.path.exists(os.path.join(folder, "checkpoint.pt")):
+        read_checkpoint(os.path.join(folder, "checkpoint.pt"))  # a damaged checkpoint fails here, before training
+    diffs = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (the run has {saved.get(k)!r})"
+             for k in sorted(explicit - _RESUME_FREE) if saved.get(k) != getattr(args, k)]
+    if diffs:
+        raise ValueError(f"--resume {args.resume}: cannot change the run's arguments on resume: " + ", ".join(diffs)
+                         + "; drop them to continue the run as it was started, or start a new run")
+    merged = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in _RESUME_FREE if hasattr(args, k)}})
+    merged.checkpoint_dir = folder
+    return merged
+
+
 def cmd_train(args) -> int:
+    from .checkpoint import find_checkpoint
     from .data import load_dataset
+    from .io import atomic_write_json
     from .pipeline import RunSpec, run
 
+    resume = args.resume is not None
+    if resume:
+        args = _resolve_resume(args, getattr(args, "_explicit", set()))
+    ckdir = args.checkpoint_dir or (os.path.join(args.out, "checkpoint") if args.checkpoint_every else None)
+    if ckdir and not resume and find_checkpoint(ckdir):
+        raise ValueError(f"{ckdir} already holds a checkpoint; continue it with `lsdm train --resume {ckdir}` "
+                         "or choose another --out/--checkpoint-dir")
     if args.data != "digits":  # fail on bad data before any training starts
         load_dataset(args.data, "train"), load_dataset(args.data, "test")
     n_per_class = args.n_per_class if (args.n_per_class or args.n_pairs) else 100
@@ -114,7 +173,15 @@ def cmd_train(args) -> int:
                    m_unpaired=args.m_unpaired, out=args.out, progress=not args.quiet,
                    classifier_steps=args.classifier_steps, eval_per_class=args.eval_per_class,
                    config=_config_from_args(args, args.ae_kind))
-    m = run(spec)
+    spec.config.validate()
+    if ckdir and not resume:
+        from . import distributed as D
+        if D.is_main():
+            saved = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("resume",)}
+            atomic_write_json(os.path.join(ckdir, RUN_FILE), {"args": {**saved, "checkpoint_dir": ckdir}})
+    m = run(spec, checkpoint_dir=ckdir, resume=resume)
+    if "rank" in m:  # not rank 0 under torch.distributed: rank 0 reports
+        return 0
     print(json.dumps({k: v for k, v in m.items() if k not in ("config", "versions")}, indent=2))
     return 0
 
@@ -174,12 +241,47 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _init_distributed(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, else gloo); each
+    rank uses cuda:LOCAL_RANK when --device is cuda/auto on a GPU machine."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = args.device in ("cuda", "auto") and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    dist.init_process_group("nccl" if gpu else "gloo")
+
+
+def _explicit_dests(argv) -> set[str]:
+    """The options given on the command line (not defaulted): argv parsed with every default suppressed."""
+    quiet = build_parser()
+    for action in quiet._subparsers._group_actions[0].choices["train"]._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(argv)))
+
+
 def main(argv=None) -> int:
     from .data import DataError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        if args.data is None and args.resume is None:
+            parser.error("train: --data is required (or --resume DIR to continue a checkpointed run)")
+        args._explicit = _explicit_dests(argv)
     handler = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command]
     try:
+        if args.command in ("demo", "train"):
+            _init_distributed(args)
         return handler(args)
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"lsdm {args.command}: error: {exc}", file=sys.stderr)

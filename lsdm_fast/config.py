@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class AutoencoderConfig:
     kind: str = "mlp"  # "mlp" or "conv" (conv needs square images whose side is divisible by 4)
@@ -14,6 +17,7 @@ class AutoencoderConfig:
     lr: float = 1e-3
     loss: str = "bce"  # "bce" (images in [0, 1]) or "mse"
     latent_l2: float = 1e-4  # keeps the latent cloud compact: easier for stage 2 to match
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of the stage); needs a checkpoint_dir
 
 
 @dataclass
@@ -30,6 +34,7 @@ class MatchingConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
     backend: str = "auto"  # for the critic step; the results do not depend on it
+    checkpoint_every: int = 0  # generator steps between checkpoints (0: only at the end); needs a checkpoint_dir
 
 
 @dataclass
@@ -38,6 +43,9 @@ class LSDMConfig:
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     seed: int = 0
     device: str = "cpu"
+    # "fp32", "bf16" or "fp16": autocast for stage 1 and the generator forward. The critic step
+    # (with its gradient penalty, a double backward) always runs in float32; see stages.py.
+    precision: str = "fp32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +82,8 @@ class LSDMConfig:
             (m.gp_weight >= 0, f"matching.gp_weight must be >= 0, got {m.gp_weight}"),
             (len(m.critic_hidden) >= 1 and len(m.critic_hidden) <= 3, "matching.critic_hidden needs 1 to 3 widths (2 to 4 layers)"),
             (a.lr > 0 and m.lr > 0, "learning rates must be positive"),
+            (a.checkpoint_every >= 0 and m.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -3,7 +3,9 @@ default, the seeded class-stratified paired/unpaired split, and the two tasks.""
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,8 +44,13 @@ def read_idx(path: str) -> np.ndarray:
     """Read one IDX file (raw or gzip, detected by content) into a numpy array."""
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
-    with open(path, "rb") as fh:
-        head = fh.read(2)
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, expected an IDX file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         if head == b"\x1f\x8b":
             with gzip.open(path, "rb") as fh:
@@ -51,7 +58,7 @@ def read_idx(path: str) -> np.ndarray:
         else:
             with open(path, "rb") as fh:
                 raw = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot decompress ({exc}); the gzip stream is corrupt or truncated") from None
     if len(raw) < 4:
         raise DataError(f"{path}: truncated: {len(raw)} bytes, an IDX header needs at least 4")
@@ -65,12 +72,13 @@ def read_idx(path: str) -> np.ndarray:
         raise DataError(f"{path}: truncated header: {len(raw)} bytes, need {header} for {ndim} dimensions")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(IDX_DTYPES[code])
-    need = header + int(np.prod(dims)) * dtype.itemsize
+    count = math.prod(dims)  # exact: np.prod would wrap around for absurd dims
+    need = header + count * dtype.itemsize
     if len(raw) < need:
         raise DataError(f"{path}: truncated: header says {dims} ({need} bytes) but the file has {len(raw)} bytes")
     if len(raw) > need:
         raise DataError(f"{path}: {len(raw) - need} unexpected bytes after the {dims} array")
-    arr = np.frombuffer(raw, dtype=dtype, count=int(np.prod(dims)), offset=header).reshape(dims)
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
@@ -97,6 +105,8 @@ def load_mnist(folder: str, split: str = "train", num_classes: int = 10) -> Data
         raise DataError(f"{lab_path}: expected a 1-D label array, got shape {labels.shape}")
     if len(images) != len(labels):
         raise DataError(f"{img_path} has {len(images)} images but {lab_path} has {len(labels)} labels: count mismatch")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{lab_path}: labels must be integers, got IDX type {labels.dtype}")
     if np.issubdtype(images.dtype, np.floating):
         bad = ~np.isfinite(images)
         if bad.any():
@@ -106,6 +116,8 @@ def load_mnist(folder: str, split: str = "train", num_classes: int = 10) -> Data
         if x.size and (x.min() < 0 or x.max() > 1):
             x = (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
     else:
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise DataError(f"{img_path}: integer pixel values must be in [0, 255], got [{images.min()}, {images.max()}]")
         x = images.astype(np.float32) / 255.0
     lab = labels.astype(np.int64)
     if lab.size and (lab.min() < 0 or lab.max() >= num_classes):

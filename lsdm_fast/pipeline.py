@@ -41,7 +41,11 @@ def _versions() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def run(spec: RunSpec) -> dict:
+def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = False) -> dict:
+    """Train and evaluate. With checkpoint_dir, training is checkpointed there (and resumed from it
+    when resume=True; see LSDM.fit). Under torch.distributed only rank 0 evaluates and writes."""
+    from . import distributed as D
+
     t_start = time.perf_counter()
     cfg = spec.config
     cfg.validate()
@@ -54,7 +58,9 @@ def run(spec: RunSpec) -> dict:
         paired_x = torch.from_numpy(make_conditions(train, "superres", spec.factor)[split.paired])
     model = LSDM(cfg).fit(paired_x, torch.from_numpy(train.images[split.paired]),
                           torch.from_numpy(train.images[split.unpaired]), num_classes=train.num_classes,
-                          progress=spec.progress)
+                          progress=spec.progress and D.is_main(), checkpoint_dir=checkpoint_dir, resume=resume)
+    if not D.is_main():
+        return {"rank": D.rank_world()[0], "fit_seconds": model.history["seconds"]}
     os.makedirs(spec.out, exist_ok=True)
     model.save(os.path.join(spec.out, "model"))
 
