@@ -39,8 +39,8 @@ def fit_paired_only(config: LSDMConfig, paired_x, paired_y, *, num_classes: int 
 class PixelMatching:
     """Joint matching of (x, G(eta, x)) and (x, y) with a WGAN-GP critic on pixels."""
 
-    def __init__(self, matching: MatchingConfig, *, noise_dim: int = 32, generator_hidden=(512, 512),
-                 critic_hidden=(512, 256), seed: int = 0):
+    def __init__(self, matching: MatchingConfig, *, noise_dim: int = 32, generator_hidden=(256, 256),
+                 critic_hidden=(256, 256), seed: int = 0):
         self.cfg = copy.deepcopy(matching)
         self.noise_dim, self.seed = noise_dim, seed
         self.generator_hidden, self.critic_hidden = tuple(generator_hidden), tuple(critic_hidden)

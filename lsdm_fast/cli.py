@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--cache-dir", default=None, help="where the evaluation nets are cached "
                                                       "(default: $LSDM_FAST_CACHE or ~/.cache/lsdm_fast)")
     ex.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"])
+    ex.add_argument("--resume", action="store_true", help="keep the (setting, seed) cells already in "
+                                                          "OUT/results.json and run only the missing ones")
 
     sub.add_parser("info", help="versions, devices and which backends are available")
     return parser
@@ -200,8 +202,8 @@ def cmd_experiment(args) -> int:
         from .data import load_dataset
         load_dataset(args.data, "train"), load_dataset(args.data, "test")
     run_experiment(args.name, data=args.data, seeds=seeds, out=args.out, quick=args.quick, backend=args.backend,
-                   budget=budget, cache_dir=args.cache_dir, methods=methods,
-                   command="lsdm " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("lsdm") else None)
+                   budget=budget, cache_dir=args.cache_dir, methods=methods, resume=args.resume,
+                   command="lsdm " + " ".join(args.argv))
     return 0
 
 
@@ -236,6 +238,7 @@ def main(argv=None) -> int:
     from .data import DataError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     handler = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "experiment": cmd_experiment,
                "info": cmd_info}[args.command]
     try:

@@ -162,7 +162,7 @@ def _grid(y: np.ndarray, labels: np.ndarray, task: str, cols: int = 8) -> np.nda
     return y[:8 * c].reshape(-1, c, y.shape[1])
 
 
-def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: bool, backend: str, nets, log) -> list[dict]:
+def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: bool, backend: str, nets, log):
     train, test = load_dataset(data, "train", seed=seed), load_dataset(data, "test", seed=seed)
     s = _scale_setting(setting, train.labels, quick)
     split = split_paired_unpaired(train.labels, n_per_class=s.n_per_class, n_pairs=s.n_pairs, m_unpaired=s.m_unpaired,
@@ -375,7 +375,8 @@ def _machine() -> str:
 
 def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str | None = None, quick: bool = False,
                    backend: str = "auto", budget: Budget | None = None, cache_dir: str | None = None,
-                   methods: tuple | None = None, command: str | None = None, log=print) -> dict:
+                   methods: tuple | None = None, command: str | None = None, resume: bool = False,
+                   log=print) -> dict:
     """Run experiment `name` for every seed; write results.json, table.md, README.md and figures to `out`."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
@@ -397,31 +398,75 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
                  "feature_net_seconds": t_feat, "judge_seconds": t_judge}
     log(f"  eval nets: feature CNN test acc {eval_nets['feature_net_test_accuracy']:.4f}, "
         f"judge MLP test acc {eval_nets['judge_test_accuracy']:.4f}")
-    rows, grids_by_setting, shape = [], {}, train.image_shape
+    rows, done, prior_seconds = [], set(), 0.0
+    res_path = os.path.join(out, "results.json")
+    if resume and os.path.exists(res_path):
+        with open(res_path) as fh:
+            old = json.load(fh)
+        if old.get("budget") not in (None, json.loads(json.dumps(asdict(budget)))):
+            raise ValueError(f"{res_path}: written with a different budget; use another --out or drop --resume")
+        rows = old.get("rows", [])
+        done = {(r["setting"], r["seed"]) for r in rows}
+        prior_seconds = float(old.get("cell_seconds", 0.0))
+        log(f"  resuming: {len(done)} (setting, seed) cells already in {res_path}")
+    command = command or "lsdm_fast.experiments.run_experiment(" + repr(name) + ")"
+    ctx = dict(name=name, exp=exp, out=out, budget=budget, quick=quick, eval_nets=eval_nets, command=command,
+               data=train.name, shape=train.image_shape)
+    cell_seconds = prior_seconds
+    summary = None
     for setting in exp["settings"]:
         if methods is not None:
             setting = replace(setting, methods=tuple(m for m in methods))
         for seed in seeds:
-            r, grids, shape = _run_cell(setting, seed, data, budget, quick, backend, (feat, judge), log)
+            label = _scale_setting(setting, train.labels, quick).label
+            if (label, seed) in done:
+                continue
+            t_cell = time.perf_counter()
+            r, grids, _ = _run_cell(setting, seed, data, budget, quick, backend, (feat, judge), log)
+            cell_seconds += time.perf_counter() - t_cell
             rows += r
-            grids_by_setting.setdefault(r[0]["setting"], grids)
-            atomic_write_json(os.path.join(out, "results.json"), {"rows": rows})  # partial results survive a kill
+            np.savez_compressed(os.path.join(out, f"grids_{_slug(label)}_seed{seed}.npz"), **grids)
+            summary = _write_report(ctx, rows, cell_seconds)  # after every cell: partial results survive a kill
+    if summary is None:
+        summary = _write_report(ctx, rows, cell_seconds)
+    log(f"wrote {out}/README.md, table.md, results.json and {len(summary['figures'])} figures "
+        f"({(time.perf_counter() - t_start) / 60:.1f} min this invocation)")
+    return summary
+
+
+def _load_grids(out: str, rows: list[dict]) -> dict:
+    """The first seed's sample grids of every setting, from the grids_*.npz files."""
+    grids = {}
+    for r in rows:
+        if r["setting"] in grids:
+            continue
+        path = os.path.join(out, f"grids_{_slug(r['setting'])}_seed{r['seed']}.npz")
+        if os.path.exists(path):
+            with np.load(path) as z:
+                grids[r["setting"]] = {k: z[k] for k in z.files}
+    return grids
+
+
+def _write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
+    out, budget, eval_nets = ctx["out"], ctx["budget"], ctx["eval_nets"]
     agg = aggregate(rows)
-    figs = _figures(out, agg, grids_by_setting, shape, budget)
-    wall = time.perf_counter() - t_start
+    figs = _figures(out, agg, _load_grids(out, rows), ctx["shape"], budget)
+    wall = cell_seconds + eval_nets["feature_net_seconds"] + eval_nets["judge_seconds"]
+    seeds = sorted({r["seed"] for r in rows})
     table = markdown_table(agg, main_only=True, budget=budget)
     steps_table = markdown_table([a for a in agg if "ddim_steps" in a]) if any("ddim_steps" in a for a in agg) else ""
-    command = command or "lsdm_fast.experiments.run_experiment(" + repr(name) + ")"
-    report = [f"# Experiment `{name}`", "", exp["about"] + ".", "",
-              f"Command: `{command}`  ", f"Machine: {_machine()}  ",
-              f"Wall time: {wall / 60:.1f} min for {len(list(seeds))} seed(s){' (QUICK budget: a smoke run, numbers meaningless)' if quick else ''}",
+    report = [f"# Experiment `{ctx['name']}`", "", ctx["exp"]["about"] + ".", "",
+              f"Command: `{ctx['command']}`  ", f"Machine: {_machine()}  ",
+              f"Wall time: {wall / 60:.1f} min (all cells, plus training the evaluation nets when not cached) for "
+              f"seeds {seeds}{' (QUICK budget: a smoke run, numbers meaningless)' if ctx['quick'] else ''}",
               "", f"Budget: {json.dumps(asdict(budget))}", "",
               f"Evaluation nets: {M.FD_NOTE}; its test accuracy {eval_nets['feature_net_test_accuracy']:.4f}. "
               f"Conditional accuracy is judged by a separately trained MLP (test accuracy "
               f"{eval_nets['judge_test_accuracy']:.4f}). Precision/recall/density/coverage: k-NN (k=5) in the "
               "feature CNN's space against 2000 real test images. Latent W1: exact W1 (POT) in the seed's LSDM "
               "latent space (its all-data encoder, standardised), per class between generated and real test images "
-              f"({budget.w1_per_class} each), averaged over classes. Values: mean ± std over seeds.", "",
+              f"({budget.w1_per_class} each), averaged over classes. samples/s: one batch on this CPU, so it "
+              "moves with the machine's load. Values: mean ± std over seeds.", "",
               table, ""]
     if steps_table:
         report += ["Latent diffusion against DDIM sampling steps (same denoiser):", "", steps_table, ""]
@@ -430,10 +475,9 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
         fh.write("\n".join(report))
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(table + "\n" + ("\n" + steps_table + "\n" if steps_table else ""))
-    summary = {"name": name, "data": train.name, "seeds": list(seeds), "quick": quick, "budget": asdict(budget),
-               "command": command, "machine": _machine(), "wall_seconds": wall, "eval_nets": eval_nets,
-               "aggregate": agg, "rows": rows, "figures": [os.path.basename(f) for f in figs],
-               "argv": sys.argv}
+    summary = {"name": ctx["name"], "data": ctx["data"], "seeds": seeds, "quick": ctx["quick"],
+               "budget": asdict(budget), "command": ctx["command"], "machine": _machine(), "wall_seconds": wall,
+               "cell_seconds": cell_seconds, "eval_nets": eval_nets, "aggregate": agg, "rows": rows,
+               "figures": [os.path.basename(f) for f in figs]}
     atomic_write_json(os.path.join(out, "results.json"), summary)
-    log(f"wrote {out}/README.md, table.md, results.json and {len(figs)} figures ({wall / 60:.1f} min)")
     return summary

@@ -68,6 +68,16 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert "NOT Inception-FID" in readme and "Wall time" in readme and "Machine" in readme
     for a in res["aggregate"]:
         assert 0 <= a["conditional_accuracy"][0] <= 1 and a["classifier_fd"][0] >= 0
+    # --resume keeps seeds 0 and 1 and runs only seed 2
+    before = [r for r in res["rows"]]
+    capsys.readouterr()
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0,1,2", "--out", str(out), "--resume",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    log = capsys.readouterr().out
+    assert "seed 0]" not in log and "seed 2]" in log
+    res = json.load(open(out / "results.json"))
+    assert res["rows"][: len(before)] == before and res["seeds"] == [0, 1, 2]
+    assert "lsdm experiment class_n10 --quick --seeds 0,1,2" in open(out / "README.md").read()
 
 
 def test_experiment_quick_superres_and_curve(tmp_path):
