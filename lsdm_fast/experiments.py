@@ -27,7 +27,8 @@ from .io import atomic_write_json
 METHODS = ("lsdm", "lsdm_paired_only", "pixel_matching", "latent_diffusion")
 LABELS = {"lsdm": "LSDM (stage 1 on paired + unpaired)", "lsdm_paired_only": "LSDM, stage 1 on paired only",
           "pixel_matching": "pixel-space joint matching", "latent_diffusion": "latent diffusion (DDIM)",
-          "lsdm_all_labels": "LSDM with every training label paired"}
+          "lsdm_all_labels": "LSDM with every training label paired",
+          "real_data (reference)": "real training images (the metric's best attainable value at this sample size)"}
 
 
 @dataclass
@@ -197,10 +198,18 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
         grids["ground truth"] = _grid(ev.truth.reshape(len(ev.truth), -1), ev.labels, s.task)
         lowres = np.kron(ev.cond.numpy().reshape(-1, *(d // s.factor for d in ev.shape)), np.ones((s.factor, s.factor)))
         grids["low-res input"] = _grid(lowres.reshape(len(lowres), -1), ev.labels, s.task)
+    if s.task == "class":  # reference row: real training images, as many per class as generated
+        pick = np.random.default_rng(seed + 99)
+        real = np.concatenate([pick.choice(np.flatnonzero(train.labels == c), (ev.labels == c).sum(), replace=False)
+                               for c in np.unique(ev.labels)])
+        real_y = torch.from_numpy(train.images[real].reshape(len(real), -1))
     ref, dt = _timed(lambda: LSDM(cfg).fit(px, py, uy, num_classes=train.num_classes, progress=False))
     if "lsdm" in s.methods:
         res, y = ev(lsdm_sampler(ref), ref)
         record("lsdm", dt, res, y)
+    if s.task == "class":
+        res, y = ev(lambda c: real_y, ref)
+        record("real_data (reference)", 0.0, res, y)
     if "lsdm_all_labels" in s.methods:
         allx = torch.from_numpy(train.labels) if s.task == "class" else \
             torch.from_numpy(make_conditions(train, "superres", s.factor))
