@@ -5,10 +5,11 @@
 - ``PixelMatching``: WGCS-style joint matching with no latent space: the generator outputs
   pixels and the critic sees (x, y) directly. It reuses ``stages.train_joint_matching`` (the
   "latent" is the flat image), so the critic step goes through the same ops and backends.
-- ``LatentDiffusion``: a conditional denoiser (eps-prediction MLP with a sinusoidal time
-  embedding) on the pairs (x, standardised E(y)) in a fitted LSDM's latent space, trained with a
-  cosine schedule (DDPM, T = 1000) and sampled with deterministic DDIM in any number of steps,
-  decoded by the same D.
+- ``LatentDiffusion``: a conditional denoiser (an MLP with a sinusoidal time embedding,
+  v-prediction of Salimans & Ho 2022, which stays well conditioned at the pure-noise end where
+  eps-prediction's z0 estimate blows up and ruins 1-2 step sampling) on the pairs
+  (x, standardised E(y)) in a fitted LSDM's latent space, trained with a cosine schedule
+  (T = 1000) and sampled with deterministic DDIM in any number of steps, decoded by the same D.
 All conditions are float tensors (N, cond_dim): one-hot rows for class labels.
 """
 from __future__ import annotations
@@ -79,7 +80,7 @@ def cosine_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
 
 
 class Denoiser(nn.Module):
-    """eps_theta(z_t, t, x): an MLP on cat(z_t, x, sinusoidal embedding of t)."""
+    """v_theta(z_t, t, x): an MLP on cat(z_t, x, sinusoidal embedding of t)."""
 
     def __init__(self, latent_dim: int, cond_dim: int, hidden=(512, 512, 512), time_dim: int = 64):
         super().__init__()
@@ -129,20 +130,22 @@ class LatentDiffusion:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(self.steps, 1), eta_min=self.lr * 0.05)
         rng = torch.Generator().manual_seed(self.seed)
         losses, t0 = [], time.perf_counter()
-        for _ in range(self.steps):
+        for step in range(self.steps):
             idx = torch.randint(len(z), (self.batch_size,), generator=rng)
             ti = torch.randint(1, self.T + 1, (self.batch_size,), generator=rng)
             eps = torch.randn(self.batch_size, z.shape[1], generator=rng)
             ab = self.alpha_bar[ti][:, None]
             zt = ab.sqrt() * z[idx] + (1 - ab).sqrt() * eps
-            loss = F.mse_loss(self.model(zt, ti / self.T, cond[idx]), eps)
+            v = ab.sqrt() * eps - (1 - ab).sqrt() * z[idx]  # v-prediction target
+            loss = F.mse_loss(self.model(zt, ti / self.T, cond[idx]), v)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            decay = min(self.ema_decay, (1 + step) / (10 + step))  # EMA warm-up: forget the init quickly
             with torch.no_grad():
                 for pe, p in zip(self.ema.parameters(), self.model.parameters()):
-                    pe.lerp_(p, 1 - self.ema_decay)
+                    pe.lerp_(p, 1 - decay)
             losses.append(loss.item())
         self.history = {"denoising_loss": losses, "seconds": {"denoiser": time.perf_counter() - t0}}
         return self
@@ -158,9 +161,9 @@ class LatentDiffusion:
         ts = torch.linspace(self.T, 0, n_steps + 1).round().long()
         for t_now, t_next in zip(ts[:-1].tolist(), ts[1:].tolist()):
             ab, ab_next = self.alpha_bar[t_now], self.alpha_bar[t_next]
-            eps = self.ema(z, torch.full((len(z),), t_now / self.T), cond)
-            z0 = ((z - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-6, 6)
-            eps = (z - ab.sqrt() * z0) / (1 - ab).sqrt()
+            v = self.ema(z, torch.full((len(z),), t_now / self.T), cond)
+            z0 = (ab.sqrt() * z - (1 - ab).sqrt() * v).clamp(-8, 8)
+            eps = (1 - ab).sqrt() * z + ab.sqrt() * v
             z = ab_next.sqrt() * z0 + (1 - ab_next).sqrt() * eps if t_next > 0 else z0
         return z
 

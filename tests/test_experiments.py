@@ -9,8 +9,8 @@ import torch
 from lsdm_fast.cli import main
 
 
-class _OracleEps(torch.nn.Module):
-    """The exact eps-predictor for data that is a point mass at z_star (per condition: z_star + x)."""
+class _OracleV(torch.nn.Module):
+    """The exact v-predictor for data that is a point mass at z_star (per condition: z_star + x)."""
 
     def __init__(self, z_star, alpha_bar, T):
         super().__init__()
@@ -20,7 +20,8 @@ class _OracleEps(torch.nn.Module):
     def forward(self, z, t, x):
         ab = self.alpha_bar[(t * self.T).round().long()][:, None]
         target = self.z_star + x[:, : len(self.z_star)]
-        return (z - ab.sqrt() * target) / (1 - ab).sqrt()
+        eps = (z - ab.sqrt() * target) / (1 - ab).sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * target
 
 
 @pytest.mark.parametrize("n_steps", [1, 3, 50])
@@ -32,7 +33,7 @@ def test_ddim_with_oracle_denoiser_lands_on_the_point_mass(n_steps):
     ld.alpha_bar = LatentDiffusion.__init__.__globals__["cosine_alpha_bar"](
         torch.arange(1001, dtype=torch.float64) / 1000).clamp(1e-5, 1).float()
     z_star = torch.tensor([0.5, -1.0, 2.0])
-    ld.ema = _OracleEps(z_star, ld.alpha_bar, ld.T)
+    ld.ema = _OracleV(z_star, ld.alpha_bar, ld.T)
     x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]).repeat(4, 1)
     z = ld.sample_latent(x, n_steps, seed=3)
     assert torch.allclose(z, z_star + x, atol=1e-4)
