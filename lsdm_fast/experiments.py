@@ -277,7 +277,9 @@ def markdown_table(agg: list[dict], main_only: bool = False, budget: Budget | No
     for a in agg:
         cells = []
         for key, _, scale, fmt in cols:
-            if key in a:
+            if a["method"].startswith("real_data") and key in ("samples_per_second", "fit_seconds"):
+                cells.append("")  # not a sampler: no speed, no fit
+            elif key in a:
                 m, s = a[key]
                 cells.append(f"{fmt.format(m * scale)} ± {fmt.format(s * scale)}")
             else:
