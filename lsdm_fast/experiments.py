@@ -409,7 +409,7 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
                  "feature_net_seconds": t_feat, "judge_seconds": t_judge}
     log(f"  eval nets: feature CNN test acc {eval_nets['feature_net_test_accuracy']:.4f}, "
         f"judge MLP test acc {eval_nets['judge_test_accuracy']:.4f}")
-    rows, done, prior_seconds = [], set(), 0.0
+    rows, done, prior_seconds, prior_commands = [], set(), 0.0, []
     res_path = os.path.join(out, "results.json")
     if resume and os.path.exists(res_path):
         with open(res_path) as fh:
@@ -419,9 +419,11 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
         rows = old.get("rows", [])
         done = {(r["setting"], r["seed"]) for r in rows}
         prior_seconds = float(old.get("cell_seconds", 0.0))
+        prior_commands = old.get("commands", [old["command"]] if "command" in old else [])
         log(f"  resuming: {len(done)} (setting, seed) cells already in {res_path}")
     command = command or "lsdm_fast.experiments.run_experiment(" + repr(name) + ")"
-    ctx = dict(name=name, exp=exp, out=out, budget=budget, quick=quick, eval_nets=eval_nets, command=command,
+    commands = prior_commands + ([command] if command not in prior_commands else [])
+    ctx = dict(name=name, exp=exp, out=out, budget=budget, quick=quick, eval_nets=eval_nets, commands=commands,
                data=train.name, shape=train.image_shape)
     cell_seconds = prior_seconds
     summary = None
@@ -436,7 +438,8 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
             r, grids, _ = _run_cell(setting, seed, data, budget, quick, backend, (feat, judge), log)
             cell_seconds += time.perf_counter() - t_cell
             rows += r
-            np.savez_compressed(os.path.join(out, f"grids_{_slug(label)}_seed{seed}.npz"), **grids)
+            np.savez_compressed(os.path.join(out, f"grids_{_slug(label)}_seed{seed}.npz"),
+                                **{k: np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for k, v in grids.items()})
             summary = _write_report(ctx, rows, cell_seconds)  # after every cell: partial results survive a kill
     if summary is None:
         summary = _write_report(ctx, rows, cell_seconds)
@@ -454,7 +457,8 @@ def _load_grids(out: str, rows: list[dict]) -> dict:
         path = os.path.join(out, f"grids_{_slug(r['setting'])}_seed{r['seed']}.npz")
         if os.path.exists(path):
             with np.load(path) as z:
-                grids[r["setting"]] = {k: z[k] for k in z.files}
+                grids[r["setting"]] = {k: z[k].astype(np.float32) / (255 if z[k].dtype == np.uint8 else 1)
+                                       for k in z.files}
     return grids
 
 
@@ -467,7 +471,8 @@ def _write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
     table = markdown_table(agg, main_only=True, budget=budget)
     steps_table = markdown_table([a for a in agg if "ddim_steps" in a]) if any("ddim_steps" in a for a in agg) else ""
     report = [f"# Experiment `{ctx['name']}`", "", ctx["exp"]["about"] + ".", "",
-              f"Command: `{ctx['command']}`  ", f"Machine: {_machine()}  ",
+              ("Command" if len(ctx["commands"]) == 1 else "Commands (in order; --resume reuses finished cells)")
+              + ": " + "; ".join(f"`{c}`" for c in ctx["commands"]) + "  ", f"Machine: {_machine()}  ",
               f"Wall time: {wall / 60:.1f} min (all cells, plus training the evaluation nets when not cached) for "
               f"seeds {seeds}{' (QUICK budget: a smoke run, numbers meaningless)' if ctx['quick'] else ''}",
               "", f"Budget: {json.dumps(asdict(budget))}", "",
@@ -487,7 +492,7 @@ def _write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(table + "\n" + ("\n" + steps_table + "\n" if steps_table else ""))
     summary = {"name": ctx["name"], "data": ctx["data"], "seeds": seeds, "quick": ctx["quick"],
-               "budget": asdict(budget), "command": ctx["command"], "machine": _machine(), "wall_seconds": wall,
+               "budget": asdict(budget), "commands": ctx["commands"], "machine": _machine(), "wall_seconds": wall,
                "cell_seconds": cell_seconds, "eval_nets": eval_nets, "aggregate": agg, "rows": rows,
                "figures": [os.path.basename(f) for f in figs]}
     atomic_write_json(os.path.join(out, "results.json"), summary)
