@@ -271,7 +271,7 @@ def markdown_table(agg: list[dict], main_only: bool = False, budget: Budget | No
     if main_only and budget is not None:
         agg = [a for a in agg if a.get("ddim_steps") in (None, budget.ddim_few, budget.ddim_many)]
     cols = [m for m in TABLE_METRICS if any(m[0] in a for a in agg)]
-    head = "| setting | method | pairs | unpaired | " + " | ".join(c[1] for c in cols) + " |"
+    head = "| setting | method | pairs | unpaired in split | " + " | ".join(c[1] for c in cols) + " |"
     sep = "|---|---|---:|---:|" + "---:|" * len(cols)
     lines = [head, sep]
     for a in agg:
