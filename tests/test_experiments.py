@@ -9,6 +9,15 @@ import torch
 from lsdm_fast.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster, and far faster on a CPU shared with other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class _OracleV(torch.nn.Module):
     """The exact v-predictor for data that is a point mass at z_star (per condition: z_star + x)."""
 
@@ -54,7 +63,7 @@ def test_pixel_matching_shapes_and_range():
 
 def test_experiment_quick_class(tmp_path, capsys):
     out = tmp_path / "ex"
-    rc = main(["experiment", "class_n10", "--quick", "--seeds", "0,1", "--out", str(out),
+    rc = main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out),
                "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0
     for f in ("README.md", "table.md", "results.json", "samples_n_10_class.png", "steps_n_10_class.png"):
@@ -62,23 +71,23 @@ def test_experiment_quick_class(tmp_path, capsys):
     res = json.load(open(out / "results.json"))
     methods = {a["method"] for a in res["aggregate"]}
     assert {"lsdm", "lsdm_paired_only", "pixel_matching", "latent_diffusion (1 steps)"} <= methods
-    assert all(a["seeds"] == [0, 1] for a in res["aggregate"])
+    assert all(a["seeds"] == [0] for a in res["aggregate"])
     table = open(out / "table.md").read()
     assert "| n=10/class | lsdm |" in table and "±" in table
     readme = open(out / "README.md").read()
     assert "NOT Inception-FID" in readme and "Wall time" in readme and "Machine" in readme
     for a in res["aggregate"]:
         assert 0 <= a["conditional_accuracy"][0] <= 1 and a["classifier_fd"][0] >= 0
-    # --resume keeps seeds 0 and 1 and runs only seed 2
+    # --resume keeps seed 0 and runs only seed 2
     before = [r for r in res["rows"]]
     capsys.readouterr()
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0,1,2", "--out", str(out), "--resume",
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0,2", "--out", str(out), "--resume",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     log = capsys.readouterr().out
     assert "seed 0]" not in log and "seed 2]" in log
     res = json.load(open(out / "results.json"))
-    assert res["rows"][: len(before)] == before and res["seeds"] == [0, 1, 2]
-    assert "lsdm experiment class_n10 --quick --seeds 0,1,2" in open(out / "README.md").read()
+    assert res["rows"][: len(before)] == before and res["seeds"] == [0, 2]
+    assert "lsdm experiment class_n10 --quick --seeds 0,2" in open(out / "README.md").read()
 
 
 def test_experiment_quick_superres_and_curve(tmp_path):

@@ -106,6 +106,17 @@ def test_samples_per_second():
 
 
 def test_feature_net_and_judge_cached_and_useful(tmp_path):
+    torch.set_num_threads(1)  # tiny nets; much faster on a shared CPU (restored below)
+    try:
+        _feature_net_and_judge(tmp_path)
+    finally:
+        torch.set_num_threads(_THREADS)
+
+
+_THREADS = torch.get_num_threads()
+
+
+def _feature_net_and_judge(tmp_path):
     from lsdm_fast.data import load_dataset
 
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
