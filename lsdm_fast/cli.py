@@ -1,4 +1,4 @@
-"""The `lsdm` command: demo, train, sample, info."""
+"""The `lsdm` command: demo, train, sample, experiment, info."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", default="samples.png", help=".png for a grid, .npy for the raw array")
     sm.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"])
     sm.add_argument("--device", default=None)
+
+    ex = sub.add_parser("experiment", help="run a named experiment (LSDM against its baselines) over seeds and "
+                                           "write a markdown table and figures")
+    ex.add_argument("name", help="class_n10, class_n100, superres_x4, unpaired_curve, paired_curve")
+    ex.add_argument("--data", default="digits", help="folder of MNIST-format IDX files, or 'digits' (default)")
+    ex.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    ex.add_argument("--out", default=None, help="output folder (default: results/experiments/NAME)")
+    ex.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run for tests (numbers meaningless)")
+    ex.add_argument("--methods", default=None,
+                    help="comma-separated subset of lsdm, lsdm_paired_only, pixel_matching, latent_diffusion, "
+                         "lsdm_all_labels (default: the experiment's own list)")
+    ex.add_argument("--ae-steps", type=_nonneg_int, default=None, help="override the stage-1 steps")
+    ex.add_argument("--steps", type=_nonneg_int, default=None, help="override stage-2 (and pixel matching) steps")
+    ex.add_argument("--diffusion-steps", type=_nonneg_int, default=None, help="override denoiser training steps")
+    ex.add_argument("--ddim-steps", default=None, help="comma-separated DDIM sampling steps to evaluate")
+    ex.add_argument("--cache-dir", default=None, help="where the evaluation nets are cached "
+                                                      "(default: $LSDM_FAST_CACHE or ~/.cache/lsdm_fast)")
+    ex.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"])
+    ex.add_argument("--resume", action="store_true", help="keep the (setting, seed) cells already in "
+                                                          "OUT/results.json and run only the missing ones")
 
     sub.add_parser("info", help="versions, devices and which backends are available")
     return parser
@@ -214,6 +234,46 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 0:
+        raise ValueError(f"{what} must be non-empty non-negative integers, got {text!r}")
+    return vals
+
+
+def cmd_experiment(args) -> int:
+    from dataclasses import replace
+
+    from .experiments import DIGITS, EXPERIMENTS, METHODS, QUICK, Budget, run_experiment
+
+    if args.name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {args.name!r}; choose from {', '.join(sorted(EXPERIMENTS))}")
+    seeds = _int_list(args.seeds, "--seeds")
+    methods = None
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        bad = set(methods) - set(METHODS) - {"lsdm_all_labels"}
+        if bad:
+            raise ValueError(f"unknown method(s) {sorted(bad)}")
+    budget = QUICK if args.quick else (DIGITS if args.data in ("digits", "sklearn-digits") else Budget())
+    for key, val in (("ae_steps", args.ae_steps), ("match_steps", args.steps), ("diffusion_steps", args.diffusion_steps)):
+        if val is not None:
+            budget = replace(budget, **{key: val})
+    if args.ddim_steps:
+        steps = tuple(_int_list(args.ddim_steps, "--ddim-steps"))
+        budget = replace(budget, ddim_steps=steps, ddim_few=min(steps), ddim_many=max(steps))
+    if args.data != "digits":
+        from .data import load_dataset
+        load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    run_experiment(args.name, data=args.data, seeds=seeds, out=args.out, quick=args.quick, backend=args.backend,
+                   budget=budget, cache_dir=args.cache_dir, methods=methods, resume=args.resume,
+                   command="lsdm " + " ".join(args.argv))
+    return 0
+
+
 def cmd_info(args) -> int:
     import platform
 
@@ -274,11 +334,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv)
     if args.command == "train":
         if args.data is None and args.resume is None:
             parser.error("train: --data is required (or --resume DIR to continue a checkpointed run)")
         args._explicit = _explicit_dests(argv)
-    handler = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command]
+    handler = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "experiment": cmd_experiment,
+               "info": cmd_info}[args.command]
     try:
         if args.command in ("demo", "train"):
             _init_distributed(args)

@@ -1,0 +1,309 @@
+"""Evaluation metrics for conditional generators.
+
+Every metric here has a test against a case with a known answer (tests/test_metrics.py).
+
+- ``classifier_fd``: a Frechet distance between Gaussian fits of features of a small CNN
+  classifier that the package trains on the full labelled training set and caches on disk by
+  data identity. It is NOT Inception-FID (no Inception weights exist here); numbers are only
+  comparable with other numbers from the same feature net (same data, same ``FEATURE_NET_VERSION``).
+- ``conditional_accuracy``: accuracy of generated samples under a separately trained judge
+  (an MLP, different architecture and seed from the feature net).
+- ``prdc``: k-NN precision / recall (Kynkaanniemi et al. 2019) and density / coverage (Naeem et
+  al. 2020) in the feature net's space, same definitions as the ``prdc`` package.
+- ``wasserstein1``: exact W1 between two small empirical sets (POT ``ot.emd2``, Euclidean cost).
+- ``psnr``, ``ssim`` (Gaussian window, Wang et al. 2004), ``consistency_error`` (super-resolution).
+- ``samples_per_second``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FEATURE_NET_VERSION = "cnn-v1"
+JUDGE_VERSION = "mlp-v1"
+FD_NOTE = ("classifier-feature Frechet distance (features of a small CNN trained on the full labelled training "
+           "set); NOT Inception-FID, not comparable with published FID numbers")
+
+
+# ------------------------------------------------------------------------------ feature net
+
+class FeatureCNN(nn.Module):
+    """Two conv blocks and a 128-d penultimate layer; works for any image side divisible by 4
+    (28x28 MNIST, 8x8 digits)."""
+
+    def __init__(self, image_shape: tuple[int, int], num_classes: int = 10, width: int = 32, feat_dim: int = 128):
+        super().__init__()
+        h, w = image_shape
+        self.image_shape = (h, w)
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.fc = nn.Linear(2 * width * (h // 4) * (w // 4), feat_dim)
+        self.head = nn.Linear(feat_dim, num_classes)
+
+    def features(self, y: torch.Tensor) -> torch.Tensor:
+        h = y.reshape(-1, 1, *self.image_shape)
+        h = F.max_pool2d(F.relu(self.conv1(h)), 2)
+        h = F.max_pool2d(F.relu(self.conv2(h)), 2)
+        return F.relu(self.fc(h.flatten(1)))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(y))
+
+
+def _data_key(images: np.ndarray, labels: np.ndarray, *extra) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(images, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    h.update(repr((images.shape, extra)).encode())
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("LSDM_FAST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lsdm_fast"))
+
+
+def _train(model: nn.Module, y: torch.Tensor, labels: torch.Tensor, steps: int, seed: int, batch_size: int = 128,
+           lr: float = 1e-3) -> nn.Module:
+    rng = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(y), (batch_size,), generator=rng)
+        loss = F.cross_entropy(model(y[idx]), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval().requires_grad_(False)
+
+
+def _cached(kind: str, key: str, build, train_fn, cache_dir: str | None):
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    path = os.path.join(cache_dir, f"{kind}-{key}.pt") if cache_dir else None
+    model = build()
+    if path and os.path.exists(path):
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.eval().requires_grad_(False)
+        except (RuntimeError, OSError, EOFError, ValueError):
+            pass  # stale or corrupt cache entry: retrain and overwrite
+    model = train_fn(model)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    return model
+
+
+def feature_net(images: np.ndarray, labels: np.ndarray, num_classes: int = 10, *, steps: int = 1500,
+                seed: int = 12345, cache_dir: str | None = None) -> FeatureCNN:
+    """The FD/PRDC feature CNN, trained on (images, labels) (the full labelled training set),
+    loaded from `cache_dir` when a net for the same data, steps and seed is there.
+    cache_dir=None: $LSDM_FAST_CACHE or ~/.cache/lsdm_fast; "" disables the cache."""
+    images = np.asarray(images, dtype=np.float32)
+    shape = tuple(images.shape[1:])
+    key = _data_key(images, labels, FEATURE_NET_VERSION, num_classes, steps, seed)
+
+    def build():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return FeatureCNN(shape, num_classes)
+
+    def train(model):
+        return _train(model, torch.from_numpy(images).reshape(len(images), -1), torch.from_numpy(labels).long(),
+                      steps, seed)
+
+    return _cached("featurecnn", key, build, train, cache_dir)
+
+
+def judge_net(images: np.ndarray, labels: np.ndarray, num_classes: int = 10, *, steps: int = 2000,
+              seed: int = 777, cache_dir: str | None = None) -> nn.Module:
+    """The conditional-accuracy judge: the package's MLP classifier (a different architecture and
+    seed from the feature net), trained on the full labelled training set and cached the same way."""
+    from .classifier import Classifier
+
+    images = np.asarray(images, dtype=np.float32)
+    key = _data_key(images, labels, JUDGE_VERSION, num_classes, steps, seed)
+    dim = int(np.prod(images.shape[1:]))
+
+    def build():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return Classifier(dim, num_classes)
+
+    def train(model):
+        return _train(model, torch.from_numpy(images).reshape(len(images), -1), torch.from_numpy(labels).long(),
+                      steps, seed, batch_size=256)
+
+    return _cached("judge", key, build, train, cache_dir)
+
+
+@torch.no_grad()
+def extract_features(net: FeatureCNN, images, batch_size: int = 2048) -> np.ndarray:
+    y = torch.as_tensor(np.asarray(images, dtype=np.float32)).reshape(len(images), -1)
+    return torch.cat([net.features(y[i:i + batch_size]) for i in range(0, len(y), batch_size)]).double().numpy()
+
+
+@torch.no_grad()
+def predict_labels(net: nn.Module, images, batch_size: int = 4096) -> np.ndarray:
+    y = torch.as_tensor(np.asarray(images, dtype=np.float32)).reshape(len(images), -1)
+    return torch.cat([net(y[i:i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)]).numpy()
+
+
+def conditional_accuracy(judge: nn.Module, images, wanted_labels) -> float:
+    """Share of generated images the judge classifies as the class they were generated for."""
+    return float((predict_labels(judge, images) == np.asarray(wanted_labels)).mean())
+
+
+# ------------------------------------------------------------------------------ Frechet distance
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f = np.asarray(features, dtype=np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians."""
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    import warnings
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # near-singular products (few samples): handled below
+        covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        eps = 1e-6 * np.eye(len(s1))
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = np.real(covmean)
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean), 0.0))
+
+
+def classifier_fd(net: FeatureCNN, images_a, images_b) -> float:
+    """Frechet distance between the feature net's features of two image sets (not Inception-FID)."""
+    return frechet_distance(*gaussian_stats(extract_features(net, images_a)),
+                            *gaussian_stats(extract_features(net, images_b)))
+
+
+# ------------------------------------------------------------------------------ k-NN manifolds
+
+def _kth_nn_radii(x: np.ndarray, k: int) -> np.ndarray:
+    from sklearn.neighbors import NearestNeighbors
+
+    nn_ = NearestNeighbors(n_neighbors=k + 1).fit(x)
+    dist, _ = nn_.kneighbors(x)
+    return dist[:, k]  # column 0 is the point itself
+
+
+def prdc(real_features, fake_features, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage with k-NN balls (as in the `prdc` package).
+
+    precision: share of fake points inside some real point's k-NN ball; recall: share of real
+    points inside some fake point's k-NN ball; density: mean number of real balls containing a
+    fake point, divided by k; coverage: share of real balls that contain at least one fake point.
+    """
+    from scipy.spatial.distance import cdist
+
+    real = np.asarray(real_features, dtype=np.float64)
+    fake = np.asarray(fake_features, dtype=np.float64)
+    if len(real) <= k or len(fake) <= k:
+        raise ValueError(f"prdc needs more than k={k} points in each set, got {len(real)} real and {len(fake)} fake")
+    r_real, r_fake = _kth_nn_radii(real, k), _kth_nn_radii(fake, k)
+    d = cdist(real, fake)  # (n_real, n_fake)
+    inside_real = d < r_real[:, None]
+    return {"precision": float(inside_real.any(0).mean()),
+            "recall": float((d < r_fake[None, :]).any(1).mean()),
+            "density": float(inside_real.sum(0).mean() / k),
+            "coverage": float((d.min(1) < r_real).mean())}
+
+
+# ------------------------------------------------------------------------------ Wasserstein
+
+def wasserstein1(a, b) -> float:
+    """Exact W1 between the empirical measures of two point sets (uniform weights, Euclidean
+    cost), by POT's network simplex. O(n^3): keep the sets to a few thousand points."""
+    import ot
+
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    cost = ot.dist(a, b, metric="euclidean")
+    return float(ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=10_000_000))
+
+
+# ------------------------------------------------------------------------------ super-resolution
+
+def psnr(estimate, truth, data_range: float = 1.0) -> float:
+    """Mean over images of 10 log10(range^2 / MSE) (per-image MSE floored at 1e-10)."""
+    e = np.asarray(estimate, dtype=np.float64).reshape(len(estimate), -1)
+    t = np.asarray(truth, dtype=np.float64).reshape(len(truth), -1)
+    mse = np.maximum(((e - t) ** 2).mean(1), 1e-10)
+    return float((10 * np.log10(data_range ** 2 / mse)).mean())
+
+
+def _gaussian_window(size: int, sigma: float) -> np.ndarray:
+    r = np.arange(size) - (size - 1) / 2
+    g = np.exp(-r ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(estimate, truth, image_shape: tuple[int, int] | None = None, data_range: float = 1.0,
+         win_size: int = 11, sigma: float = 1.5) -> float:
+    """Mean SSIM (Wang et al. 2004): an 11x11 Gaussian window with sigma 1.5, K1 = 0.01,
+    K2 = 0.03, population (co)variances, averaged over the valid (uncropped) window positions and
+    over images; as skimage's structural_similarity(gaussian_weights=True,
+    use_sample_covariance=False). Images smaller than the window use the largest odd window that fits."""
+    e = np.asarray(estimate, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64)
+    if image_shape is not None:
+        e, t = e.reshape(-1, *image_shape), t.reshape(-1, *image_shape)
+    if e.ndim == 2:
+        e, t = e[None], t[None]
+    if e.shape != t.shape:
+        raise ValueError(f"ssim: shapes differ: {e.shape} vs {t.shape}")
+    win = min(win_size, min(e.shape[1:]) - (1 - min(e.shape[1:]) % 2))
+    g = torch.from_numpy(_gaussian_window(win, sigma * win / win_size))
+    kern = (g[:, None] * g[None, :])[None, None]
+
+    def filt(a):
+        return F.conv2d(torch.from_numpy(a)[:, None], kern)[:, 0]
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = filt(e), filt(t)
+    vx = filt(e * e) - mx ** 2
+    vy = filt(t * t) - my ** 2
+    cxy = filt(e * t) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def consistency_error(estimate, low_res, factor: int, image_shape: tuple[int, int]) -> float:
+    """RMSE between the average-pooled estimate and the low-resolution input: sqrt(mean
+    (pool(y_hat) - x)^2) over all pixels of all images (0 for a perfectly consistent estimate)."""
+    from .data import average_pool
+
+    e = np.asarray(estimate, dtype=np.float64).reshape(-1, *image_shape)
+    x = np.asarray(low_res, dtype=np.float64).reshape(len(e), -1)
+    pooled = average_pool(e, factor).reshape(len(e), -1)
+    return float(np.sqrt(((pooled - x) ** 2).mean()))
+
+
+# ------------------------------------------------------------------------------ speed
+
+def samples_per_second(sample_fn, n: int, repeats: int = 1) -> float:
+    """n / (best wall time of `repeats` calls of sample_fn()) where one call makes n samples."""
+    best = float("inf")
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        sample_fn()
+        best = min(best, time.perf_counter() - t0)
+    return n / max(best, 1e-12)

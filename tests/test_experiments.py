@@ -1,0 +1,142 @@
+"""Baselines and `lsdm experiment`: tiny budgets (smoke runs) plus known-answer checks."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lsdm_fast.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster, and far faster on a CPU shared with other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class _OracleV(torch.nn.Module):
+    """The exact v-predictor for data that is a point mass at z_star (per condition: z_star + x)."""
+
+    def __init__(self, z_star, alpha_bar, T):
+        super().__init__()
+        self.z_star, self.alpha_bar, self.T = z_star, alpha_bar, T
+        self.net = torch.nn.Sequential(torch.nn.Linear(1, len(z_star)))  # out_features = latent dim
+
+    def forward(self, z, t, x):
+        ab = self.alpha_bar[(t * self.T).round().long()][:, None]
+        target = self.z_star + x[:, : len(self.z_star)]
+        eps = (z - ab.sqrt() * target) / (1 - ab).sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * target
+
+
+@pytest.mark.parametrize("n_steps", [1, 3, 50])
+def test_ddim_with_oracle_denoiser_lands_on_the_point_mass(n_steps):
+    from lsdm_fast.baselines import LatentDiffusion
+
+    ld = LatentDiffusion.__new__(LatentDiffusion)
+    ld.T = 1000
+    ld.alpha_bar = LatentDiffusion.__init__.__globals__["cosine_alpha_bar"](
+        torch.arange(1001, dtype=torch.float64) / 1000).clamp(1e-5, 1).float()
+    z_star = torch.tensor([0.5, -1.0, 2.0])
+    ld.ema = _OracleV(z_star, ld.alpha_bar, ld.T)
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]).repeat(4, 1)
+    z = ld.sample_latent(x, n_steps, seed=3)
+    assert torch.allclose(z, z_star + x, atol=1e-4)
+
+
+def test_pixel_matching_shapes_and_range():
+    from lsdm_fast.baselines import PixelMatching, one_hot
+    from lsdm_fast.config import MatchingConfig
+
+    cond = one_hot(np.arange(20) % 4, 4)
+    y = torch.rand(20, 16)
+    pm = PixelMatching(MatchingConfig(steps=3, batch_size=8, critic_steps=2), noise_dim=5,
+                       generator_hidden=(16,), critic_hidden=(16,)).fit(cond, y)
+    out = pm.sample(cond, seed=1)
+    assert out.shape == (20, 16) and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, pm.sample(cond, seed=1))
+
+
+def test_experiment_quick_class(tmp_path, capsys):
+    out = tmp_path / "ex"
+    rc = main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out),
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    for f in ("README.md", "table.md", "results.json", "samples_n_10_class.png", "steps_n_10_class.png"):
+        assert os.path.getsize(out / f) > 0, f
+    res = json.load(open(out / "results.json"))
+    methods = {a["method"] for a in res["aggregate"]}
+    assert {"lsdm", "lsdm_paired_only", "pixel_matching", "latent_diffusion (1 steps)"} <= methods
+    assert all(a["seeds"] == [0] for a in res["aggregate"])
+    table = open(out / "table.md").read()
+    assert "| n=10/class | lsdm |" in table and "±" in table
+    readme = open(out / "README.md").read()
+    assert "NOT Inception-FID" in readme and "Wall time" in readme and "Machine" in readme
+    for a in res["aggregate"]:
+        assert 0 <= a["conditional_accuracy"][0] <= 1 and a["classifier_fd"][0] >= 0
+    # --resume keeps seed 0 and runs only seed 2
+    before = [r for r in res["rows"]]
+    capsys.readouterr()
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0,2", "--out", str(out), "--resume",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    log = capsys.readouterr().out
+    assert "seed 0]" not in log and "seed 2]" in log
+    res = json.load(open(out / "results.json"))
+    assert res["rows"][: len(before)] == before and res["seeds"] == [0, 2]
+    assert "lsdm experiment class_n10 --quick --seeds 0,2" in open(out / "README.md").read()
+
+
+def test_experiment_quick_superres_and_curve(tmp_path):
+    cache = str(tmp_path / "cache")
+    assert main(["experiment", "superres_x4", "--quick", "--seeds", "0", "--out", str(tmp_path / "sr"),
+                 "--methods", "lsdm,pixel_matching", "--cache-dir", cache]) == 0
+    res = json.load(open(tmp_path / "sr" / "results.json"))
+    row = res["rows"][0]
+    assert {"psnr_db", "ssim", "consistency_rmse", "latent_w1"} <= set(row)
+    assert main(["experiment", "unpaired_curve", "--quick", "--seeds", "0", "--out", str(tmp_path / "uc"),
+                 "--cache-dir", cache]) == 0
+    res = json.load(open(tmp_path / "uc" / "results.json"))
+    assert [a["unpaired"] for a in res["aggregate"]] == sorted(a["unpaired"] for a in res["aggregate"])
+    assert os.path.getsize(tmp_path / "uc" / "curve.png") > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["experiment", "nope", "--quick"], "unknown experiment 'nope'"),
+    (["experiment", "class_n10", "--quick", "--seeds", "a,b"], "--seeds must be comma-separated integers"),
+    (["experiment", "class_n10", "--quick", "--methods", "lsdm,gan"], "unknown method(s) ['gan']"),
+])
+def test_experiment_bad_arguments(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_latent_diffusion_learns_a_conditional_mixture():
+    """Four labelled Gaussian blobs (std 0.3) in 2-d, with an identity 'autoencoder': many-step DDIM
+    samples land on their own class's blob with about the right spread."""
+    from lsdm_fast.baselines import LatentDiffusion
+
+    class IdentityBase:
+        latent_mean, latent_std, device = torch.zeros(2), torch.ones(2), torch.device("cpu")
+
+        def _require_fitted(self):
+            pass
+
+        def encode(self, y):
+            return y
+
+        def decode(self, z):
+            return z
+
+    g = torch.Generator().manual_seed(0)
+    lab = torch.randint(4, (2000,), generator=g)
+    centers = torch.tensor([[2.0, 2.0], [-2.0, 2.0], [2.0, -2.0], [-2.0, -2.0]])
+    y = centers[lab] + 0.3 * torch.randn(2000, 2, generator=g)
+    ld = LatentDiffusion(IdentityBase(), steps=1000, hidden=(128, 128)).fit(torch.eye(4)[lab], y)
+    z = ld.sample(torch.eye(4)[lab[:400]], 50, seed=1)
+    dist = (z - centers[lab[:400]]).norm(dim=1)
+    assert (dist < 1.0).float().mean() > 0.95  # right blob
+    assert 0.2 < dist.mean() < 0.55  # expected 0.3 * sqrt(pi / 2) = 0.376 for an exact sampler
