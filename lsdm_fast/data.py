@@ -123,7 +123,8 @@ def load_mnist(folder: str, split: str = "train", num_classes: int = 10) -> Data
     if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
         i = int(np.argmax((lab < 0) | (lab >= num_classes)))
         raise DataError(f"{lab_path}: label {int(lab[i])} at index {i} is out of range [0, {num_classes})")
-    return Dataset(x, lab, num_classes, f"mnist-{split}:{os.path.abspath(folder)}")
+    # the folder as given: reports must not carry a machine-specific absolute path
+    return Dataset(x, lab, num_classes, f"mnist-{split}:{os.path.normpath(folder)}")
 
 
 def load_digits_dataset(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
