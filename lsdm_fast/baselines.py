@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .api import LSDM
 from .config import LSDMConfig, MatchingConfig
 from .models import Critic, Generator
+from .ops.encode_generate import condition_tensor
 from .stages import train_joint_matching
 
 
@@ -175,4 +176,4 @@ class LatentDiffusion:
 
 
 def one_hot(labels, num_classes: int) -> torch.Tensor:
-    return torch.from_numpy(np.eye(num_classes, dtype=np.float32)[np.asarray(labels)])
+    return condition_tensor(torch.as_tensor(np.asarray(labels)), num_classes, torch.float32)

@@ -19,6 +19,23 @@ class Classifier(nn.Module):
         return self.net(y)
 
 
+def fit_classifier(model: nn.Module, y: torch.Tensor, labels: torch.Tensor, *, steps: int, batch_size: int,
+                   lr: float = 1e-3, seed: int = 0, progress: bool = False) -> nn.Module:
+    """Cross-entropy, Adam with cosine decay, seeded minibatches; returns the model in eval mode."""
+    rng = torch.Generator(device=y.device).manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    model.train()
+    for _ in trange(steps, desc="classifier", disable=not progress, leave=False):
+        idx = torch.randint(len(y), (batch_size,), generator=rng, device=y.device)
+        loss = F.cross_entropy(model(y[idx]), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, steps: int = 2000,
                      batch_size: int = 256, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> Classifier:
     y = images.reshape(len(images), -1).float()
@@ -26,19 +43,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Classifier(y.shape[1], num_classes).to(y.device)
-    rng = torch.Generator(device=y.device).manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    model.train()
-    for _ in trange(steps, desc="classifier", disable=not progress, leave=False):
-        idx = torch.randint(len(y), (batch_size,), generator=rng, device=y.device)
-        yb = y[idx]
-        loss = F.cross_entropy(model(yb), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
+    return fit_classifier(model, y, labels, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
 
 
 @torch.no_grad()

@@ -70,18 +70,9 @@ def default_cache_dir() -> str:
 
 def _train(model: nn.Module, y: torch.Tensor, labels: torch.Tensor, steps: int, seed: int, batch_size: int = 128,
            lr: float = 1e-3) -> nn.Module:
-    rng = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(y), (batch_size,), generator=rng)
-        loss = F.cross_entropy(model(y[idx]), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval().requires_grad_(False)
+    from .classifier import fit_classifier
+
+    return fit_classifier(model, y, labels, steps=steps, batch_size=batch_size, lr=lr, seed=seed).requires_grad_(False)
 
 
 def _cached(kind: str, key: str, build, train_fn, cache_dir: str | None):
@@ -152,10 +143,10 @@ def extract_features(net: FeatureCNN, images, batch_size: int = 2048) -> np.ndar
     return torch.cat([net.features(y[i:i + batch_size]) for i in range(0, len(y), batch_size)]).double().numpy()
 
 
-@torch.no_grad()
 def predict_labels(net: nn.Module, images, batch_size: int = 4096) -> np.ndarray:
-    y = torch.as_tensor(np.asarray(images, dtype=np.float32)).reshape(len(images), -1)
-    return torch.cat([net(y[i:i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)]).numpy()
+    from .classifier import predict
+
+    return predict(net, torch.as_tensor(np.asarray(images, dtype=np.float32)), batch_size).cpu().numpy()
 
 
 def conditional_accuracy(judge: nn.Module, images, wanted_labels) -> float:
