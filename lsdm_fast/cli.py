@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "lsdm_all_labels (default: the experiment's own list)")
     ex.add_argument("--ae-steps", type=_nonneg_int, default=None, help="override the stage-1 steps")
     ex.add_argument("--steps", type=_nonneg_int, default=None, help="override stage-2 (and pixel matching) steps")
+    ex.add_argument("--latent-dim", type=_positive(int), default=None, help="override the latent dimension d")
     ex.add_argument("--diffusion-steps", type=_nonneg_int, default=None, help="override denoiser training steps")
     ex.add_argument("--ddim-steps", default=None, help="comma-separated DDIM sampling steps to evaluate")
     ex.add_argument("--cache-dir", default=None, help="where the evaluation nets are cached "
@@ -259,7 +260,8 @@ def cmd_experiment(args) -> int:
         if bad:
             raise ValueError(f"unknown method(s) {sorted(bad)}")
     budget = QUICK if args.quick else (DIGITS if args.data in ("digits", "sklearn-digits") else Budget())
-    for key, val in (("ae_steps", args.ae_steps), ("match_steps", args.steps), ("diffusion_steps", args.diffusion_steps)):
+    for key, val in (("ae_steps", args.ae_steps), ("match_steps", args.steps), ("diffusion_steps", args.diffusion_steps),
+                     ("latent_dim", args.latent_dim)):
         if val is not None:
             budget = replace(budget, **{key: val})
     if args.ddim_steps:

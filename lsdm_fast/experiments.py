@@ -140,6 +140,7 @@ class _Evaluator:
         out["classifier_fd"] = M.frechet_distance(*M.gaussian_stats(fy), *M.gaussian_stats(self.test_feats))
         k = 5 if min(len(fy), len(self.prdc_real)) > 10 else 2
         out.update(M.prdc(self.prdc_real, fy, k=k))
+        out["train_nn_ratio"] = M.train_nn_ratio(self.train_feats, fy, self.prdc_real)
         zr = ((ref.encode(torch.from_numpy(self.test.images)) - ref.latent_mean) / ref.latent_std).cpu().numpy()
         zg = ((ref.encode(torch.from_numpy(y)) - ref.latent_mean) / ref.latent_std).cpu().numpy()
         w = self.b.w1_per_class
@@ -170,6 +171,7 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
                                   seed=seed, num_classes=train.num_classes)
     feat, judge = nets
     ev = _Evaluator(s.task, train, test, feat, judge, budget, s.factor, seed)
+    ev.train_feats = M.extract_features(feat, train.images[split.paired])  # what stage 2 (and paired-only) saw
     py = torch.from_numpy(train.images[split.paired])
     uy = torch.from_numpy(train.images[split.unpaired])
     if s.task == "class":
@@ -239,6 +241,7 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
 TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("classifier_fd", "clf-FD ↓", 1, "{:.2f}"),
                  ("precision", "prec. ↑", 1, "{:.3f}"), ("recall", "rec. ↑", 1, "{:.3f}"),
                  ("density", "dens.", 1, "{:.3f}"), ("coverage", "cov. ↑", 1, "{:.3f}"),
+                 ("train_nn_ratio", "train-NN ratio", 1, "{:.2f}"),
                  ("latent_w1", "latent W1 ↓", 1, "{:.3f}"), ("psnr_db", "PSNR ↑", 1, "{:.2f}"),
                  ("ssim", "SSIM ↑", 1, "{:.3f}"), ("consistency_rmse", "consist. ↓", 1, "{:.4f}"),
                  ("samples_per_second", "samples/s", 1, "{:.0f}"), ("fit_seconds", "fit s", 1, "{:.0f}")]
@@ -481,7 +484,10 @@ def _write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
               f"{eval_nets['judge_test_accuracy']:.4f}). Precision/recall/density/coverage: k-NN (k=5) in the "
               "feature CNN's space against 2000 real test images. Latent W1: exact W1 (POT) in the seed's LSDM "
               "latent space (its all-data encoder, standardised), per class between generated and real test images "
-              f"({budget.w1_per_class} each), averaged over classes. samples/s: one batch on this CPU, so it "
+              f"({budget.w1_per_class} each), averaged over classes. train-NN ratio: median feature distance from "
+              "a sample to its nearest paired training image over the same median for real test images (~1: as "
+              "novel as fresh data; near 0: copies of the paired images, which a low FD does not reveal). "
+              "samples/s: one batch on this CPU, so it "
               "moves with the machine's load. Values: mean ± std over seeds.", "",
               table, ""]
     if steps_table:

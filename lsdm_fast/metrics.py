@@ -218,6 +218,24 @@ def prdc(real_features, fake_features, k: int = 5) -> dict[str, float]:
             "coverage": float((d.min(1) < r_real).mean())}
 
 
+def train_nn_ratio(train_features, fake_features, real_features) -> float:
+    """Memorisation check: median distance from each generated point to its nearest training
+    point, divided by the same median for held-out real points.
+
+    ~1: samples sit as far from the training set as fresh real data does; well below 1: samples
+    are near-copies of training points (a copying model scores near 0 and can still have a low
+    FD, because the training points are real images)."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.asarray(train_features, dtype=np.float64))
+    d_fake = tree.query(np.asarray(fake_features, dtype=np.float64), k=1)[0]
+    d_real = tree.query(np.asarray(real_features, dtype=np.float64), k=1)[0]
+    denom = float(np.median(d_real))
+    if denom <= 0:
+        raise ValueError("train_nn_ratio: the held-out real points coincide with training points (median distance 0)")
+    return float(np.median(d_fake) / denom)
+
+
 # ------------------------------------------------------------------------------ Wasserstein
 
 def wasserstein1(a, b) -> float:

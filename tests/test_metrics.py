@@ -101,6 +101,17 @@ def test_prdc_identical_and_disjoint_sets():
     assert half["precision"] == 1 and half["coverage"] == 0.5 and half["recall"] == 0.5
 
 
+def test_train_nn_ratio_copies_and_fresh_draws():
+    rng = np.random.default_rng(7)
+    train, real, fresh = (rng.normal(size=(n, 6)) for n in (400, 400, 400))
+    copies = train[rng.integers(0, 400, 400)] + 1e-6 * rng.normal(size=(400, 6))
+    assert metrics.train_nn_ratio(train, copies, real) < 1e-4  # near-copies of the training set
+    assert metrics.train_nn_ratio(train, fresh, real) == pytest.approx(1.0, abs=0.15)  # same law as the real points
+    assert metrics.train_nn_ratio(train, fresh * 3.0, real) > 1.5  # too spread out: farther than real data
+    with pytest.raises(ValueError, match="coincide"):
+        metrics.train_nn_ratio(train, fresh, train)
+
+
 def test_samples_per_second():
     assert metrics.samples_per_second(lambda: None, 1000) > 1e5
 
