@@ -17,6 +17,9 @@ class AutoencoderConfig:
     lr: float = 1e-3
     loss: str = "bce"  # "bce" (images in [0, 1]) or "mse"
     latent_l2: float = 1e-4  # keeps the latent cloud compact: easier for stage 2 to match
+    # decode z + latent_noise * std_batch(z) * N(0, I) in training: the decoder learns to map a
+    # neighbourhood of each latent to a clean image, which forgives stage 2's small misses (0: off)
+    latent_noise: float = 0.0
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of the stage); needs a checkpoint_dir
 
 
@@ -73,6 +76,7 @@ class LSDMConfig:
         a, m = self.autoencoder, self.matching
         checks = [
             (a.kind in ("mlp", "conv"), f"autoencoder.kind must be 'mlp' or 'conv', got {a.kind!r}"),
+            (a.latent_noise >= 0, f"autoencoder.latent_noise must be >= 0, got {a.latent_noise}"),
             (a.latent_dim >= 1, f"autoencoder.latent_dim must be >= 1, got {a.latent_dim}"),
             (a.loss in ("bce", "mse"), f"autoencoder.loss must be 'bce' or 'mse', got {a.loss!r}"),
             (a.steps >= 0 and m.steps >= 0, "steps must be >= 0"),

@@ -39,6 +39,7 @@ class Budget:
     batch_size: int = 256
     latent_dim: int = 16
     ae_hidden: tuple = (512, 256)
+    latent_noise: float = 0.0
     eval_per_class: int = 200  # class task: generated samples per class
     eval_sr: int = 1000  # superres task: test inputs
     feature_steps: int = 1500
@@ -100,7 +101,7 @@ def _scale_setting(s: Setting, labels: np.ndarray, quick: bool) -> Setting:
 
 def _config(b: Budget, seed: int, backend: str) -> LSDMConfig:
     return LSDMConfig(autoencoder=AutoencoderConfig(latent_dim=b.latent_dim, hidden=tuple(b.ae_hidden), steps=b.ae_steps,
-                                                    batch_size=b.batch_size),
+                                                    batch_size=b.batch_size, latent_noise=b.latent_noise),
                       matching=MatchingConfig(steps=b.match_steps, batch_size=b.batch_size, backend=backend),
                       seed=seed)
 

@@ -126,7 +126,11 @@ def train_autoencoder(encoder: nn.Module, decoder: nn.Module, y: torch.Tensor, c
             yb = y[D.shard(idx)]
             with autocast(precision, y.device):
                 z = encoder(yb)
-                rec = decoder(z)
+                if cfg.latent_noise > 0:
+                    eps = torch.randn(z.shape, generator=rng, device=z.device, dtype=z.dtype)
+                    rec = decoder(z + cfg.latent_noise * z.detach().std(0) * eps)
+                else:
+                    rec = decoder(z)
             rec, z = rec.float(), z.float()
             if cfg.loss == "bce":
                 rec_loss = F.binary_cross_entropy(rec, yb)

@@ -130,3 +130,21 @@ def test_api_errors(digits, fitted, tmp_path):
         model.sample(torch.tensor([3, 12]))
     with pytest.raises(FileNotFoundError, match="config.json: not found"):
         LSDM.load(str(tmp_path))
+
+
+def test_latent_noise_option(digits):
+    from lsdm_fast.stages import train_autoencoder
+
+    with pytest.raises(ValueError, match="latent_noise must be >= 0"):
+        LSDM(LSDMConfig(autoencoder=AutoencoderConfig(latent_noise=-0.1)))
+    y = torch.from_numpy(digits[0].images[:256].reshape(256, -1))
+
+    def run(noise):
+        torch.manual_seed(0)
+        enc, dec = build_autoencoder("mlp", 64, 4, (32,))
+        cfg = AutoencoderConfig(latent_dim=4, hidden=(32,), steps=30, batch_size=32, latent_noise=noise)
+        return train_autoencoder(enc, dec, y, cfg, torch.Generator().manual_seed(0), False)
+
+    clean, noisy = run(0.0), run(0.5)
+    assert clean == run(0.0)  # off: the pre-option training, draw for draw
+    assert clean != noisy and all(np.isfinite(noisy))  # on: the decoder sees perturbed latents
