@@ -37,6 +37,7 @@ class MatchingConfig:
     lr: float = 3e-4  # 1e-4 (DESIGN.md default) left stage 2 unconverged at 4000 steps: 92-94 % vs 97 % (MNIST, 100 pairs/class)
     betas: tuple[float, float] = (0.5, 0.9)
     backend: str = "auto"  # for the critic step; the results do not depend on it
+    generator_ema: float = 0.0  # decay of an EMA of the generator's weights, used for sampling (0: off)
     checkpoint_every: int = 0  # generator steps between checkpoints (0: only at the end); needs a checkpoint_dir
 
 
@@ -76,6 +77,7 @@ class LSDMConfig:
         a, m = self.autoencoder, self.matching
         checks = [
             (a.kind in ("mlp", "conv"), f"autoencoder.kind must be 'mlp' or 'conv', got {a.kind!r}"),
+            (0 <= m.generator_ema < 1, f"matching.generator_ema must be in [0, 1), got {m.generator_ema}"),
             (a.latent_noise >= 0, f"autoencoder.latent_noise must be >= 0, got {a.latent_noise}"),
             (a.latent_dim >= 1, f"autoencoder.latent_dim must be >= 1, got {a.latent_dim}"),
             (a.loss in ("bce", "mse"), f"autoencoder.loss must be 'bce' or 'mse', got {a.loss!r}"),

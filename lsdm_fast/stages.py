@@ -182,8 +182,12 @@ def train_joint_matching(generator: Generator, critic: Critic, x: torch.Tensor, 
     n, k, dev = len(x), generator.noise_dim, x.device
     hist = {"critic_loss": [], "wasserstein": [], "penalty": [], "generator_loss": [], "backend": None}
     start = 0
+    # exponential moving average of the generator's weights, swapped in at the end (0: off)
+    ema = [p.detach().clone() for p in gen_params] if cfg.generator_ema > 0 else None
     if hooks.resume is not None:
         r = hooks.resume
+        if ema is not None:
+            ema = [t.clone().to(p) for t, p in zip(r["gen_ema"], gen_params)]
         gen_opt.load_state_dict(r["gen_opt"])
         critic_opt.load_state_dict(r["critic_opt"])
         if scaler is not None and r.get("scaler"):
@@ -194,6 +198,7 @@ def train_joint_matching(generator: Generator, critic: Critic, x: torch.Tensor, 
     def state(step_done: int) -> dict:
         return {"gen_opt": gen_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                "gen_ema": [t.clone() for t in ema] if ema is not None else None,
                 "hist": {key: (list(v) if isinstance(v, list) else v) for key, v in hist.items()}, "step": step_done}
 
     def batch():
@@ -255,6 +260,9 @@ def train_joint_matching(generator: Generator, critic: Critic, x: torch.Tensor, 
         else:
             scaler.step(gen_opt)
             scaler.update()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in gen_params], 1.0 - cfg.generator_ema)
 
         for key, v in (("critic_loss", closs), ("wasserstein", wdist), ("penalty", pen),
                        ("generator_loss", -float(score_avg))):
@@ -264,4 +272,8 @@ def train_joint_matching(generator: Generator, critic: Critic, x: torch.Tensor, 
         if hooks.due(step + 1, cfg.steps):
             hooks.save(step + 1, state(step + 1))
     hooks.final_state = state(cfg.steps)  # for the caller's end-of-stage checkpoint
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(gen_params, ema):
+                p.copy_(e)
     return hist
