@@ -116,12 +116,13 @@ class _Evaluator:
     """Metrics of one method's samples for one (setting, seed); `ref` is the seed's LSDM, whose
     all-data encoder gives the common latent space for W1."""
 
-    def __init__(self, task, train, test, feat, judge, budget: Budget, factor: int, seed: int):
+    def __init__(self, task, train, test, feat, judge, budget: Budget, factor: int, seed: int, paired: np.ndarray):
         self.task, self.train, self.test, self.feat, self.judge, self.b = task, train, test, feat, judge, budget
         self.factor, self.seed = factor, seed
         self.shape = test.image_shape
         rng = np.random.default_rng(1234)
         self.test_feats = M.extract_features(feat, test.images)
+        self.train_feats = M.extract_features(feat, train.images[paired])  # what stage 2 (and paired-only) saw
         self.prdc_real = self.test_feats[rng.permutation(len(test))[:2000]]
         if task == "class":
             self.labels = np.repeat(np.arange(train.num_classes), budget.eval_per_class)
@@ -171,8 +172,7 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
     split = split_paired_unpaired(train.labels, n_per_class=s.n_per_class, n_pairs=s.n_pairs, m_unpaired=s.m_unpaired,
                                   seed=seed, num_classes=train.num_classes)
     feat, judge = nets
-    ev = _Evaluator(s.task, train, test, feat, judge, budget, s.factor, seed)
-    ev.train_feats = M.extract_features(feat, train.images[split.paired])  # what stage 2 (and paired-only) saw
+    ev = _Evaluator(s.task, train, test, feat, judge, budget, s.factor, seed, split.paired)
     py = torch.from_numpy(train.images[split.paired])
     uy = torch.from_numpy(train.images[split.unpaired])
     if s.task == "class":

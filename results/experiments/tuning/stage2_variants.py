@@ -16,8 +16,8 @@ b = E.Budget(); data = '../shared/data/mnist'
 train = load_dataset(data, 'train', seed=seed); test = load_dataset(data, 'test', seed=seed)
 feat = M.feature_net(train.images, train.labels, 10, steps=b.feature_steps)
 judge = M.judge_net(train.images, train.labels, 10, steps=b.judge_steps)
-ev = E._Evaluator('class', train, test, feat, judge, b, 4, seed)
 split = split_paired_unpaired(train.labels, n_per_class=100, seed=seed, num_classes=10)
+ev = E._Evaluator('class', train, test, feat, judge, b, 4, seed, split.paired)
 py = torch.from_numpy(train.images[split.paired]); uy = torch.from_numpy(train.images[split.unpaired])
 px = torch.from_numpy(train.labels[split.paired])
 ae_path = f"/tmp/diag/ae_s{seed}"
@@ -56,4 +56,4 @@ for v in variants:
     train_joint_matching(mm.generator, mm.critic, x, z_pairs, m, rng, False)
     dt = time.time() - t
     res, _ = ev(lambda c: mm.sample(c.argmax(1), 1, seed=seed + 1000), model)
-    print(v, f"{dt:.0f}s", json.dumps({k: round(val, 4) for k, val in res.items() if k in ('conditional_accuracy','classifier_fd','precision','recall','coverage')}), flush=True)
+    print(v, f"{dt:.0f}s", json.dumps({k: round(val, 4) for k, val in res.items() if k in ('conditional_accuracy','classifier_fd','precision','recall','coverage','train_nn_ratio')}), flush=True)
