@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--ae-steps", type=_nonneg_int, default=None, help="override the stage-1 steps")
     ex.add_argument("--steps", type=_nonneg_int, default=None, help="override stage-2 (and pixel matching) steps")
     ex.add_argument("--latent-dim", type=_positive(int), default=None, help="override the latent dimension d")
+    ex.add_argument("--ae-hidden", default=None, help="override the autoencoder widths, e.g. 1024,512")
+    ex.add_argument("--match-hidden", default=None, help="override the generator and critic widths, e.g. 512,512")
     ex.add_argument("--diffusion-steps", type=_nonneg_int, default=None, help="override denoiser training steps")
     ex.add_argument("--ddim-steps", default=None, help="comma-separated DDIM sampling steps to evaluate")
     ex.add_argument("--cache-dir", default=None, help="where the evaluation nets are cached "
@@ -264,6 +266,12 @@ def cmd_experiment(args) -> int:
                      ("latent_dim", args.latent_dim)):
         if val is not None:
             budget = replace(budget, **{key: val})
+    for key, val in (("ae_hidden", args.ae_hidden), ("match_hidden", args.match_hidden)):
+        if val:
+            widths = tuple(_int_list(val, "--" + key.replace("_", "-")))
+            if not widths or min(widths) < 1:
+                raise ValueError(f"--{key.replace('_', '-')}: widths must be positive integers, got {val!r}")
+            budget = replace(budget, **{key: widths})
     if args.ddim_steps:
         steps = tuple(_int_list(args.ddim_steps, "--ddim-steps"))
         budget = replace(budget, ddim_steps=steps, ddim_few=min(steps), ddim_many=max(steps))

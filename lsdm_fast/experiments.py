@@ -40,6 +40,7 @@ class Budget:
     latent_dim: int = 16
     ae_hidden: tuple = (512, 256)
     latent_noise: float = 0.0
+    match_hidden: tuple = (256, 256)  # generator and critic widths (stage 2)
     eval_per_class: int = 200  # class task: generated samples per class
     eval_sr: int = 1000  # superres task: test inputs
     feature_steps: int = 1500
@@ -102,7 +103,8 @@ def _scale_setting(s: Setting, labels: np.ndarray, quick: bool) -> Setting:
 def _config(b: Budget, seed: int, backend: str) -> LSDMConfig:
     return LSDMConfig(autoencoder=AutoencoderConfig(latent_dim=b.latent_dim, hidden=tuple(b.ae_hidden), steps=b.ae_steps,
                                                     batch_size=b.batch_size, latent_noise=b.latent_noise),
-                      matching=MatchingConfig(steps=b.match_steps, batch_size=b.batch_size, backend=backend),
+                      matching=MatchingConfig(steps=b.match_steps, batch_size=b.batch_size, backend=backend,
+                                              generator_hidden=tuple(b.match_hidden), critic_hidden=tuple(b.match_hidden)),
                       seed=seed)
 
 

@@ -1,8 +1,11 @@
 """Tuning aid (not part of the package): LSDM at the class_n100 budget for one seed, then stage 2
 retrained with MatchingConfig overrides on the same frozen autoencoder.
 
-Run from the repository root:  python results/experiments/tuning/stage2_variants.py SEED "steps=8000;critic_steps=3"
-"recon FD" uses the first 2000 test images (not a random subset: biased, see ae_recon_fd.py)."""
+Run from the repository root:  python results/experiments/tuning/stage2_variants.py SEED "steps=8000;critic_steps=3" [BUDGET]
+BUDGET overrides experiments.Budget, e.g. "latent_dim=32,ae_hidden=(1024,512)"; the fitted model is kept in
+/tmp/lsdm_tuning for later variants.
+"recon FD": reconstructions of 2000 random test images (logs made before this line changed used the first 2000,
+an easier-looking, biased subset)."""
 import sys, time, json, copy
 from dataclasses import replace
 import numpy as np, torch
@@ -12,7 +15,7 @@ from lsdm_fast.models import Generator, Critic
 from lsdm_fast.stages import train_joint_matching
 from lsdm_fast.data import load_dataset, split_paired_unpaired
 seed = int(sys.argv[1]); variants = sys.argv[2].split(";")
-b = E.Budget(); data = '../shared/data/mnist'
+b = E.Budget(**eval(f"dict({sys.argv[3] if len(sys.argv) > 3 else ''})")); data = '../shared/data/mnist'
 train = load_dataset(data, 'train', seed=seed); test = load_dataset(data, 'test', seed=seed)
 feat = M.feature_net(train.images, train.labels, 10, steps=b.feature_steps)
 judge = M.judge_net(train.images, train.labels, 10, steps=b.judge_steps)
@@ -20,7 +23,7 @@ split = split_paired_unpaired(train.labels, n_per_class=100, seed=seed, num_clas
 ev = E._Evaluator('class', train, test, feat, judge, b, 4, seed, split.paired)
 py = torch.from_numpy(train.images[split.paired]); uy = torch.from_numpy(train.images[split.unpaired])
 px = torch.from_numpy(train.labels[split.paired])
-ae_path = f"/tmp/diag/ae_s{seed}"
+ae_path = f"/tmp/lsdm_tuning/ae_s{seed}_d{b.latent_dim}_h{'x'.join(map(str, b.ae_hidden))}"
 import os
 cfg = E._config(b, seed, 'auto')
 if os.path.exists(ae_path):
@@ -30,7 +33,8 @@ else:
     model.save(ae_path)
     res, _ = ev(lambda c: model.sample(c.argmax(1), 1, seed=seed + 1000), model)
     print("base", json.dumps({k: round(v, 4) for k, v in res.items()}), flush=True)
-    rec = model.decode(model.encode(torch.from_numpy(test.images[:2000]))).numpy()
+    sub = np.random.default_rng(1234).permutation(len(test))[:2000]  # the subset ae_recon_fd.py uses
+    rec = model.decode(model.encode(torch.from_numpy(test.images[sub]))).numpy()
     fr = M.extract_features(feat, rec)
     print("recon FD", M.frechet_distance(*M.gaussian_stats(fr), *M.gaussian_stats(ev.test_feats)), flush=True)
     tr = model.decode(model.encode(py.flatten(1))).numpy()
