@@ -93,10 +93,16 @@ def test_experiment_quick_class(tmp_path, capsys):
 def test_experiment_quick_superres_and_curve(tmp_path):
     cache = str(tmp_path / "cache")
     assert main(["experiment", "superres_x4", "--quick", "--seeds", "0", "--out", str(tmp_path / "sr"),
-                 "--methods", "lsdm,pixel_matching", "--cache-dir", cache]) == 0
+                 "--methods", "lsdm,pixel_matching", "--cache-dir", cache, "--latent-dim", "3",
+                 "--ae-hidden", "24,12", "--match-hidden", "20,10"]) == 0
     res = json.load(open(tmp_path / "sr" / "results.json"))
     row = res["rows"][0]
-    assert {"psnr_db", "ssim", "consistency_rmse", "latent_w1"} <= set(row)
+    assert {"psnr_db", "ssim", "consistency_rmse", "latent_w1", "train_nn_ratio"} <= set(row)
+    b = res["budget"]
+    assert b["latent_dim"] == 3 and b["ae_hidden"] == [24, 12] and b["match_hidden"] == [20, 10]
+    from lsdm_fast.experiments import Budget, _config
+    cfg = _config(Budget(**{**b, "ae_hidden": (24, 12), "match_hidden": (20, 10)}), 0, "auto")
+    assert cfg.autoencoder.hidden == (24, 12) and cfg.matching.generator_hidden == cfg.matching.critic_hidden == (20, 10)
     assert main(["experiment", "unpaired_curve", "--quick", "--seeds", "0", "--out", str(tmp_path / "uc"),
                  "--cache-dir", cache]) == 0
     res = json.load(open(tmp_path / "uc" / "results.json"))
@@ -108,6 +114,7 @@ def test_experiment_quick_superres_and_curve(tmp_path):
     (["experiment", "nope", "--quick"], "unknown experiment 'nope'"),
     (["experiment", "class_n10", "--quick", "--seeds", "a,b"], "--seeds must be comma-separated integers"),
     (["experiment", "class_n10", "--quick", "--methods", "lsdm,gan"], "unknown method(s) ['gan']"),
+    (["experiment", "class_n10", "--quick", "--match-hidden", "8,0"], "--match-hidden: widths must be positive"),
 ])
 def test_experiment_bad_arguments(argv, message, capsys):
     assert main(argv) == 2
