@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "lsdm_all_labels (default: the experiment's own list)")
     ex.add_argument("--ae-steps", type=_nonneg_int, default=None, help="override the stage-1 steps")
     ex.add_argument("--steps", type=_nonneg_int, default=None, help="override stage-2 (and pixel matching) steps")
+    ex.add_argument("--settings", default=None, help="comma-separated subset of the experiment's settings to run, "
+                                                     "e.g. m=1000,m=10000 (default: all)")
     ex.add_argument("--latent-dim", type=_positive(int), default=None, help="override the latent dimension d")
     ex.add_argument("--ae-hidden", default=None, help="override the autoencoder widths, e.g. 1024,512")
     ex.add_argument("--match-hidden", default=None, help="override the generator and critic widths, e.g. 512,512")
@@ -280,6 +282,7 @@ def cmd_experiment(args) -> int:
         load_dataset(args.data, "train"), load_dataset(args.data, "test")
     run_experiment(args.name, data=args.data, seeds=seeds, out=args.out, quick=args.quick, backend=args.backend,
                    budget=budget, cache_dir=args.cache_dir, methods=methods, resume=args.resume,
+                   settings=tuple(x.strip() for x in args.settings.split(",") if x.strip()) if args.settings else None,
                    command="lsdm " + " ".join(args.argv))
     return 0
 

@@ -393,11 +393,15 @@ def _machine() -> str:
 def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str | None = None, quick: bool = False,
                    backend: str = "auto", budget: Budget | None = None, cache_dir: str | None = None,
                    methods: tuple | None = None, command: str | None = None, resume: bool = False,
+                   settings: tuple | None = None,
                    log=print) -> dict:
     """Run experiment `name` for every seed; write results.json, table.md, README.md and figures to `out`."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
+    labels = [st.label for st in exp["settings"]]
+    if settings is not None and set(settings) - set(labels):
+        raise ValueError(f"unknown setting(s) {sorted(set(settings) - set(labels))} for {name}; choose from {labels}")
     if budget is None:
         budget = QUICK if quick else (DIGITS if data in ("digits", "sklearn-digits") else Budget())
     out = out or os.path.join("results", "experiments", name)
@@ -434,6 +438,8 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
     cell_seconds = prior_seconds
     summary = None
     for setting in exp["settings"]:
+        if settings is not None and setting.label not in settings:
+            continue  # run only the chosen settings (rows of others already in results.json are kept)
         if methods is not None:
             setting = replace(setting, methods=tuple(m for m in methods))
         for seed in seeds:
@@ -470,6 +476,8 @@ def _load_grids(out: str, rows: list[dict]) -> dict:
 
 def _write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
     out, budget, eval_nets = ctx["out"], ctx["budget"], ctx["eval_nets"]
+    order = [st.label for st in ctx["exp"]["settings"]]  # table and curve in the experiment's order, however run
+    rows = sorted(rows, key=lambda r: order.index(r["setting"]) if r["setting"] in order else len(order))
     agg = aggregate(rows)
     figs = _figures(out, agg, _load_grids(out, rows), ctx["shape"], budget)
     wall = cell_seconds + eval_nets["feature_net_seconds"] + eval_nets["judge_seconds"]

@@ -104,7 +104,15 @@ def test_experiment_quick_superres_and_curve(tmp_path):
     cfg = _config(Budget(**{**b, "ae_hidden": (24, 12), "match_hidden": (20, 10)}), 0, "auto")
     assert cfg.autoencoder.hidden == (24, 12) and cfg.matching.generator_hidden == cfg.matching.critic_hidden == (20, 10)
     assert main(["experiment", "unpaired_curve", "--quick", "--seeds", "0", "--out", str(tmp_path / "uc"),
-                 "--cache-dir", cache]) == 0
+                 "--cache-dir", cache, "--settings", "m=0,m=all"]) == 0
+    res = json.load(open(tmp_path / "uc" / "results.json"))
+    assert sorted({r["setting"] for r in res["rows"]}) == ["m=0", "m=all"]  # only the chosen settings ran
+    assert main(["experiment", "unpaired_curve", "--quick", "--seeds", "0", "--out", str(tmp_path / "uc"),
+                 "--cache-dir", cache, "--resume"]) == 0  # the rest, keeping the first two
+    assert [r for r in json.load(open(tmp_path / "uc" / "results.json"))["rows"] if r["setting"] in ("m=0", "m=all")] \
+        == [r for r in res["rows"]]
+    res = json.load(open(tmp_path / "uc" / "results.json"))
+    assert [a["setting"] for a in res["aggregate"]][::2] == ["m=0", "m=1000", "m=10000", "m=all"]  # + reference rows
     res = json.load(open(tmp_path / "uc" / "results.json"))
     assert [a["unpaired"] for a in res["aggregate"]] == sorted(a["unpaired"] for a in res["aggregate"])
     assert os.path.getsize(tmp_path / "uc" / "curve.png") > 0
@@ -115,6 +123,7 @@ def test_experiment_quick_superres_and_curve(tmp_path):
     (["experiment", "class_n10", "--quick", "--seeds", "a,b"], "--seeds must be comma-separated integers"),
     (["experiment", "class_n10", "--quick", "--methods", "lsdm,gan"], "unknown method(s) ['gan']"),
     (["experiment", "class_n10", "--quick", "--match-hidden", "8,0"], "--match-hidden: widths must be positive"),
+    (["experiment", "unpaired_curve", "--quick", "--settings", "m=5"], "unknown setting(s) ['m=5']"),
 ])
 def test_experiment_bad_arguments(argv, message, capsys):
     assert main(argv) == 2
