@@ -68,24 +68,26 @@ def default_cache_dir() -> str:
     return os.environ.get("LSDM_FAST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lsdm_fast"))
 
 
-def _train(model: nn.Module, y: torch.Tensor, labels: torch.Tensor, steps: int, seed: int, batch_size: int = 128,
-           lr: float = 1e-3) -> nn.Module:
+def _cached_classifier(kind: str, make, images: np.ndarray, labels: np.ndarray, key: str, *, steps: int, seed: int,
+                       batch_size: int, cache_dir: str | None) -> nn.Module:
+    """`make()` built under `seed`, its weights loaded from the cache when there, otherwise trained on
+    (images, labels) with the package's classifier loop and written to the cache atomically."""
     from .classifier import fit_classifier
 
-    return fit_classifier(model, y, labels, steps=steps, batch_size=batch_size, lr=lr, seed=seed).requires_grad_(False)
-
-
-def _cached(kind: str, key: str, build, train_fn, cache_dir: str | None):
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     path = os.path.join(cache_dir, f"{kind}-{key}.pt") if cache_dir else None
-    model = build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
     if path and os.path.exists(path):
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return model.eval().requires_grad_(False)
         except (RuntimeError, OSError, EOFError, ValueError):
             pass  # stale or corrupt cache entry: retrain and overwrite
-    model = train_fn(model)
+    y = torch.from_numpy(images).reshape(len(images), -1)
+    model = fit_classifier(model, y, torch.from_numpy(labels).long(), steps=steps, batch_size=batch_size, lr=1e-3,
+                           seed=seed).requires_grad_(False)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
@@ -100,19 +102,9 @@ def feature_net(images: np.ndarray, labels: np.ndarray, num_classes: int = 10, *
     loaded from `cache_dir` when a net for the same data, steps and seed is there.
     cache_dir=None: $LSDM_FAST_CACHE or ~/.cache/lsdm_fast; "" disables the cache."""
     images = np.asarray(images, dtype=np.float32)
-    shape = tuple(images.shape[1:])
     key = _data_key(images, labels, FEATURE_NET_VERSION, num_classes, steps, seed)
-
-    def build():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return FeatureCNN(shape, num_classes)
-
-    def train(model):
-        return _train(model, torch.from_numpy(images).reshape(len(images), -1), torch.from_numpy(labels).long(),
-                      steps, seed)
-
-    return _cached("featurecnn", key, build, train, cache_dir)
+    return _cached_classifier("featurecnn", lambda: FeatureCNN(tuple(images.shape[1:]), num_classes), images, labels,
+                              key, steps=steps, seed=seed, batch_size=128, cache_dir=cache_dir)
 
 
 def judge_net(images: np.ndarray, labels: np.ndarray, num_classes: int = 10, *, steps: int = 2000,
@@ -124,17 +116,8 @@ def judge_net(images: np.ndarray, labels: np.ndarray, num_classes: int = 10, *, 
     images = np.asarray(images, dtype=np.float32)
     key = _data_key(images, labels, JUDGE_VERSION, num_classes, steps, seed)
     dim = int(np.prod(images.shape[1:]))
-
-    def build():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return Classifier(dim, num_classes)
-
-    def train(model):
-        return _train(model, torch.from_numpy(images).reshape(len(images), -1), torch.from_numpy(labels).long(),
-                      steps, seed, batch_size=256)
-
-    return _cached("judge", key, build, train, cache_dir)
+    return _cached_classifier("judge", lambda: Classifier(dim, num_classes), images, labels, key, steps=steps,
+                              seed=seed, batch_size=256, cache_dir=cache_dir)
 
 
 @torch.no_grad()
