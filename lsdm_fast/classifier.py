@@ -21,18 +21,22 @@ class Classifier(nn.Module):
 
 def fit_classifier(model: nn.Module, y: torch.Tensor, labels: torch.Tensor, *, steps: int, batch_size: int,
                    lr: float = 1e-3, seed: int = 0, progress: bool = False) -> nn.Module:
-    """Cross-entropy, Adam with cosine decay, seeded minibatches; returns the model in eval mode."""
+    """Cross-entropy, Adam with cosine decay, seeded minibatches and seeded dropout masks; returns
+    the model in eval mode. Same seed and data: the same weights (dropout draws from the global
+    generator, so training runs inside a forked, seeded one and leaves the caller's untouched)."""
     rng = torch.Generator(device=y.device).manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     model.train()
-    for _ in trange(steps, desc="classifier", disable=not progress, leave=False):
-        idx = torch.randint(len(y), (batch_size,), generator=rng, device=y.device)
-        loss = F.cross_entropy(model(y[idx]), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    with torch.random.fork_rng(devices=[y.device] if y.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for _ in trange(steps, desc="classifier", disable=not progress, leave=False):
+            idx = torch.randint(len(y), (batch_size,), generator=rng, device=y.device)
+            loss = F.cross_entropy(model(y[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
     return model.eval()
 
 

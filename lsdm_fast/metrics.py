@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 FEATURE_NET_VERSION = "cnn-v1"
-JUDGE_VERSION = "mlp-v1"
+JUDGE_VERSION = "mlp-v2"  # v2: dropout seeded (v1 judges came from an unseeded draw)
 FD_NOTE = ("classifier-feature Frechet distance (features of a small CNN trained on the full labelled training "
            "set); NOT Inception-FID, not comparable with published FID numbers")
 

@@ -148,3 +148,17 @@ def _feature_net_and_judge(tmp_path):
     # a different data set gets a different cache entry
     metrics.feature_net(train.images[:200], train.labels[:200], steps=5, cache_dir=str(tmp_path))
     assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_classifier_training_is_reproducible_and_leaves_the_global_rng_alone():
+    from lsdm_fast.classifier import train_classifier
+    from lsdm_fast.data import load_dataset
+
+    train = load_dataset("digits", "train")
+    y, lab = torch.from_numpy(train.images[:300]), torch.from_numpy(train.labels[:300])
+    state = torch.random.get_rng_state()
+    a = train_classifier(y, lab, 10, steps=10, batch_size=32, seed=3, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.rand(5)  # move the global generator: the dropout masks must not depend on it
+    b = train_classifier(y, lab, 10, steps=10, batch_size=32, seed=3, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
