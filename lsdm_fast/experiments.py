@@ -302,6 +302,14 @@ def _figures(out: str, agg: list[dict], grids_by_setting: dict, image_shape, bud
 
     written = []
     h, w = image_shape
+
+    def save(fig, name: str, title: str | None = None) -> None:
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        written.append(os.path.join(out, name))
+        fig.savefig(written[-1], dpi=130)
+        plt.close(fig)
     for setting, grids in grids_by_setting.items():
         keep = {k: v for k, v in grids.items() if "[" not in k or k in (f"latent_diffusion[{budget.ddim_few}]",
                                                                            f"latent_diffusion[{budget.ddim_many}]")}
@@ -316,12 +324,7 @@ def _figures(out: str, agg: list[dict], grids_by_setting: dict, image_shape, bud
             ax.set_title(name.replace("latent_diffusion", "latent diff.").replace("[", " (").replace("]", " steps)"),
                          fontsize=8)
             ax.axis("off")
-        fig.suptitle(f"{setting} (first seed)", fontsize=9)
-        fig.tight_layout()
-        path = os.path.join(out, f"samples_{_slug(setting)}.png")
-        fig.savefig(path, dpi=130)
-        plt.close(fig)
-        written.append(path)
+        save(fig, f"samples_{_slug(setting)}.png", f"{setting} (first seed)")
 
     settings = list(dict.fromkeys(a["setting"] for a in agg))
     diff = [a for a in agg if "ddim_steps" in a]
@@ -346,12 +349,8 @@ def _figures(out: str, agg: list[dict], grids_by_setting: dict, image_shape, bud
                 if key == "samples_per_second":
                     ax.set_yscale("log")
             axes[0].legend(fontsize=8)
-            fig.suptitle(f"{setting}: quality and speed against sampling steps (mean ± std over seeds)", fontsize=9)
-            fig.tight_layout()
-            path = os.path.join(out, f"steps_{_slug(setting)}.png")
-            fig.savefig(path, dpi=130)
-            plt.close(fig)
-            written.append(path)
+            save(fig, f"steps_{_slug(setting)}.png",
+                 f"{setting}: quality and speed against sampling steps (mean ± std over seeds)")
 
     if len(settings) > 1:  # a curve over settings (m or n)
         methods = list(dict.fromkeys(a["method"] for a in agg if "ddim_steps" not in a))
@@ -367,11 +366,7 @@ def _figures(out: str, agg: list[dict], grids_by_setting: dict, image_shape, bud
             ax.set_xticks(range(len(settings)), settings, fontsize=8)
             ax.set_title(name, fontsize=9)
         axes[0].legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(out, "curve.png")
-        fig.savefig(path, dpi=130)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "curve.png")
     return written
 
 
