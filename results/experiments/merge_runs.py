@@ -1,23 +1,26 @@
-"""Add the rows of methods run later into other folders (same experiment, budget, code and seeds;
-e.g. `--methods pixel_matching --out OTHER`) to this folder's results.json, then re-render with
-`lsdm experiment class_n10 ... --resume`. Rows of a (setting, seed, method) already here are kept
-as they are; the reference rows of the other folder must equal this folder's (checked).
+"""Merge `lsdm experiment` runs made into other folders (same experiment, budget and code; other
+seeds, or other methods via `--methods`, run in parallel to use both CPU cores) into DEST's
+results.json, then re-render DEST with its own command plus `--resume` (every cell is then done).
+Rows of a (setting, seed, method[, steps]) already in DEST are kept as they are; reference rows
+present on both sides must agree (checked). Used for class_n100_wide (seed 2) and class_n10
+(pixel matching).
 
-Run from the repository root: python results/experiments/class_n10/merge_method_rows.py OTHER [OTHER ...]
+Run from the repository root: python results/experiments/merge_runs.py DEST OTHER [OTHER ...]
 """
 import glob
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = sys.argv[1]
 dst_path = os.path.join(HERE, "results.json")
 dst = json.load(open(dst_path))
 key = lambda r: (r["setting"], r["seed"], r["method"], r.get("ddim_steps"))
 have = {key(r): r for r in dst["rows"]}
-for other in sys.argv[1:]:
+for other in sys.argv[2:]:
     src = json.load(open(os.path.join(other, "results.json")))
     assert src["budget"] == dst["budget"] and src["name"] == dst["name"], f"{other}: another experiment or budget"
     for r in src["rows"]:
@@ -32,6 +35,9 @@ for other in sys.argv[1:]:
     dst["commands"] += src["commands"]
     for f in glob.glob(os.path.join(other, "grids_*.npz")):  # add the new methods' sample grids
         mine = os.path.join(HERE, os.path.basename(f))
+        if not os.path.exists(mine):  # a new seed: its grids as they are
+            shutil.copy(f, mine)
+            continue
         with np.load(f) as z_new, np.load(mine) as z_old:
             merged = {k: z_old[k] for k in z_old.files}
             merged.update({k: z_new[k] for k in z_new.files if k not in merged})
