@@ -11,6 +11,7 @@ import torch
 from .. import _ext
 from ._registry import register
 from .critic_gp import CriticStepOutput
+from .mlp import hidden_slope
 
 _GP_FN = "critic_gp_cpu"
 _SCORE_FN = "critic_score_grad_cpu"
@@ -33,11 +34,6 @@ def _why(fn: str):
     return why
 
 
-def negative_slope_of(critic) -> float:
-    """The slope of the hidden activation: 0 for ReLU."""
-    return 0.0 if critic.activation == "relu" else float(critic.negative_slope)
-
-
 @register("critic_gradient_penalty", "cpp",
           available=lambda device: device.type == "cpu" and _has(_GP_FN), why_unavailable=_why(_GP_FN))
 def critic_gradient_penalty_cpp(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over):
@@ -45,7 +41,7 @@ def critic_gradient_penalty_cpp(critic, x, z_real, z_fake, t, *, gp_weight, pena
     loss, wass, pen, wg, bg = ext.critic_gp_cpu(
         [w.detach() for w in critic.weights], [b.detach() for b in critic.biases],
         x.detach(), z_real.detach(), z_fake.detach(), t.detach(),
-        float(gp_weight), penalty_over, negative_slope_of(critic))
+        float(gp_weight), penalty_over, hidden_slope(critic))
     return CriticStepOutput(loss, wass, pen, list(wg), list(bg))
 
 
@@ -55,8 +51,8 @@ def critic_score_grad_cpp(critic, x, z):
     ext = _ext.cpu_extension()
     score, gz = ext.critic_score_grad_cpu([w.detach() for w in critic.weights],
                                           [b.detach() for b in critic.biases],
-                                          x.detach(), z.detach(), negative_slope_of(critic))
+                                          x.detach(), z.detach(), hidden_slope(critic))
     return score, gz
 
 
-__all__ = ["critic_gradient_penalty_cpp", "critic_score_grad_cpp", "negative_slope_of", "torch"]
+__all__ = ["critic_gradient_penalty_cpp", "critic_score_grad_cpp", "torch"]

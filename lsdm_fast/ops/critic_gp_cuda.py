@@ -10,6 +10,7 @@ import torch
 from .._ext import cuda_extension, load_error
 from ._registry import register
 from .critic_gp import CriticStepOutput
+from .mlp import hidden_slope, work_dtype
 
 
 def _has(name: str) -> bool:
@@ -29,19 +30,15 @@ def _avail(fn_name: str):
 
 
 def _prep(critic, dtype):
-    slope = float(critic.negative_slope) if critic.activation == "leaky_relu" else 0.0
+    slope = hidden_slope(critic)
     ws = [w.detach().to(dtype) for w in critic.weights]
     bs = [b.detach().to(dtype) for b in critic.biases]
     return ws, bs, slope
 
 
-def _work_dtype(x):
-    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-
-
 @register("critic_gradient_penalty", "cuda", available=_avail("critic_gp_step"), why_unavailable=_why_unavailable)
 def critic_gradient_penalty_cuda(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over):
-    dtype = _work_dtype(x)
+    dtype = work_dtype(x)
     ws, bs, slope = _prep(critic, dtype)
     loss, wass, pen, gw, gb = cuda_extension().critic_gp_step(
         ws, bs, x.detach().to(dtype), z_real.detach().to(dtype), z_fake.detach().to(dtype),
@@ -55,7 +52,7 @@ def critic_gradient_penalty_cuda(critic, x, z_real, z_fake, t, *, gp_weight, pen
 
 @register("critic_score_grad", "cuda", available=_avail("critic_score_grad"), why_unavailable=_why_unavailable)
 def critic_score_grad_cuda(critic, x, z):
-    dtype = _work_dtype(x)
+    dtype = work_dtype(x)
     ws, bs, slope = _prep(critic, dtype)
     score, dz = cuda_extension().critic_score_grad(ws, bs, x.detach().to(dtype), z.detach().to(dtype), slope)
     return score.to(x.dtype), dz.to(x.dtype)

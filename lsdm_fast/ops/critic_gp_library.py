@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ._registry import resolve
 from .critic_gp import PENALTY_OVER, _check_critic_inputs, critic_gradient_penalty
-from .mlp import MLPParams
+from .mlp import MLPParams, hidden_slope
 
 OP_NAME = "lsdm_fast::critic_gp_fused"
 
@@ -136,7 +136,7 @@ def critic_loss(critic: MLPParams, x: Tensor, z_real: Tensor, z_fake: Tensor, t:
     if critic.activation not in ("leaky_relu", "relu") or critic.output_activation is not None:
         raise ValueError("critic_loss: needs a LeakyReLU/ReLU critic with an affine last layer, got "
                          f"activation={critic.activation!r}, output_activation={critic.output_activation!r}")
-    slope = 0.0 if critic.activation == "relu" else float(critic.negative_slope)
+    slope = hidden_slope(critic)
     outs = critic_gp_fused(x, z_real, z_fake, t.reshape(-1), list(critic.weights), list(critic.biases),
                            float(gp_weight), penalty_over, slope, backend)
     return outs[0], outs[1].detach(), outs[2].detach()

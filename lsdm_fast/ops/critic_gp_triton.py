@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ._registry import register
 from .critic_gp import CriticStepOutput
+from .mlp import hidden_slope, work_dtype
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 
@@ -368,7 +369,7 @@ def _prep(critic, dtype):
     Ws = [w.detach().to(dtype).contiguous() for w in critic.weights]
     bs = [b.detach().to(dtype).contiguous() for b in critic.biases]
     widths = [Ws[0].shape[1]] + [w.shape[0] for w in Ws]  # N_0 .. N_L (N_L = 1)
-    slope = float(critic.negative_slope) if critic.activation == "leaky_relu" else 0.0
+    slope = hidden_slope(critic)
     return Ws, bs, widths, slope
 
 
@@ -405,14 +406,10 @@ def _params(slope, gp_weight, dtype, device, dummy):
     return dummy, False
 
 
-def _work_dtype(x):
-    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-
-
 def critic_gradient_penalty_triton(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over,
                                    input_precision: str | None = None, split: int | None = None):
     out_dtype = x.dtype
-    dtype = _work_dtype(x)
+    dtype = work_dtype(x)
     prec = _precision(input_precision, dtype)
     Ws, bs, widths, slope = _prep(critic, dtype)
     L = len(Ws)
@@ -480,7 +477,7 @@ def critic_gradient_penalty_triton(critic, x, z_real, z_fake, t, *, gp_weight, p
 
 def critic_score_grad_triton(critic, x, z, *, input_precision: str | None = None):
     out_dtype = x.dtype
-    dtype = _work_dtype(x)
+    dtype = work_dtype(x)
     prec = _precision(input_precision, dtype)
     Ws, bs, widths, slope = _prep(critic, dtype)
     L = len(Ws)

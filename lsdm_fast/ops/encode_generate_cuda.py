@@ -15,9 +15,8 @@ import torch
 from .._ext import cuda_extension, load_error
 from ._registry import register
 from .encode_generate import encode_torch, generate_torch
-from .mlp import MLPParams
+from .mlp import ACT_CODE, MLPParams
 
-_ACT_CODE = {None: 0, "leaky_relu": 1, "relu": 2, "silu": 3, "sigmoid": 4}
 _FUNCS = ("mlp_forward", "generate", "philox_normal")
 
 
@@ -48,7 +47,7 @@ def _layers(*mlps: MLPParams):
         for l, (w, b) in enumerate(zip(p.weights, p.biases)):
             ws.append(w.detach())
             bs.append(b.detach())
-            acts.append(_ACT_CODE[p.activation] if l < n - 1 else _ACT_CODE[p.output_activation])
+            acts.append(ACT_CODE[p.activation] if l < n - 1 else ACT_CODE[p.output_activation])
             slopes.append(float(p.negative_slope))
     return ws, bs, acts, slopes
 

@@ -44,9 +44,8 @@ import triton.language as tl
 
 from ._registry import register
 from .encode_generate import encode_torch, generate_torch
-from .mlp import MLPParams
+from .mlp import ACT_CODE, MLPParams
 
-_ACT_CODE = {None: 0, "leaky_relu": 1, "relu": 2, "silu": 3, "sigmoid": 4}
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 _COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -118,7 +117,7 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
                       PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """MODE 0: encode (layer 0 reads in_ptr). MODE 1: generate with in-kernel noise. MODE 2:
     generate with eta loaded from in_ptr. meta = [dims (NL+1), weight offsets (NL), bias
-    offsets (NL)] as int64; ACTS holds one octal digit per layer (see _ACT_CODE)."""
+    offsets (NL)] as int64; ACTS holds one octal digit per layer (see ACT_CODE)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     s0 = scratch_ptr + pid.to(tl.int64) * (2 * BM) * smax
@@ -226,9 +225,9 @@ def _mlp_layers(p: MLPParams) -> list[tuple[torch.Tensor, torch.Tensor, int, flo
     out = []
     for l, (w, b) in enumerate(zip(p.weights, p.biases)):
         if l < n - 1:
-            code = _ACT_CODE[p.activation]
+            code = ACT_CODE[p.activation]
         else:
-            code = _ACT_CODE[p.output_activation]
+            code = ACT_CODE[p.output_activation]
         out.append((w, b, code, p.negative_slope))
     return out
 

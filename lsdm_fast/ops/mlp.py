@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 ACTIVATIONS = ("leaky_relu", "relu", "silu")
 OUTPUT_ACTIVATIONS = (None, "sigmoid")
+# activation codes shared by the fused kernels (Triton and CUDA): hidden or output activation
+ACT_CODE = {None: 0, "leaky_relu": 1, "relu": 2, "silu": 3, "sigmoid": 4}
 
 
 class MLPParams(NamedTuple):
@@ -34,6 +36,16 @@ class MLPParams(NamedTuple):
     @property
     def widths(self) -> list[int]:
         return [self.in_features] + [int(w.shape[0]) for w in self.weights]
+
+
+def hidden_slope(p: MLPParams) -> float:
+    """The slope of the hidden activation's negative part, as the critic kernels take it: 0 for ReLU."""
+    return 0.0 if p.activation == "relu" else float(p.negative_slope)
+
+
+def work_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a float32/float64 kernel computes in for input x: itself, or float32 for half types."""
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def check_mlp(p: MLPParams, name: str = "mlp") -> None:
