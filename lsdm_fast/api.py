@@ -15,6 +15,7 @@ from .config import LSDMConfig
 from .io import atomic_write_bytes, atomic_write_json
 from .models import MLP, Critic, Generator, build_autoencoder
 from .ops.encode_generate import condition_tensor
+from .state import Stage, TrainingState
 
 FORMAT_VERSION = 1
 
@@ -88,12 +89,59 @@ class LSDM:
             progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> "LSDM":
         """Train both stages. With `checkpoint_dir`, a checkpoint is written there atomically every
         `checkpoint_every` steps of each stage (config) and at the end of each stage; with
-        `resume=True` a checkpoint found there is continued exactly (bit-identical on CPU to a run
+        `resume=True` the checkpoint there is continued exactly (bit-identical on CPU to a run
         that was never interrupted), after checking that its config and data match these."""
-        from .checkpoint import Checkpointer, data_fingerprint, find_checkpoint
-        from .stages import StageHooks, train_autoencoder, train_joint_matching
+        from .checkpoint import Checkpointer, find_checkpoint
+        from .stages import train_autoencoder, train_joint_matching
 
         cfg = self.config
+        x, all_y, n_pairs = self._fit_data(paired_x, paired_y, unpaired_y, num_classes)
+        self._check_backend()
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs the checkpoint_dir to resume from")
+        ck = None
+        if checkpoint_dir is not None:
+            if not resume and find_checkpoint(checkpoint_dir):
+                raise ValueError(f"{checkpoint_dir} already holds a checkpoint of another run; resume it "
+                                 "(resume=True, `lsdm train --resume DIR`) or choose another checkpoint folder")
+            ck = Checkpointer(checkpoint_dir, cfg.to_dict(), (x, all_y), meta=self._meta_json())
+
+        # load or create the state
+        state = self._new_state()
+        if resume:
+            ck.restore(state, ck.load())
+        resumed_from = {"stage": int(state.stage), "step": state.step} if resume else None
+        kw = dict(precision=cfg.precision, progress=progress, checkpoint=ck)
+
+        t0 = time.perf_counter()
+        if state.stage == Stage.AUTOENCODER:  # stage 1 on every image
+            train_autoencoder(state, all_y, cfg.autoencoder, **kw)
+        t1 = time.perf_counter()
+        for mod in (self.encoder, self.decoder):
+            mod.eval().requires_grad_(False)  # frozen from here on
+        z_all = self.encode(all_y)
+        if state.stage == Stage.AUTOENCODER:
+            state.latent_mean, state.latent_std = z_all.mean(0), z_all.std(0).clamp_min(1e-6)
+            state.enter(Stage.MATCHING)
+            if ck is not None:
+                ck.save(state)
+        self.latent_mean, self.latent_std = state.latent_mean, state.latent_std
+        if state.stage == Stage.MATCHING:  # stage 2 on the pairs, which come first in all_y
+            z_pairs = (z_all[:n_pairs] - state.latent_mean) / state.latent_std
+            train_joint_matching(state, x, z_pairs, cfg.matching, **kw)
+            state.stage, state.optim = Stage.DONE, None  # the step count stays: resumed_from says where it ended
+            if ck is not None:
+                ck.save(state)
+        t2 = time.perf_counter()
+        self.history = {**state.history, "seconds": {"stage1": t1 - t0, "stage2": t2 - t1},
+                        "counts": {"paired": n_pairs, "unpaired": len(all_y) - n_pairs}}
+        if resumed_from is not None:
+            self.history["resumed_from"] = resumed_from
+        return self
+
+    def _fit_data(self, paired_x, paired_y, unpaired_y, num_classes):
+        """Checked conditions (on the device), every image (pairs first, flat, on the device), and the number of
+        pairs; sets self.meta and builds the networks (seeded)."""
         py = _as_tensor(paired_y, "paired_y", torch.float32)
         image_shape = tuple(py.shape[1:]) if py.dim() == 3 else None
         if py.dim() < 2 or len(py) == 0:
@@ -120,82 +168,25 @@ class LSDM:
             if t.numel() and (t.min() < 0 or t.max() > 1):
                 raise ValueError(f"{name} must have values in [0, 1], got [{float(t.min()):.3g}, {float(t.max()):.3g}]")
         self.meta.update(data_dim=int(py.shape[1]), image_shape=image_shape, format_version=FORMAT_VERSION)
-
-        dev = self.device
-        from .ops._registry import resolve
-        for op in ("critic_gradient_penalty", "critic_score_grad"):  # an unusable backend fails now, not after stage 1
-            try:
-                resolve(op, cfg.matching.backend, dev)
-            except (RuntimeError, KeyError) as exc:
-                raise ValueError(f"matching.backend={cfg.matching.backend!r}: {exc}") from None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(self.config.seed)
             self._build(py.shape[1], self.meta["cond_dim"], image_shape)
-        rng = torch.Generator(device=dev).manual_seed(cfg.seed)
-        x = self._conditions(px, "paired_x").to(dev)
-        all_y = torch.cat([py, uy]).to(dev)
+        x = self._conditions(px, "paired_x").to(self.device)
+        return x, torch.cat([py, uy]).to(self.device), len(py)
 
-        ck, state = None, None
-        if checkpoint_dir is not None:
-            ck = Checkpointer(checkpoint_dir, cfg.to_dict(), data_fingerprint(x, all_y))
-            if resume:
-                state = ck.load()
-            elif find_checkpoint(checkpoint_dir):
-                raise ValueError(f"{checkpoint_dir} already holds a checkpoint of another run; resume it "
-                                 "(resume=True, `lsdm train --resume DIR`) or choose another checkpoint folder")
-        elif resume:
-            raise ValueError("resume=True needs the checkpoint_dir to resume from")
-        names = ("encoder", "decoder", "generator", "critic")
-        if state is not None:
-            for name, mod in zip(names, self.modules()):
-                mod.load_state_dict(state["models"][name])
-            rng.set_state(state["rng"])
-            self.latent_mean = state["latent_mean"].to(dev)
-            self.latent_std = state["latent_std"].to(dev)
-        stage = int(state["stage"]) if state is not None else 1
-        prec = cfg.precision
+    def _check_backend(self) -> None:
+        """An unusable stage-2 backend fails now, not after stage 1."""
+        from .ops._registry import resolve
 
-        def save(stage_no, step, stage_state, history):
-            if ck is not None:
-                ck.save(stage=stage_no, step=step, models=dict(zip(names, self.modules())), rng=rng,
-                        latent_mean=self.latent_mean, latent_std=self.latent_std, meta=self._meta_json(),
-                        stage_state=stage_state, history=history)
+        for op in ("critic_gradient_penalty", "critic_score_grad"):
+            try:
+                resolve(op, self.config.matching.backend, self.device)
+            except (RuntimeError, KeyError) as exc:
+                raise ValueError(f"matching.backend={self.config.matching.backend!r}: {exc}") from None
 
-        def hooks(stage_no, every, history):
-            if ck is None:
-                return StageHooks()
-            return StageHooks(every=every, save=lambda step, st: save(stage_no, step, st, history),
-                              resume=state["stage_state"] if state is not None and stage == stage_no else None,
-                              describe=ck.describe)
-
-        t0 = time.perf_counter()
-        if stage == 1:
-            ae_losses = train_autoencoder(self.encoder, self.decoder, all_y, cfg.autoencoder, rng, progress,
-                                          hooks=hooks(1, cfg.autoencoder.checkpoint_every, {}), precision=prec)
-        else:
-            ae_losses = list(state["history"]["reconstruction"])
-        t1 = time.perf_counter()
-        for mod in (self.encoder, self.decoder):
-            mod.eval().requires_grad_(False)  # frozen from here on
-        z_all = self.encode(all_y)
-        if stage == 1:
-            self.latent_mean, self.latent_std = z_all.mean(0), z_all.std(0).clamp_min(1e-6)
-            save(2, 0, None, {"reconstruction": ae_losses})
-        z_pairs = (z_all[: len(py)] - self.latent_mean) / self.latent_std  # pairs come first in all_y
-        if stage <= 2:
-            h2 = hooks(2, cfg.matching.checkpoint_every, {"reconstruction": ae_losses})
-            match = train_joint_matching(self.generator, self.critic, x, z_pairs, cfg.matching, rng, progress,
-                                         hooks=h2, precision=prec)
-            save(3, cfg.matching.steps, None, {"reconstruction": ae_losses, **match})
-        else:
-            match = {k: v for k, v in state["history"].items() if k != "reconstruction"}
-        t2 = time.perf_counter()
-        self.history = {"reconstruction": ae_losses, **match,
-                        "seconds": {"stage1": t1 - t0, "stage2": t2 - t1},
-                        "counts": {"paired": len(py), "unpaired": len(uy)}}
-        if state is not None:
-            self.history["resumed_from"] = {"stage": int(state["stage"]), "step": int(state["step"])}
-        return self
+    def _new_state(self) -> TrainingState:
+        rng = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        return TrainingState(self.encoder, self.decoder, self.generator, self.critic, rng)
 
     def _meta_json(self) -> dict:
         return {**self.meta, "image_shape": list(self.meta["image_shape"]) if self.meta.get("image_shape") else None}

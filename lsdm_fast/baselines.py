@@ -28,6 +28,7 @@ from .config import LSDMConfig, MatchingConfig
 from .models import Critic, Generator
 from .ops.encode_generate import condition_tensor
 from .stages import train_joint_matching
+from .state import Stage, TrainingState
 
 
 def fit_paired_only(config: LSDMConfig, paired_x, paired_y, *, num_classes: int | None = None,
@@ -57,9 +58,11 @@ class PixelMatching:
             self.generator = Generator(self.noise_dim, cond.shape[1], y.shape[1], self.generator_hidden,
                                        self.cfg.negative_slope)
             self.critic = Critic(cond.shape[1], y.shape[1], self.critic_hidden, self.cfg.negative_slope)
-        rng = torch.Generator().manual_seed(self.seed)
+        state = TrainingState(None, None, self.generator, self.critic, torch.Generator().manual_seed(self.seed),
+                              stage=Stage.MATCHING)
         t0 = time.perf_counter()
-        self.history = train_joint_matching(self.generator, self.critic, cond, y, self.cfg, rng, progress)
+        train_joint_matching(state, cond, y, self.cfg, progress=progress)
+        self.history = state.history
         self.history["seconds"] = {"stage2": time.perf_counter() - t0}
         self.generator.eval().requires_grad_(False)
         return self

@@ -134,6 +134,7 @@ def test_api_errors(digits, fitted, tmp_path):
 
 def test_latent_noise_option(digits):
     from lsdm_fast.stages import train_autoencoder
+    from lsdm_fast.state import TrainingState
 
     with pytest.raises(ValueError, match="latent_noise must be >= 0"):
         LSDM(LSDMConfig(autoencoder=AutoencoderConfig(latent_noise=-0.1)))
@@ -143,7 +144,9 @@ def test_latent_noise_option(digits):
         torch.manual_seed(0)
         enc, dec = build_autoencoder("mlp", 64, 4, (32,))
         cfg = AutoencoderConfig(latent_dim=4, hidden=(32,), steps=30, batch_size=32, latent_noise=noise)
-        return train_autoencoder(enc, dec, y, cfg, torch.Generator().manual_seed(0), False)
+        state = TrainingState(enc, dec, None, None, torch.Generator().manual_seed(0))
+        train_autoencoder(state, y, cfg, progress=False)
+        return state.history["reconstruction"]
 
     clean, noisy = run(0.0), run(0.5)
     assert clean == run(0.0)  # off: the pre-option training, draw for draw

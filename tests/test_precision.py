@@ -55,9 +55,9 @@ def test_fp16_grad_scaler_state_is_checkpointed(tmp_path):
     orig = __import__("lsdm_fast.checkpoint", fromlist=["x"]).Checkpointer.save
     seen = []
 
-    def spy(self, **kw):
-        seen.append(kw["stage_state"])
-        return orig(self, **kw)
+    def spy(self, state):
+        seen.append(state.optim)
+        return orig(self, state)
 
     mp = pytest.MonkeyPatch()
     mp.setattr("lsdm_fast.checkpoint.Checkpointer.save", spy)

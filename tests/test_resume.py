@@ -132,4 +132,4 @@ def test_api_resume_checks_config_and_data(tmp_path):
     assert done.history["resumed_from"] == {"stage": 3, "step": 3} and len(done.history["critic_loss"]) == 3
     with pytest.raises(ValueError, match="resume=True needs the checkpoint_dir"):
         LSDM(cfg).fit(x, y, num_classes=10, progress=False, resume=True)
-    assert isinstance(Checkpointer(d, {}, []).describe(), str)
+    assert isinstance(Checkpointer(d, {}, ()).describe(), str)
