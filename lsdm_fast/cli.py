@@ -113,16 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args, ae_kind="mlp"):
-    from .config import AutoencoderConfig, LSDMConfig, MatchingConfig
+    from .config import LSDMConfig
 
-    cfg = LSDMConfig(
-        autoencoder=AutoencoderConfig(kind=ae_kind, latent_dim=args.latent_dim, steps=args.ae_steps,
-                                      batch_size=args.batch_size,
-                                      hidden=(256, 128) if args.command == "demo" else (512, 256)),
-        matching=MatchingConfig(steps=args.steps, batch_size=args.batch_size, backend=args.backend),
-        seed=args.seed, device=args.device, precision=args.precision)
-    cfg.autoencoder.checkpoint_every = cfg.matching.checkpoint_every = args.checkpoint_every
-    return cfg
+    return LSDMConfig.from_knobs(latent_dim=args.latent_dim, ae_hidden=(256, 128) if args.command == "demo" else (512, 256),
+                                 ae_kind=ae_kind, ae_steps=args.ae_steps, steps=args.steps, batch_size=args.batch_size,
+                                 backend=args.backend, seed=args.seed, device=args.device, precision=args.precision,
+                                 checkpoint_every=args.checkpoint_every)
 
 
 def cmd_demo(args) -> int:

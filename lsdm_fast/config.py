@@ -73,6 +73,22 @@ class LSDMConfig:
         mt = build(MatchingConfig, d.pop("matching", {}))
         return build(cls, {**d, "autoencoder": ae, "matching": mt})
 
+    @classmethod
+    def from_knobs(cls, *, latent_dim: int = 16, ae_hidden=(512, 256), ae_kind: str = "mlp", ae_steps: int = 3000,
+                   steps: int = 3000, batch_size: int = 256, match_hidden=None, latent_noise: float = 0.0,
+                   backend: str = "auto", seed: int = 0, device: str = "cpu", precision: str = "fp32",
+                   checkpoint_every: int = 0) -> "LSDMConfig":
+        """The config from the few knobs `lsdm train`/`demo` and `lsdm experiment` expose (one translation for
+        both); everything else keeps its default. match_hidden: generator and critic widths (None: defaults)."""
+        nets = {} if match_hidden is None else {"generator_hidden": tuple(match_hidden),
+                                                 "critic_hidden": tuple(match_hidden)}
+        return cls(autoencoder=AutoencoderConfig(kind=ae_kind, latent_dim=latent_dim, hidden=tuple(ae_hidden),
+                                                 steps=ae_steps, batch_size=batch_size, latent_noise=latent_noise,
+                                                 checkpoint_every=checkpoint_every),
+                   matching=MatchingConfig(steps=steps, batch_size=batch_size, backend=backend,
+                                           checkpoint_every=checkpoint_every, **nets),
+                   seed=seed, device=device, precision=precision)
+
     def validate(self) -> None:
         a, m = self.autoencoder, self.matching
         checks = [

@@ -100,8 +100,8 @@ def test_experiment_quick_superres_and_curve(tmp_path):
     assert {"psnr_db", "ssim", "consistency_rmse", "latent_w1", "train_nn_ratio"} <= set(row)
     b = res["budget"]
     assert b["latent_dim"] == 3 and b["ae_hidden"] == [24, 12] and b["match_hidden"] == [20, 10]
-    from lsdm_fast.experiments import Budget, _config
-    cfg = _config(Budget(**{**b, "ae_hidden": (24, 12), "match_hidden": (20, 10)}), 0, "auto")
+    from lsdm_fast.experiments import Budget, lsdm_config
+    cfg = lsdm_config(Budget(**{**b, "ae_hidden": (24, 12), "match_hidden": (20, 10)}), 0, "auto")
     assert cfg.autoencoder.hidden == (24, 12) and cfg.matching.generator_hidden == cfg.matching.critic_hidden == (20, 10)
     assert main(["experiment", "unpaired_curve", "--quick", "--seeds", "0", "--out", str(tmp_path / "uc"),
                  "--cache-dir", cache, "--settings", "m=0,m=all"]) == 0

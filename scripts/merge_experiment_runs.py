@@ -5,7 +5,7 @@ Rows of a (setting, seed, method[, steps]) already in DEST are kept as they are;
 present on both sides must agree (checked). Used for class_n100_wide (seed 2) and class_n10
 (pixel matching).
 
-Run from the repository root: python results/experiments/merge_runs.py DEST OTHER [OTHER ...]
+Run from the repository root: python scripts/merge_experiment_runs.py DEST OTHER [OTHER ...]
 """
 import glob
 import json

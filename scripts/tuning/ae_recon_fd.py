@@ -1,7 +1,7 @@
 """Tuning aid (not part of the package): the classifier-feature FD of autoencoder reconstructions
 of 2000 random MNIST test images (the floor any latent-space sampler inherits), per stage-1 config.
 
-Run from the repository root:  python results/experiments/tuning/ae_recon_fd.py "latent_dim=16;latent_dim=32"
+Run from the repository root:  python scripts/tuning/ae_recon_fd.py "latent_dim=16;latent_dim=32"
 """
 import sys, time, json
 from dataclasses import replace
@@ -10,6 +10,7 @@ from lsdm_fast import experiments as E, metrics as M
 from lsdm_fast.config import AutoencoderConfig
 from lsdm_fast.models import build_autoencoder
 from lsdm_fast.stages import train_autoencoder
+from lsdm_fast.state import TrainingState
 from lsdm_fast.data import load_dataset
 b = E.Budget(); data = '../shared/data/mnist'
 train = load_dataset(data, 'train', seed=0); test = load_dataset(data, 'test', seed=0)
@@ -24,7 +25,9 @@ for v in sys.argv[1].split(";"):
     torch.manual_seed(0)
     enc, dec = build_autoencoder(cfg.kind, 784, cfg.latent_dim, cfg.hidden, (28, 28))
     t = time.time()
-    losses = train_autoencoder(enc, dec, y, cfg, torch.Generator().manual_seed(0), False)
+    state = TrainingState(enc, dec, None, None, torch.Generator().manual_seed(0))
+    train_autoencoder(state, y, cfg, progress=False)
+    losses = state.history["reconstruction"]
     dt = time.time() - t
     enc.eval(); dec.eval()
     with torch.no_grad():

@@ -1,0 +1,168 @@
+"""Running an experiment: every (setting, seed) cell fits LSDM and the baselines on the same split with
+the same budgets, scores them (evaluate.py), and rewrites the report after each cell (report.py)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+import torch
+
+from .. import metrics as M
+from ..api import LSDM
+from ..baselines import LatentDiffusion, PixelMatching, fit_paired_only, one_hot
+from ..data import load_dataset, make_conditions, split_paired_unpaired
+from .evaluate import Evaluator, timed
+from .registry import DIGITS, EXPERIMENTS, QUICK, Budget, Setting, lsdm_config, scale_setting
+from .report import slug, write_report
+
+def _grid(y: np.ndarray, labels: np.ndarray, task: str, cols: int = 8) -> np.ndarray:
+    """Rows of the sample picture: per class, `cols` samples (class task); or the first inputs'
+    samples, 8 to a row (superres)."""
+    if task == "class":
+        return np.stack([y[labels == c][:cols] for c in np.unique(labels)])
+    c = max(1, min(cols, len(y) // 8))
+    return y[:8 * c].reshape(-1, c, y.shape[1])
+
+
+def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: bool, backend: str, nets, log):
+    train, test = load_dataset(data, "train", seed=seed), load_dataset(data, "test", seed=seed)
+    s = scale_setting(setting, train.labels, quick)
+    split = split_paired_unpaired(train.labels, n_per_class=s.n_per_class, n_pairs=s.n_pairs, m_unpaired=s.m_unpaired,
+                                  seed=seed, num_classes=train.num_classes)
+    feat, judge = nets
+    ev = Evaluator(s.task, train, test, feat, judge, budget, s.factor, seed, split.paired)
+    py = torch.from_numpy(train.images[split.paired])
+    uy = torch.from_numpy(train.images[split.unpaired])
+    if s.task == "class":
+        px = torch.from_numpy(train.labels[split.paired])
+        cond = one_hot(train.labels[split.paired], train.num_classes)
+    else:
+        px = cond = torch.from_numpy(make_conditions(train, "superres", s.factor)[split.paired])
+
+    def lsdm_sampler(model):
+        if s.task == "class":
+            return lambda c: model.sample(c.argmax(1), 1, seed=seed + 1000)
+        return lambda c: model.sample(c, 1, seed=seed + 1000)
+
+    cfg = lsdm_config(budget, seed, backend)
+    base = {"setting": s.label, "seed": seed, "paired": int(len(split.paired)), "unpaired": int(len(split.unpaired))}
+    rows, grids = [], {}
+
+    def record(method, fit_seconds, res, y, **extra):
+        row = {**base, "method": method, "fit_seconds": fit_seconds, **res, **extra}
+        rows.append(row)
+        grids[method if "ddim_steps" not in extra else f"{method}[{extra['ddim_steps']}]"] = _grid(y, ev.labels, s.task)
+        log(f"  [{s.label} seed {seed}] {method}{'' if 'ddim_steps' not in extra else ' ' + str(extra['ddim_steps']) + ' steps'}: "
+            f"acc {res['conditional_accuracy']:.3f}  FD {res['classifier_fd']:.2f}  fit {fit_seconds:.0f}s")
+
+    if s.task == "superres":
+        grids["ground truth"] = _grid(ev.truth.reshape(len(ev.truth), -1), ev.labels, s.task)
+        lowres = np.kron(ev.cond.numpy().reshape(-1, *(d // s.factor for d in ev.shape)), np.ones((s.factor, s.factor)))
+        grids["low-res input"] = _grid(lowres.reshape(len(lowres), -1), ev.labels, s.task)
+    if s.task == "class":  # reference row: real training images, as many per class as generated
+        pick = np.random.default_rng(seed + 99)
+        real = np.concatenate([pick.choice(np.flatnonzero(train.labels == c), (ev.labels == c).sum(), replace=False)
+                               for c in np.unique(ev.labels)])
+        real_y = torch.from_numpy(train.images[real].reshape(len(real), -1))
+    ref, dt = timed(lambda: LSDM(cfg).fit(px, py, uy, num_classes=train.num_classes, progress=False))
+    if "lsdm" in s.methods:
+        res, y = ev(lsdm_sampler(ref), ref)
+        record("lsdm", dt, res, y)
+    if s.task == "class":
+        res, y = ev(lambda c: real_y, ref)
+        record("real_data (reference)", 0.0, res, y)
+    if "lsdm_all_labels" in s.methods:
+        allx = torch.from_numpy(train.labels) if s.task == "class" else \
+            torch.from_numpy(make_conditions(train, "superres", s.factor))
+        model, dt = timed(lambda: LSDM(cfg).fit(allx, torch.from_numpy(train.images), None,
+                                                   num_classes=train.num_classes, progress=False))
+        res, y = ev(lsdm_sampler(model), ref)
+        record("lsdm_all_labels", dt, res, y)
+    if "lsdm_paired_only" in s.methods:
+        model, dt = timed(lambda: fit_paired_only(cfg, px, py, num_classes=train.num_classes))
+        res, y = ev(lsdm_sampler(model), ref)
+        record("lsdm_paired_only", dt, res, y)
+    if "pixel_matching" in s.methods:
+        pm, dt = timed(lambda: PixelMatching(cfg.matching, seed=seed).fit(cond, py.reshape(len(py), -1)))
+        res, y = ev(lambda c: pm.sample(c, seed=seed + 1000), ref)
+        record("pixel_matching", dt, res, y)
+    if "latent_diffusion" in s.methods:
+        ld, dt = timed(lambda: LatentDiffusion(ref, steps=budget.diffusion_steps, batch_size=budget.batch_size,
+                                                seed=seed).fit(cond, py))
+        for n_steps in budget.ddim_steps:
+            res, y = ev(lambda c: ld.sample(c, n_steps, seed=seed + 1000), ref)
+            record("latent_diffusion", dt, res, y, ddim_steps=n_steps)
+    return rows, grids, train.image_shape
+
+
+def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str | None = None, quick: bool = False,
+                   backend: str = "auto", budget: Budget | None = None, cache_dir: str | None = None,
+                   methods: tuple | None = None, command: str | None = None, resume: bool = False,
+                   settings: tuple | None = None,
+                   log=print) -> dict:
+    """Run experiment `name` for every seed; write results.json, table.md, README.md and figures to `out`."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
+    exp = EXPERIMENTS[name]
+    labels = [st.label for st in exp.settings]
+    if settings is not None and set(settings) - set(labels):
+        raise ValueError(f"unknown setting(s) {sorted(set(settings) - set(labels))} for {name}; choose from {labels}")
+    if budget is None:
+        budget = QUICK if quick else (DIGITS if data in ("digits", "sklearn-digits") else Budget())
+    out = out or os.path.join("results", "experiments", name)
+    os.makedirs(out, exist_ok=True)
+    t_start = time.perf_counter()
+    train = load_dataset(data, "train")
+    log(f"experiment {name}: {exp.about}; data {train.name}; seeds {list(seeds)}; budget {asdict(budget)}")
+    (feat, t_feat) = timed(lambda: M.feature_net(train.images, train.labels, train.num_classes,
+                                                  steps=budget.feature_steps, cache_dir=cache_dir))
+    (judge, t_judge) = timed(lambda: M.judge_net(train.images, train.labels, train.num_classes,
+                                                  steps=budget.judge_steps, cache_dir=cache_dir))
+    test = load_dataset(data, "test")
+    eval_nets = {"feature_net_test_accuracy": M.conditional_accuracy(feat, test.images, test.labels),
+                 "judge_test_accuracy": M.conditional_accuracy(judge, test.images, test.labels),
+                 "feature_net_seconds": t_feat, "judge_seconds": t_judge}
+    log(f"  eval nets: feature CNN test acc {eval_nets['feature_net_test_accuracy']:.4f}, "
+        f"judge MLP test acc {eval_nets['judge_test_accuracy']:.4f}")
+    rows, done, prior_seconds, prior_commands = [], set(), 0.0, []
+    res_path = os.path.join(out, "results.json")
+    if resume and os.path.exists(res_path):
+        with open(res_path) as fh:
+            old = json.load(fh)
+        if old.get("budget") not in (None, json.loads(json.dumps(asdict(budget)))):
+            raise ValueError(f"{res_path}: written with a different budget; use another --out or drop --resume")
+        rows = old.get("rows", [])
+        done = {(r["setting"], r["seed"]) for r in rows}
+        prior_seconds = float(old.get("cell_seconds", 0.0))
+        prior_commands = old.get("commands", [old["command"]] if "command" in old else [])
+        log(f"  resuming: {len(done)} (setting, seed) cells already in {res_path}")
+    command = command or "lsdm_fast.experiments.run_experiment(" + repr(name) + ")"
+    commands = prior_commands + ([command] if command not in prior_commands else [])
+    ctx = dict(name=name, exp=exp, out=out, budget=budget, quick=quick, eval_nets=eval_nets, commands=commands,
+               data=train.name, shape=train.image_shape)
+    cell_seconds = prior_seconds
+    summary = None
+    for setting in exp.settings:
+        if settings is not None and setting.label not in settings:
+            continue  # run only the chosen settings (rows of others already in results.json are kept)
+        if methods is not None:
+            setting = replace(setting, methods=tuple(m for m in methods))
+        for seed in seeds:
+            label = scale_setting(setting, train.labels, quick).label
+            if (label, seed) in done:
+                continue
+            t_cell = time.perf_counter()
+            r, grids, _ = _run_cell(setting, seed, data, budget, quick, backend, (feat, judge), log)
+            cell_seconds += time.perf_counter() - t_cell
+            rows += r
+            np.savez_compressed(os.path.join(out, f"grids_{slug(label)}_seed{seed}.npz"),
+                                **{k: np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for k, v in grids.items()})
+            summary = write_report(ctx, rows, cell_seconds)  # after every cell: partial results survive a kill
+    if summary is None:
+        summary = write_report(ctx, rows, cell_seconds)
+    log(f"wrote {out}/README.md, table.md, results.json and {len(summary['figures'])} figures "
+        f"({(time.perf_counter() - t_start) / 60:.1f} min this invocation)")
+    return summary
