@@ -1,4 +1,4 @@
-// Fused WGAN-GP critic step on the CPU (backend "cpp"); maths in DESIGN.md section 3.
+// Fused WGAN-GP critic step on the CPU (backend "cpp"); maths in docs/design.md §3.
 //
 // Critic: u_0 = (x, z); a_l = W_l u_{l-1} + b_l, u_l = s(a_l) (l = 1..L-1, s = LeakyReLU(alpha),
 // ReLU = alpha 0); f = w_L . u_{L-1} + b_L.

@@ -1,5 +1,6 @@
 """A quick digit classifier, trained on the real training set, that judges whether generated
-samples show the requested class. (The full evaluation suite is a separate piece of work.)"""
+samples show the requested class (`lsdm train`'s accuracy); the experiments' feature net and judge
+(lsdm_fast.metrics) are trained with the same loop, `fit_classifier`."""
 from __future__ import annotations
 
 import torch

@@ -34,7 +34,7 @@ class MatchingConfig:
     critic_steps: int = 5
     steps: int = 3000  # generator steps
     batch_size: int = 256
-    lr: float = 3e-4  # 1e-4 (DESIGN.md default) left stage 2 unconverged at 4000 steps: 92-94 % vs 97 % (MNIST, 100 pairs/class)
+    lr: float = 3e-4  # 1e-4 (the literature's default) left stage 2 unconverged at 4000 steps: 92-94 % vs 97 % (MNIST, 100 pairs/class)
     betas: tuple[float, float] = (0.5, 0.9)
     backend: str = "auto"  # for the critic step; the results do not depend on it
     generator_ema: float = 0.0  # decay of an EMA of the generator's weights, used for sampling (0: off)

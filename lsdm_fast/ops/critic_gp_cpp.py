@@ -2,7 +2,7 @@
 
 One call computes the critic values on the real, fake and interpolated batches (stacked into
 one GEMM per layer), the input gradient, the penalty, its closed-form double backward and the
-gradient of the loss w.r.t. every weight and bias (DESIGN.md section 3). float32 and float64.
+gradient of the loss w.r.t. every weight and bias (docs/design.md §3). float32 and float64.
 """
 from __future__ import annotations
 

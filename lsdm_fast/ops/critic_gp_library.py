@@ -54,7 +54,7 @@ def critic_gp_fused(x: Tensor, z_real: Tensor, z_fake: Tensor, t: Tensor, weight
 
 
 def _fused_closed_form(x, zr, zf, t, ws, bs, gp_weight, latent, slope):
-    """DESIGN.md section 3 in plain PyTorch, no autograd; the real, fake and interpolated
+    """docs/design.md §3 in plain PyTorch, no autograd; the real, fake and interpolated
     batches stacked. Same output list as the op."""
     B, dx = x.shape
     L = len(ws)
