@@ -14,10 +14,30 @@ from . import ops
 from .config import LSDMConfig
 from .io import atomic_write_bytes, atomic_write_json
 from .models import MLP, Critic, Generator, build_autoencoder
+from .ops._weight_cache import DerivedCache
 from .ops.encode_generate import condition_tensor
-from .state import Stage, TrainingState
+from .state import MODEL_NAMES, Stage, TrainingState
 
 FORMAT_VERSION = 1
+MODEL_FILES = ("model.safetensors", "config.json", "history.json")
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+# meta field -> check of its value (what load needs to rebuild the networks and condition them)
+_META_FIELDS = {
+    "cond_kind": lambda v: v in ("onehot", "tensor"),
+    "cond_dim": _positive_int,
+    "num_classes": lambda v: v is None or _positive_int(v),
+    "data_dim": _positive_int,
+    "image_shape": lambda v: v is None or (isinstance(v, list) and all(_positive_int(d) for d in v)),
+}
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be loaded: a file missing or damaged (the message names file and field)."""
 
 
 def _as_tensor(a, name: str, dtype=None) -> torch.Tensor:
@@ -54,6 +74,7 @@ class LSDM:
         self.encoder = self.decoder = self.generator = self.critic = None
         self.meta: dict = {}
         self.history: dict = {}
+        self._folded = DerivedCache(maxsize=1)
 
     # ------------------------------------------------------------------ building
     def _build(self, data_dim: int, cond_dim: int, image_shape) -> None:
@@ -213,13 +234,19 @@ class LSDM:
             return self.decoder(z.to(self.device))
 
     def _generator_params(self):
-        """Generator with the latent de-standardisation folded into its last layer."""
+        """Generator with the latent de-standardisation folded into its last layer. Built once per set of
+        weights (DerivedCache: rebuilt when a weight or the latent statistics change), so the fused kernels'
+        own caches of converted weights see the same tensors call after call."""
         p = self.generator.mlp.params()
-        w, b = p.weights[-1].detach(), p.biases[-1].detach()
-        s, mu = self.latent_std.to(w), self.latent_mean.to(w)
-        weights = [t.detach() for t in p.weights[:-1]] + [w * s[:, None]]
-        biases = [t.detach() for t in p.biases[:-1]] + [b * s + mu]
-        return p._replace(weights=weights, biases=biases)
+
+        def fold():
+            w, b = p.weights[-1].detach(), p.biases[-1].detach()
+            s, mu = self.latent_std.to(w), self.latent_mean.to(w)
+            weights = [t.detach() for t in p.weights[:-1]] + [w * s[:, None]]
+            biases = [t.detach() for t in p.biases[:-1]] + [b * s + mu]
+            return p._replace(weights=weights, biases=biases)
+
+        return self._folded.get([*p.weights, *p.biases, self.latent_mean, self.latent_std], None, fold)
 
     def sample(self, x, n_per_x: int = 1, *, seed: int = 0, offset: int = 0, backend: str = "auto",
                out_dtype: torch.dtype = torch.float32, eta: torch.Tensor | None = None,
@@ -243,8 +270,7 @@ class LSDM:
         gen = self._generator_params()
         k = self.generator.noise_dim
         if isinstance(self.decoder, MLP):
-            dec = self.decoder.params()
-            dec = dec._replace(weights=[w.detach() for w in dec.weights], biases=[b.detach() for b in dec.biases])
+            dec = self.decoder.params()  # the parameters themselves (frozen): stable identities for weight caches
             if path is not None:
                 if eta is not None:
                     raise ValueError("give either eta or path, not both")
@@ -267,10 +293,15 @@ class LSDM:
         return to_out_dtype(y, out_dtype)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, folder: str) -> str:
+    def save(self, folder: str, *, overwrite: bool = False) -> str:
+        """Write the model to `folder` (safetensors weights, config.json, history.json), each file atomically.
+        A folder that already holds a saved model is refused unless overwrite=True."""
         self._require_fitted()
+        if not overwrite and any(os.path.exists(os.path.join(folder, f)) for f in MODEL_FILES):
+            raise FileExistsError(f"{folder}: already holds a saved model; choose another folder or pass "
+                                  "overwrite=True (`lsdm train --overwrite`)")
         tensors = {}
-        for name, mod in zip(("encoder", "decoder", "generator", "critic"), self.modules()):
+        for name, mod in zip(MODEL_NAMES, self.modules()):
             for k, v in mod.state_dict().items():
                 tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
         tensors["latent_mean"] = self.latent_mean.detach().cpu().contiguous()
@@ -279,12 +310,13 @@ class LSDM:
         atomic_write_bytes(os.path.join(folder, "model.safetensors"), st_save(tensors))
         meta = self._meta_json()
         atomic_write_json(os.path.join(folder, "config.json"), {"config": self.config.to_dict(), "meta": meta})
-        hist = {k: v for k, v in self.history.items()}
-        atomic_write_json(os.path.join(folder, "history.json"), hist)
+        atomic_write_json(os.path.join(folder, "history.json"), dict(self.history))
         return folder
 
     @classmethod
     def load(cls, folder: str, device: str | None = None) -> "LSDM":
+        """A model written by `save`. A missing file raises FileNotFoundError; a damaged one ModelFolderError
+        naming the file and the field."""
         cfg_path, w_path = os.path.join(folder, "config.json"), os.path.join(folder, "model.safetensors")
         for p in (cfg_path, w_path):
             if not os.path.exists(p):
@@ -292,12 +324,24 @@ class LSDM:
         try:
             with open(cfg_path) as fh:
                 blob = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelFolderError(f"{cfg_path}: not valid JSON ({exc})") from None
+        for key, kind in (("config", dict), ("meta", dict)):
+            if not isinstance(blob, dict) or not isinstance(blob.get(key), kind):
+                raise ModelFolderError(f"{cfg_path}: damaged: the field {key!r} is missing or not an object")
+        try:
             config = LSDMConfig.from_dict(blob["config"])
-            meta = blob["meta"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{cfg_path}: not a valid LSDM config ({exc})") from None
+            config.validate()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFolderError(f"{cfg_path}: not a valid LSDM config ({exc})") from None
+        meta = blob["meta"]
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{cfg_path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+            raise ModelFolderError(f"{cfg_path}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+        for key, ok in _META_FIELDS.items():
+            if key not in meta:
+                raise ModelFolderError(f"{cfg_path}: damaged: the field 'meta.{key}' is missing")
+            if not ok(meta[key]):
+                raise ModelFolderError(f"{cfg_path}: damaged: 'meta.{key}' has an invalid value {meta[key]!r}")
         if device is not None:
             config.device = device
         model = cls(config)
@@ -307,18 +351,26 @@ class LSDM:
             try:
                 tensors = st_load(fh.read())
             except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-                raise ValueError(f"{w_path}: cannot read safetensors file ({exc})") from None
-        for name, mod in zip(("encoder", "decoder", "generator", "critic"), model.modules()):
+                raise ModelFolderError(f"{w_path}: cannot read the safetensors file ({exc})") from None
+        for name, mod in zip(MODEL_NAMES, model.modules()):
             sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
             try:
                 mod.load_state_dict(sd)
             except RuntimeError as exc:
-                raise ValueError(f"{w_path}: weights for {name} do not match the config ({exc})") from None
+                raise ModelFolderError(f"{w_path}: the {name} weights do not match the config ({exc})") from None
             mod.to(model.device).eval().requires_grad_(False)
+        for key in ("latent_mean", "latent_std"):
+            t = tensors.get(key)
+            if t is None or tuple(t.shape) != (config.autoencoder.latent_dim,):
+                raise ModelFolderError(f"{w_path}: damaged: {key!r} is missing or not of shape "
+                                       f"({config.autoencoder.latent_dim},)")
         model.latent_mean = tensors["latent_mean"].to(model.device)
         model.latent_std = tensors["latent_std"].to(model.device)
         hist_path = os.path.join(folder, "history.json")
         if os.path.exists(hist_path):
-            with open(hist_path) as fh:
-                model.history = json.load(fh)
+            try:
+                with open(hist_path) as fh:
+                    model.history = json.load(fh)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ModelFolderError(f"{hist_path}: not valid JSON ({exc})") from None
         return model

@@ -30,33 +30,51 @@ def _nonneg_int(s):
 
 
 def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
-    p.add_argument("--out", default=defaults["out"], help="output folder (default: %(default)s)")
+    p.add_argument("--out", default=defaults["out"], help="output folder")
     p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--latent-dim", type=_positive(int), default=defaults["latent_dim"])
     p.add_argument("--ae-steps", type=_nonneg_int, default=defaults["ae_steps"], help="stage-1 steps")
     p.add_argument("--steps", type=_nonneg_int, default=defaults["steps"], help="stage-2 generator steps")
     p.add_argument("--batch-size", type=_positive(int), default=256)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"],
-                   help="backend of the stage-2 critic step (default: %(default)s)")
+                   help="backend of the stage-2 critic step")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast for stage 1 and the generator; the critic step stays fp32 (default: %(default)s)")
+                   help="autocast for stage 1 and the generator; the critic step stays fp32")
     p.add_argument("--checkpoint-every", type=_nonneg_int, default=0,
                    help="write a checkpoint every N steps of each stage (0: none unless --checkpoint-dir)")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: OUT/checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_threads_arg(p)
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """--help shows every default, except where the help text already says it (or there is none)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive(int), default=None,
+                   help="torch CPU threads (default: $LSDM_THREADS, else 1: the models are small, and on a shared "
+                        "or 2-core machine more threads were measured slower; see README)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsdm", description="Latent Space Distribution Matching")
     sub = parser.add_subparsers(dest="command", required=True)
+    fmt = {"formatter_class": _DefaultsShown}
 
     demo = sub.add_parser("demo", help="train on scikit-learn's 8x8 digits (no files needed) and write "
-                                       "samples.png, losses.png, metrics.json")
+                                       "samples.png, losses.png, metrics.json", **fmt)
     _add_train_args(demo, {"out": "runs/demo", "latent_dim": 8, "ae_steps": 2000, "steps": 1500})
     demo.add_argument("--n-per-class", type=_positive(int), default=20)
 
-    tr = sub.add_parser("train", help="train on a folder of MNIST-format IDX files (or 'digits')")
+    tr = sub.add_parser("train", help="train on your data (see --data) and evaluate", **fmt)
     tr.add_argument("--data", help="folder with train-/t10k- images and labels IDX files, or 'digits' "
                                    "(required unless --resume)")
     tr.add_argument("--resume", metavar="DIR", default=None,
@@ -71,23 +89,36 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ae-kind", choices=["mlp", "conv"], default="mlp")
     tr.add_argument("--classifier-steps", type=_positive(int), default=2000,
                     help="steps of the quick judge classifier used for the accuracy metric")
+    tr.add_argument("--no-eval", action="store_true", help="train and save the model only: no classifier, no "
+                                                           "accuracy, no sample pictures")
+    tr.add_argument("--overwrite", action="store_true", help="replace a finished run already in --out "
+                                                              "(refused otherwise)")
     tr.add_argument("--eval-per-class", type=_positive(int), default=200)
     _add_train_args(tr, {"out": "runs/train", "latent_dim": 16, "ae_steps": 4000, "steps": 4000})
 
-    sm = sub.add_parser("sample", help="draw samples from a saved model")
+    sm = sub.add_parser("sample", help="draw samples from a saved model (class labels, or low-resolution inputs "
+                                       "for a super-resolution model)", **fmt)
     sm.add_argument("--model", required=True, help="folder written by train/demo (…/model)")
-    sm.add_argument("--labels", default=None, help="comma-separated class labels (default: every class)")
-    sm.add_argument("--n-per-class", type=_positive(int), default=10)
+    sm.add_argument("--labels", default=None, help="class model: comma-separated class labels (default: every class)")
+    sm.add_argument("--n-per-class", type=_positive(int), default=10,
+                    help="samples per label (class model) or per input (super-resolution model)")
+    sm.add_argument("--input", default=None, help="super-resolution model: low-resolution images, a .npy file "
+                                                  "(N, h, w) or (N, h*w) with values in [0, 1]")
+    sm.add_argument("--data", default=None, help="super-resolution model: take the first --n-inputs test images of "
+                                                 "this data set, pooled by the model's factor, as inputs")
+    sm.add_argument("--n-inputs", type=_positive(int), default=8, help="with --data: how many test images")
     sm.add_argument("--seed", type=_nonneg_int, default=0)
     sm.add_argument("--out", default="samples.png", help=".png for a grid, .npy for the raw array")
+    sm.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     sm.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"])
     sm.add_argument("--device", default=None)
+    _add_threads_arg(sm)
 
     ex = sub.add_parser("experiment", help="run a named experiment (LSDM against its baselines) over seeds and "
-                                           "write a markdown table and figures")
+                                           "write a markdown table and figures", **fmt)
     ex.add_argument("name", help="class_n10, class_n100, superres_x4, unpaired_curve, paired_curve")
     ex.add_argument("--data", default="digits", help="folder of MNIST-format IDX files, or 'digits' (default)")
-    ex.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    ex.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ex.add_argument("--out", default=None, help="output folder (default: results/experiments/NAME)")
     ex.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run for tests (numbers meaningless)")
     ex.add_argument("--methods", default=None,
@@ -107,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"])
     ex.add_argument("--resume", action="store_true", help="keep the (setting, seed) cells already in "
                                                           "OUT/results.json and run only the missing ones")
+    _add_threads_arg(ex)
 
     sub.add_parser("info", help="versions, devices and which backends are available")
     return parser
@@ -122,24 +154,27 @@ def _config_from_args(args, ae_kind="mlp"):
 
 
 def cmd_demo(args) -> int:
-    from .pipeline import RunSpec, run
+    from .pipeline import RUN_OUTPUTS, RunSpec, run
 
     spec = RunSpec(data="digits", task="class", n_per_class=args.n_per_class, out=args.out,
-                   classifier_steps=1500, progress=not args.quiet, config=_config_from_args(args))
+                   classifier_steps=1500, progress=not args.quiet, config=_config_from_args(args),
+                   overwrite=True)  # the demo replaces its own previous output (and says so)
     ckdir = args.checkpoint_dir or (os.path.join(args.out, "checkpoint") if args.checkpoint_every else None)
+    if any(os.path.exists(os.path.join(args.out, f)) for f in RUN_OUTPUTS):
+        print(f"demo: replacing the previous demo output in {args.out}")
     m = run(spec, checkpoint_dir=ckdir)
     if "rank" in m:
         return 0
     print(f"demo: {m['paired']} pairs + {m['unpaired']} unpaired digits; conditional accuracy of samples "
           f"{m['conditional_accuracy']:.3f} (classifier on real test digits: {m['classifier_test_accuracy']:.3f}); "
           f"{m['total_seconds']:.0f} s")
-    print(f"wrote {args.out}/samples.png, {args.out}/losses.png, {args.out}/metrics.json, {args.out}/model/")
+    print(f"wrote {', '.join(m['written'])}")
     return 0
 
 
 RUN_FILE = "run.json"
 # arguments that may differ between the interrupted run and its resumption
-_RESUME_FREE = {"command", "resume", "quiet", "checkpoint_every"}
+_RESUME_FREE = {"command", "resume", "quiet", "checkpoint_every", "threads", "overwrite", "no_eval"}
 
 
 def _resolve_resume(args, explicit: set[str]):
@@ -177,7 +212,7 @@ def cmd_train(args) -> int:
     from .checkpoint import find_checkpoint
     from .data import load_dataset
     from .io import atomic_write_json
-    from .pipeline import RunSpec, run
+    from .pipeline import RunSpec, prepare_output_folder, run
 
     resume = args.resume is not None
     if resume:
@@ -193,8 +228,11 @@ def cmd_train(args) -> int:
                    n_per_class=None if args.n_pairs else n_per_class, n_pairs=args.n_pairs,
                    m_unpaired=args.m_unpaired, out=args.out, progress=not args.quiet,
                    classifier_steps=args.classifier_steps, eval_per_class=args.eval_per_class,
+                   evaluate=not getattr(args, "no_eval", False),
+                   overwrite=getattr(args, "overwrite", False) or resume,
                    config=_config_from_args(args, args.ae_kind))
     spec.config.validate()
+    prepare_output_folder(spec.out, spec.overwrite)  # a finished run, or an unwritable folder, fails now
     if ckdir and not resume:
         from . import distributed as D
         if D.is_main():
@@ -203,36 +241,92 @@ def cmd_train(args) -> int:
     m = run(spec, checkpoint_dir=ckdir, resume=resume)
     if "rank" in m:  # not rank 0 under torch.distributed: rank 0 reports
         return 0
-    print(json.dumps({k: v for k, v in m.items() if k not in ("config", "versions")}, indent=2))
+    print(json.dumps({k: v for k, v in m.items() if k not in ("config", "versions", "written")}, indent=2))
+    print(f"wrote {', '.join(m['written'])}")
     return 0
 
 
 def cmd_sample(args) -> int:
+    import numpy as np
     import torch
 
     from .api import LSDM
     from .viz import save_grid
 
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"--out {args.out}: exists; pass --overwrite to replace it or choose another name")
     model = LSDM.load(args.model, device=args.device)
-    if model.meta["cond_kind"] != "onehot":
-        raise ValueError("`lsdm sample` draws class-conditional grids; for super-resolution use the Python API "
-                         "(LSDM.load(dir).sample(low_res, n_per_x))")
-    if args.labels is None:
-        labels = list(range(model.meta["num_classes"]))
+    k = args.n_per_class
+    if model.meta["cond_kind"] == "onehot":
+        if args.input or args.data:
+            raise ValueError("--input/--data are for super-resolution models; this model is conditioned on class "
+                             "labels (use --labels)")
+        labels = (list(range(model.meta["num_classes"])) if args.labels is None
+                  else _int_list(args.labels, "--labels"))
+        x, rows, row_labels = torch.tensor(labels), len(labels), labels
     else:
-        try:
-            labels = [int(s) for s in args.labels.split(",") if s.strip()]
-        except ValueError:
-            raise ValueError(f"--labels must be comma-separated integers, got {args.labels!r}") from None
+        x = _superres_inputs(model, args)
+        rows, row_labels = len(x), None
+    shape = model.meta["image_shape"] or (int(round(model.meta["data_dim"] ** 0.5)),) * 2
     if args.out.endswith(".npy"):  # chunked, straight to a memory-mapped file: any size fits
-        y = model.sample(torch.tensor(labels), args.n_per_class, seed=args.seed, backend=args.backend,
-                         path=args.out, progress=True)
+        tmp = args.out + ".partial.npy"
+        y = model.sample(x, k, seed=args.seed, backend=args.backend, path=tmp, progress=True)
+        del y
+        os.replace(tmp, args.out)
+        n = len(x) * k
     else:
-        y = model.sample(torch.tensor(labels), args.n_per_class, seed=args.seed, backend=args.backend).cpu()
-        shape = model.meta["image_shape"] or (int(y.shape[1] ** 0.5),) * 2
-        save_grid(y, args.out, len(labels), args.n_per_class, shape, row_labels=labels)
-    print(f"wrote {len(y)} samples to {args.out}")
+        y = model.sample(x, k, seed=args.seed, backend=args.backend).cpu()
+        n = len(y)
+        if model.meta["cond_kind"] == "onehot":
+            save_grid(y, args.out, rows, k, shape, row_labels=row_labels)
+        else:  # columns: the input (upsampled to the output size) | k samples
+            up = torch.nn.functional.interpolate(x.reshape(len(x), 1, *_lowres_shape(model)), size=tuple(shape),
+                                                 mode="nearest").reshape(len(x), 1, -1)
+            grid = torch.cat([up, y.reshape(len(x), k, -1)], 1).reshape(-1, y.shape[1])
+            save_grid(grid, args.out, rows, k + 1, shape, title="input | samples")
+    print(f"wrote {n} samples to {args.out}")
     return 0
+
+
+def _lowres_shape(model) -> tuple[int, int]:
+    side = int(round(model.meta["cond_dim"] ** 0.5))
+    if side * side != model.meta["cond_dim"]:
+        raise ValueError(f"this model's condition has {model.meta['cond_dim']} values: not a square image")
+    return side, side
+
+
+def _superres_inputs(model, args):
+    """Low-resolution inputs as (N, cond_dim) floats in [0, 1], from --input or --data."""
+    import numpy as np
+    import torch
+
+    if bool(args.input) == bool(args.data):
+        raise ValueError("a super-resolution model needs its low-resolution inputs: give --input FILE.npy or "
+                         "--data SOURCE (one of the two)")
+    d = model.meta["cond_dim"]
+    if args.input:
+        try:
+            x = np.load(args.input, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--input {args.input}: cannot read a .npy array ({exc})") from None
+        x = x.reshape(len(x), -1) if x.ndim >= 2 else x
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"--input {args.input}: expected (N, h, w) or (N, {d}) low-resolution images for this "
+                             f"model, got shape {np.shape(x)}")
+        if np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"--input {args.input}: values must be floats in [0, 1], got {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    else:
+        from .data import average_pool, load_dataset
+        factor = model.meta.get("factor")
+        if not factor:
+            raise ValueError(f"{args.model}: the model does not record its super-resolution factor (trained by an "
+                             "older version or through the Python API); give --input instead")
+        test = load_dataset(args.data, "test")
+        x = torch.from_numpy(average_pool(test.images[: args.n_inputs], int(factor)).reshape(-1, d).astype(np.float32))
+    if len(x) == 0 or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise ValueError("super-resolution inputs must be a non-empty set of finite values in [0, 1]")
+    return x
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -310,6 +404,22 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _set_threads(n: int | None) -> None:
+    """One torch thread unless told otherwise (--threads, $LSDM_THREADS): the models are small, and on a 2-core
+    machine shared with other work the default of one thread per core made `lsdm demo` several times slower."""
+    import torch
+
+    if n is None:
+        env = os.environ.get("LSDM_THREADS")
+        try:
+            n = int(env) if env else 1
+        except ValueError:
+            raise ValueError(f"LSDM_THREADS must be a positive integer, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"LSDM_THREADS must be a positive integer, got {env!r}")
+    torch.set_num_threads(n)
+
+
 def _init_distributed(args) -> None:
     """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on GPUs, else gloo); each
     rank uses cuda:LOCAL_RANK when --device is cuda/auto on a GPU machine."""
@@ -350,11 +460,13 @@ def main(argv=None) -> int:
         args._explicit = _explicit_dests(argv)
     handler = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "experiment": cmd_experiment,
                "info": cmd_info}[args.command]
+    if hasattr(args, "threads"):
+        _set_threads(args.threads)
     try:
         if args.command in ("demo", "train"):
             _init_distributed(args)
         return handler(args)
-    except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (DataError, ValueError, OSError, RuntimeError) as exc:  # OSError: missing, existing or unwritable files
         print(f"lsdm {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

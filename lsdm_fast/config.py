@@ -90,6 +90,8 @@ class LSDMConfig:
                    seed=seed, device=device, precision=precision)
 
     def validate(self) -> None:
+        for section in (self, self.autoencoder, self.matching):
+            _check_types(section)
         a, m = self.autoencoder, self.matching
         checks = [
             (a.kind in ("mlp", "conv"), f"autoencoder.kind must be 'mlp' or 'conv', got {a.kind!r}"),
@@ -110,3 +112,37 @@ class LSDMConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return _is_int(v) or isinstance(v, float)
+
+
+# annotation (as written above) -> (check, what it wants)
+_TYPE_CHECKS = {
+    "int": (_is_int, "an integer"),
+    "float": (_is_number, "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int | None": (lambda v: v is None or _is_int(v), "an integer or None"),
+    "tuple[int, ...]": (lambda v: isinstance(v, (tuple, list)) and all(_is_int(x) for x in v),
+                        "a tuple of integers"),
+    "tuple[float, float]": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_number(x) for x in v),
+                            "a pair of numbers"),
+}
+
+
+def _check_types(section) -> None:
+    """A field of the wrong type (latent_dim="16", say) is named here, before any comparison trips on it."""
+    for f in fields(section):
+        check = _TYPE_CHECKS.get(f.type) if isinstance(f.type, str) else None
+        if check is None:
+            continue
+        ok, want = check
+        value = getattr(section, f.name)
+        if not ok(value):
+            name = {"AutoencoderConfig": "autoencoder.", "MatchingConfig": "matching."}.get(type(section).__name__, "")
+            raise ValueError(f"{name}{f.name} must be {want}, got {value!r} ({type(value).__name__})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -31,7 +32,27 @@ class RunSpec:
     eval_per_class: int = 200  # generated samples per class for the accuracy
     classifier_steps: int = 2000
     progress: bool = True
+    evaluate: bool = True  # False: train and save the model only
+    overwrite: bool = False  # replace a finished run already in `out` (refused otherwise)
     config: LSDMConfig = field(default_factory=LSDMConfig)
+
+
+RUN_OUTPUTS = ("model", "metrics.json", "samples.png", "losses.png")
+
+
+def prepare_output_folder(out: str, overwrite: bool) -> None:
+    """Refuse a folder that holds a finished run (unless overwrite), and one that cannot be written, before any
+    training: nothing is lost and no training time is wasted."""
+    existing = [f for f in RUN_OUTPUTS if os.path.exists(os.path.join(out, f))]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out}: holds a finished run ({', '.join(existing)}); pass --overwrite to replace it "
+                              "(or overwrite=True), or choose another output folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{out}: cannot write the run's output there ({exc.strerror or exc})") from None
 
 
 def _versions() -> dict:
@@ -52,6 +73,8 @@ def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = Fals
     train, test = load_dataset(spec.data, "train", seed=cfg.seed), load_dataset(spec.data, "test", seed=cfg.seed)
     split = split_paired_unpaired(train.labels, n_per_class=spec.n_per_class, n_pairs=spec.n_pairs,
                                   m_unpaired=spec.m_unpaired, seed=cfg.seed, num_classes=train.num_classes)
+    if D.is_main():  # after the data checks (bad data must not leave a folder behind), before any training
+        prepare_output_folder(spec.out, spec.overwrite)
     if spec.task == "class":
         paired_x = torch.from_numpy(train.labels[split.paired])
     else:
@@ -61,8 +84,10 @@ def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = Fals
                           progress=spec.progress and D.is_main(), checkpoint_dir=checkpoint_dir, resume=resume)
     if not D.is_main():
         return {"rank": D.rank_world()[0], "fit_seconds": model.history["seconds"]}
-    os.makedirs(spec.out, exist_ok=True)
-    model.save(os.path.join(spec.out, "model"))
+    if spec.task == "superres":  # lets `lsdm sample --data` pool test images the way training did
+        model.meta.update(task="superres", factor=spec.factor)
+    model.save(os.path.join(spec.out, "model"), overwrite=spec.overwrite)
+    written = [os.path.join(spec.out, "model") + os.sep]
 
     metrics = {"data": train.name, "task": spec.task, "paired": int(len(split.paired)),
                "unpaired": int(len(split.unpaired)), "seed": cfg.seed,
@@ -73,13 +98,15 @@ def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = Fals
         rec = model.decode(model.encode(y_test)).cpu()
     metrics["test_reconstruction_mse"] = float(((rec - y_test) ** 2).mean())
 
-    if spec.task == "class":
-        metrics.update(_evaluate_class(model, train, test, spec))
-    else:
-        metrics.update(_evaluate_superres(model, test, spec))
-    save_loss_plot(model.history, os.path.join(spec.out, "losses.png"))
+    if spec.evaluate:
+        metrics.update(_evaluate_class(model, train, test, spec) if spec.task == "class"
+                       else _evaluate_superres(model, test, spec))
+        written.append(os.path.join(spec.out, "samples.png"))
+    written.append(save_loss_plot(model.history, os.path.join(spec.out, "losses.png")))
     metrics["total_seconds"] = time.perf_counter() - t_start
-    atomic_write_json(os.path.join(spec.out, "metrics.json"), metrics)
+    written.append(os.path.join(spec.out, "metrics.json"))
+    metrics["written"] = written
+    atomic_write_json(written[-1], metrics)
     return metrics
 
 

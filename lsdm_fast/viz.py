@@ -1,6 +1,7 @@
 """Pictures people would rather see than read: sample grids and loss curves."""
 from __future__ import annotations
 
+import io
 import os
 
 import matplotlib
@@ -8,6 +9,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .io import atomic_write_bytes  # noqa: E402
+
+
+def save_figure(fig, path: str, **kw) -> str:
+    """Render `fig` to `path` atomically (a crash never leaves half a PNG) and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=os.path.splitext(path)[1].lstrip(".") or "png", **kw)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def save_grid(images, path: str, rows: int, cols: int, image_shape, row_labels=None, title=None) -> str:
@@ -31,10 +43,7 @@ def save_grid(images, path: str, rows: int, cols: int, image_shape, row_labels=N
         ax.set_title(title, fontsize=9)
     for s in ax.spines.values():
         s.set_visible(False)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")
 
 
 def save_loss_plot(history: dict, path: str) -> str:
@@ -54,7 +63,4 @@ def save_loss_plot(history: dict, path: str) -> str:
     axes[2].plot(smooth(history.get("generator_loss", [])), lw=0.8)
     axes[2].set(title="stage 2: generator loss  -mean f(x, G)", xlabel="generator step")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .. import metrics as M
-from ..io import atomic_write_json
+from ..io import atomic_write_bytes, atomic_write_json
+from ..viz import save_figure
 from .registry import Budget
 
 TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("classifier_fd", "clf-FD ↓", 1, "{:.2f}"),
@@ -80,9 +81,7 @@ def figures(out: str, agg: list[dict], grids_by_setting: dict, image_shape, budg
         if title:
             fig.suptitle(title, fontsize=9)
         fig.tight_layout()
-        written.append(os.path.join(out, name))
-        fig.savefig(written[-1], dpi=130)
-        plt.close(fig)
+        written.append(save_figure(fig, os.path.join(out, name), dpi=130))
     for setting, grids in grids_by_setting.items():
         keep = {k: v for k, v in grids.items() if "[" not in k or k in (f"latent_diffusion[{budget.ddim_few}]",
                                                                            f"latent_diffusion[{budget.ddim_many}]")}
@@ -202,10 +201,9 @@ def write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
     if steps_table:
         report += ["Latent diffusion against DDIM sampling steps (same denoiser):", "", steps_table, ""]
     report += ["Figures: " + ", ".join(os.path.basename(f) for f in figs), ""]
-    with open(os.path.join(out, "README.md"), "w") as fh:
-        fh.write("\n".join(report))
-    with open(os.path.join(out, "table.md"), "w") as fh:
-        fh.write(table + "\n" + ("\n" + steps_table + "\n" if steps_table else ""))
+    atomic_write_bytes(os.path.join(out, "README.md"), "\n".join(report).encode())
+    atomic_write_bytes(os.path.join(out, "table.md"),
+                       (table + "\n" + ("\n" + steps_table + "\n" if steps_table else "")).encode())
     summary = {"name": ctx["name"], "data": ctx["data"], "seeds": seeds, "quick": ctx["quick"],
                "budget": asdict(budget), "commands": ctx["commands"], "machine": machine(), "wall_seconds": wall,
                "cell_seconds": cell_seconds, "eval_nets": eval_nets, "aggregate": agg, "rows": rows,

@@ -2,6 +2,7 @@
 the same budgets, scores them (evaluate.py), and rewrites the report after each cell (report.py)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -14,6 +15,7 @@ from .. import metrics as M
 from ..api import LSDM
 from ..baselines import LatentDiffusion, PixelMatching, fit_paired_only, one_hot
 from ..data import load_dataset, make_conditions, split_paired_unpaired
+from ..io import atomic_write_bytes
 from .evaluate import Evaluator, timed
 from .registry import DIGITS, EXPERIMENTS, QUICK, Budget, Setting, lsdm_config, scale_setting
 from .report import slug, write_report
@@ -158,8 +160,9 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
             r, grids, _ = _run_cell(setting, seed, data, budget, quick, backend, (feat, judge), log)
             cell_seconds += time.perf_counter() - t_cell
             rows += r
-            np.savez_compressed(os.path.join(out, f"grids_{slug(label)}_seed{seed}.npz"),
-                                **{k: np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for k, v in grids.items()})
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **{k: np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for k, v in grids.items()})
+            atomic_write_bytes(os.path.join(out, f"grids_{slug(label)}_seed{seed}.npz"), buf.getvalue())
             summary = write_report(ctx, rows, cell_seconds)  # after every cell: partial results survive a kill
     if summary is None:
         summary = write_report(ctx, rows, cell_seconds)
