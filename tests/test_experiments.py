@@ -90,14 +90,27 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert "lsdm experiment class_n10 --quick --seeds 0,2" in open(out / "README.md").read()
 
 
-def test_experiment_quick_superres_and_curve(tmp_path):
+def test_experiment_quick_superres_and_curve(tmp_path, monkeypatch):
+    from lsdm_fast import baselines
+    widths = []
+    init = baselines.PixelMatching.__init__
+
+    def spy(self, *a, **kw):
+        init(self, *a, **kw)
+        widths.append((self.generator_hidden, self.critic_hidden))
+
+    monkeypatch.setattr(baselines.PixelMatching, "__init__", spy)
     cache = str(tmp_path / "cache")
     assert main(["experiment", "superres_x4", "--quick", "--seeds", "0", "--out", str(tmp_path / "sr"),
                  "--methods", "lsdm,pixel_matching", "--cache-dir", cache, "--latent-dim", "3",
                  "--ae-hidden", "24,12", "--match-hidden", "20,10"]) == 0
+    assert widths == [((20, 10), (20, 10))]  # pixel matching takes --match-hidden like LSDM's stage 2
     res = json.load(open(tmp_path / "sr" / "results.json"))
     row = res["rows"][0]
-    assert {"psnr_db", "ssim", "consistency_rmse", "latent_w1", "train_nn_ratio"} <= set(row)
+    assert {"psnr_db", "ssim", "consistency_rmse", "latent_w1", "train_nn_ratio", "reconstruction_fd"} <= set(row)
+    pixel = [r for r in res["rows"] if r["method"] == "pixel_matching"][0]
+    assert "reconstruction_fd" not in pixel  # no autoencoder
+    assert "recon-FD" in open(tmp_path / "sr" / "table.md").read()
     b = res["budget"]
     assert b["latent_dim"] == 3 and b["ae_hidden"] == [24, 12] and b["match_hidden"] == [20, 10]
     from lsdm_fast.experiments import Budget, lsdm_config

@@ -34,6 +34,7 @@ class Evaluator:
         self.test_feats = M.extract_features(feat, test.images)
         self.train_feats = M.extract_features(feat, train.images[paired])  # what stage 2 (and paired-only) saw
         self.prdc_real = self.test_feats[rng.permutation(len(test))[:2000]]
+        self._recon_fd: dict[int, float] = {}
         if task == "class":
             self.labels = np.repeat(np.arange(train.num_classes), budget.eval_per_class)
             self.cond = one_hot(self.labels, train.num_classes)
@@ -43,10 +44,25 @@ class Evaluator:
             self.truth = test.images[:n]
             self.cond = torch.from_numpy(make_conditions(test, "superres", factor)[:n])
 
-    def __call__(self, sample_fn, ref: LSDM) -> tuple[dict, np.ndarray]:
+    def reconstruction_fd(self, model: LSDM) -> float:
+        """FD of real test images passed through the model's E then D: the floor stage 1 puts under its samples.
+        As many random test images as samples are scored (FD depends on the sample size), against all of them."""
+        if id(model) not in self._recon_fd:
+            n = min(len(self.cond), len(self.test))
+            pick = np.random.default_rng(4321).permutation(len(self.test))[:n]
+            rec = model.decode(model.encode(torch.from_numpy(self.test.images[pick]))).cpu().numpy()
+            fr = M.extract_features(self.feat, rec.reshape(n, -1))
+            self._recon_fd[id(model)] = M.frechet_distance(*M.gaussian_stats(fr), *M.gaussian_stats(self.test_feats))
+        return self._recon_fd[id(model)]
+
+    def __call__(self, sample_fn, ref: LSDM, autoencoder: LSDM | None = None) -> tuple[dict, np.ndarray]:
+        """Metrics of sample_fn's samples; `autoencoder`: the model whose E, D the method decodes with (its
+        reconstruction FD goes in the row), None for methods without one."""
         y, dt = timed(lambda: sample_fn(self.cond))
         y = np.asarray(torch.as_tensor(y).cpu().float().reshape(len(self.cond), -1))
         out = {"samples_per_second": len(y) / max(dt, 1e-9)}
+        if autoencoder is not None:
+            out["reconstruction_fd"] = self.reconstruction_fd(autoencoder)
         out["conditional_accuracy"] = M.conditional_accuracy(self.judge, y, self.labels)
         fy = M.extract_features(self.feat, y)
         out["classifier_fd"] = M.frechet_distance(*M.gaussian_stats(fy), *M.gaussian_stats(self.test_feats))

@@ -16,6 +16,7 @@ from ..viz import save_figure
 from .registry import Budget
 
 TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("classifier_fd", "clf-FD ↓", 1, "{:.2f}"),
+                 ("reconstruction_fd", "recon-FD ↓", 1, "{:.2f}"),
                  ("precision", "prec. ↑", 1, "{:.3f}"), ("recall", "rec. ↑", 1, "{:.3f}"),
                  ("density", "dens.", 1, "{:.3f}"), ("coverage", "cov. ↑", 1, "{:.3f}"),
                  ("train_nn_ratio", "train-NN ratio", 1, "{:.2f}"),
@@ -195,7 +196,9 @@ def write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
               f"({budget.w1_per_class} each), averaged over classes. train-NN ratio: median feature distance from "
               "a sample to its nearest paired training image over the same median for real test images (~1: as "
               "novel as fresh data; near 0: copies of the paired images, which a low FD does not reveal). "
-              "samples/s: one batch on this CPU, so it "
+              "recon-FD: the same FD for real test images passed through the method's own encoder and decoder "
+              "(as many as samples): the floor its stage 1 puts under its samples (latent diffusion decodes "
+              "with LSDM's). samples/s: one batch on this CPU, so it "
               "moves with the machine's load. Values: mean ± std over seeds.", "",
               table, ""]
     if steps_table:

@@ -20,6 +20,7 @@ from .evaluate import Evaluator, timed
 from .registry import DIGITS, EXPERIMENTS, QUICK, Budget, Setting, lsdm_config, scale_setting
 from .report import slug, write_report
 
+
 def _grid(y: np.ndarray, labels: np.ndarray, task: str, cols: int = 8) -> np.ndarray:
     """Rows of the sample picture: per class, `cols` samples (class task); or the first inputs'
     samples, 8 to a row (superres)."""
@@ -30,7 +31,10 @@ def _grid(y: np.ndarray, labels: np.ndarray, task: str, cols: int = 8) -> np.nda
 
 
 def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: bool, backend: str, nets, log):
-    train, test = load_dataset(data, "train", seed=seed), load_dataset(data, "test", seed=seed)
+    # the train/test split is the one the evaluation nets were trained on, whatever the seed (the seed varies
+    # the pairs, the initialisation and every draw): otherwise the sklearn digits' test images of seeds > 0
+    # would be in the nets' training set
+    train, test = load_dataset(data, "train"), load_dataset(data, "test")
     s = scale_setting(setting, train.labels, quick)
     split = split_paired_unpaired(train.labels, n_per_class=s.n_per_class, n_pairs=s.n_pairs, m_unpaired=s.m_unpaired,
                                   seed=seed, num_classes=train.num_classes)
@@ -71,7 +75,7 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
         real_y = torch.from_numpy(train.images[real].reshape(len(real), -1))
     ref, dt = timed(lambda: LSDM(cfg).fit(px, py, uy, num_classes=train.num_classes, progress=False))
     if "lsdm" in s.methods:
-        res, y = ev(lsdm_sampler(ref), ref)
+        res, y = ev(lsdm_sampler(ref), ref, ref)
         record("lsdm", dt, res, y)
     if s.task == "class":
         res, y = ev(lambda c: real_y, ref)
@@ -81,21 +85,22 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
             torch.from_numpy(make_conditions(train, "superres", s.factor))
         model, dt = timed(lambda: LSDM(cfg).fit(allx, torch.from_numpy(train.images), None,
                                                    num_classes=train.num_classes, progress=False))
-        res, y = ev(lsdm_sampler(model), ref)
+        res, y = ev(lsdm_sampler(model), ref, model)
         record("lsdm_all_labels", dt, res, y)
     if "lsdm_paired_only" in s.methods:
         model, dt = timed(lambda: fit_paired_only(cfg, px, py, num_classes=train.num_classes))
-        res, y = ev(lsdm_sampler(model), ref)
+        res, y = ev(lsdm_sampler(model), ref, model)
         record("lsdm_paired_only", dt, res, y)
     if "pixel_matching" in s.methods:
-        pm, dt = timed(lambda: PixelMatching(cfg.matching, seed=seed).fit(cond, py.reshape(len(py), -1)))
+        pm, dt = timed(lambda: PixelMatching(cfg.matching, seed=seed, generator_hidden=budget.match_hidden,
+                                             critic_hidden=budget.match_hidden).fit(cond, py.reshape(len(py), -1)))
         res, y = ev(lambda c: pm.sample(c, seed=seed + 1000), ref)
         record("pixel_matching", dt, res, y)
     if "latent_diffusion" in s.methods:
         ld, dt = timed(lambda: LatentDiffusion(ref, steps=budget.diffusion_steps, batch_size=budget.batch_size,
                                                 seed=seed).fit(cond, py))
         for n_steps in budget.ddim_steps:
-            res, y = ev(lambda c: ld.sample(c, n_steps, seed=seed + 1000), ref)
+            res, y = ev(lambda c: ld.sample(c, n_steps, seed=seed + 1000), ref, ref)
             record("latent_diffusion", dt, res, y, ddim_steps=n_steps)
     return rows, grids, train.image_shape
 
