@@ -8,6 +8,7 @@ from lsdm_fast import ops
 from lsdm_fast.config import MatchingConfig
 from lsdm_fast.models import Critic, Generator
 from lsdm_fast.stages import train_joint_matching
+from lsdm_fast.state import Stage, TrainingState
 
 BACKENDS = [b for b in ops.available_backends("critic_gradient_penalty", "cpu") if b != "torch"]
 
@@ -19,8 +20,9 @@ def run(backend, steps):
     z = torch.randn(40, 4) + x[:, :4]
     cfg = MatchingConfig(generator_hidden=(24, 24), critic_hidden=(24, 24), steps=steps, critic_steps=2,
                          batch_size=16, backend=backend)
-    hist = train_joint_matching(gen, critic, x, z, cfg, torch.Generator().manual_seed(1), progress=False)
-    return hist, gen
+    state = TrainingState(None, None, gen, critic, torch.Generator().manual_seed(1), stage=Stage.MATCHING)
+    train_joint_matching(state, x, z, cfg, progress=False)
+    return state.history, gen
 
 
 def test_cpu_has_a_compiled_backend():
