@@ -98,6 +98,18 @@ class DeviceGuard:
         self.halt.copy_(torch.where(bad, torch.ones_like(self.halt), self.halt))
         return self.halt == 0
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Inside the block every update is skipped and nothing is recorded (warm-up runs); the
+        halt flag and the record are as before afterwards."""
+        saved = self.halt.clone(), self._record.clone()
+        self.halt.fill_(1.0)
+        try:
+            yield
+        finally:
+            self.halt.copy_(saved[0])
+            self._record.copy_(saved[1])
+
     def reset(self) -> None:
         self.halt.zero_()
         self._record[:2].fill_(-1.0)

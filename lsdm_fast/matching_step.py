@@ -52,10 +52,10 @@ def no_checkpoint() -> str:
 
 def graph_unsupported(device: torch.device, precision: str) -> str | None:
     """Why the step cannot be captured in a CUDA graph here (None: it can)."""
-    if device.type != "cuda":
-        return f"CUDA graphs need a CUDA device (tensors are on {device})"
     if precision == "fp16":
         return "fp16 needs a GradScaler, whose dynamic loss scale is a host-side decision"
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device (tensors are on {device})"
     if D.rank_world()[1] > 1 and torch.distributed.get_backend() != "nccl":
         return f"multi-process capture needs the NCCL backend (running {torch.distributed.get_backend()})"
     return None
@@ -304,33 +304,30 @@ class MatchingStep:
         """Warm up on a side stream (lazy optimiser state, autotuning, weight-derived caches) with the
         guard halted so no update is applied, then capture the body in a CUDA graph (private pool).
         A backend that cannot be captured (it synchronises, say) falls back to sync mode, with a warning."""
-        guard = self._guard
-        saved = guard.halt.clone(), guard._record.clone()
-        guard.halt.fill_(1.0)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                self._graph_body()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        with torch.no_grad():  # bump the weights' versions: caches keyed on them are rebuilt inside the graph
-            for p in self.critic_params:
-                p.mul_(1.0)
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                self._graph_body()
-        except Exception as exc:  # noqa: BLE001 - whatever stops the capture, the sync step can run
-            if is_oom(exc):
-                raise
-            torch.cuda.synchronize(self.device)
-            warn_once(f"matching-step-capture:{self.backend}",
-                      f"lsdm_fast: stage 2 runs in sync mode: the step could not be captured in a CUDA graph "
-                      f"with backend {self.backend!r} ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+        with self._guard.paused():
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    self._graph_body()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            with torch.no_grad():  # bump the weights' versions: caches keyed on them are rebuilt inside the graph
+                for p in self.critic_params:
+                    p.mul_(1.0)
+            try:
+                with torch.cuda.graph(graph):
+                    self._graph_body()
+            except Exception as exc:  # noqa: BLE001 - whatever stops the capture, the sync step can run
+                if is_oom(exc):
+                    raise
+                torch.cuda.synchronize(self.device)
+                warn_once(f"matching-step-capture:{self.backend}",
+                          f"lsdm_fast: stage 2 runs in sync mode: the step could not be captured in a CUDA graph "
+                          f"with backend {self.backend!r} ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+                graph = None
+        if graph is None:
             self._fall_back_to_sync()
-            return
-        guard.halt.copy_(saved[0])
-        guard._record.copy_(saved[1])
         self._graph = graph
 
     def _fall_back_to_sync(self) -> None:
