@@ -106,14 +106,12 @@ class MatchingStep:
 
     # ------------------------------------------------------------------ state
     def _adam(self, params: list[torch.Tensor]) -> torch.optim.Adam:
-        opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=self.cfg.betas)
-        self._adopt(opt)
-        return opt
+        graph = dict(fused=True, capturable=self.device.type == "cuda") if self.mode == "graph" else {}
+        return torch.optim.Adam(params, lr=self.cfg.lr, betas=self.cfg.betas, **graph)
 
     def _adopt(self, opt: torch.optim.Adam) -> None:
-        """Make `opt` this mode's Adam: graph mode runs fused Adam (capturable on CUDA, with the
-        step count on the device); sync mode the configured default. A loaded state dict carries
-        the flags of the mode that saved it, so they are set again after every load."""
+        """After a load: `opt` back to this mode's Adam (see _adam; graph mode keeps the step count on
+        the device). A loaded state dict carries the flags of the mode that saved it."""
         graph, cuda = self.mode == "graph", self.device.type == "cuda"
         for group in opt.param_groups:
             group.update(fused=True if graph else None, foreach=None, capturable=graph and cuda)
@@ -305,9 +303,9 @@ class MatchingStep:
         guard halted so no update is applied, then capture the body in a CUDA graph (private pool).
         A backend that cannot be captured (it synchronises, say) falls back to sync mode, with a warning."""
         side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
         graph = torch.cuda.CUDAGraph()
         with self._guard.paused():
+            side.wait_stream(torch.cuda.current_stream(self.device))  # after the pause's write of the halt flag
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):
                     self._graph_body()
@@ -331,9 +329,7 @@ class MatchingStep:
         self._graph = graph
 
     def _fall_back_to_sync(self) -> None:
-        state = self.state_dict()
+        state = self.state_dict()  # graph mode never runs fp16, so there is no scaler to make
         self.mode, self.capture = "sync", False
-        self.scaler = make_scaler(self.precision, self.device)
-        for opt in (self.gen_opt, self.critic_opt):
-            del opt.found_inf, opt.grad_scale
+        self.gen_opt, self.critic_opt = self._adam(self.gen_params), self._adam(list(self.critic.parameters()))
         self.load_state_dict(state)

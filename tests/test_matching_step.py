@@ -328,6 +328,23 @@ def test_resume_from_state_dict(first, second):
         assert (w - w_ref).norm() <= WEIGHT_RTOL * w_ref.norm()
 
 
+def test_falling_back_to_sync_mode_keeps_the_state():
+    """What a failed CUDA-graph capture does (the capture itself needs a GPU): the run goes on in
+    sync mode from the same optimiser state, EMA and draws."""
+    cfg = config(generator_ema=0.8)
+    _, g_ref, c_ref, h_ref = run("graph", cfg, 6)
+    g, c, x, z = setup()
+    step = MatchingStep(g, c, x, z, cfg, rng(), mode="graph")
+    h = [step(i) for i in range(3)]
+    step._fall_back_to_sync()
+    assert step.mode == "sync" and step.gen_opt.param_groups[0]["fused"] is None
+    assert not hasattr(step.gen_opt, "found_inf")
+    h += [step(i) for i in range(3, 6)]
+    assert (torch.stack(h) - h_ref).abs().max() <= HIST_ATOL * max(1.0, h_ref.abs().max())
+    w, w_ref = weights(g, c), weights(g_ref, c_ref)
+    assert (w - w_ref).norm() <= WEIGHT_RTOL * w_ref.norm()
+
+
 def test_modes_and_their_limits():
     g, c, x, z = setup()
     assert MatchingStep(g, c, x, z, config(), rng()).mode == "sync"  # auto on CPU
