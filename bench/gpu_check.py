@@ -65,21 +65,21 @@ def build_steps(out: str, data: str | None, python: str) -> list[Step]:
                             f"(nvcc --version || $CUDA_HOME/bin/nvcc --version || echo 'nvcc: not found'); "
                             f"{py} bench/gpu_check.py versions; git log -1 --oneline 2>/dev/null || true", 60, gpu=False),
         Step("build", f"CUDA_HOME=${{CUDA_HOME:-/usr/local/cuda}} LSDM_CUDA_ARCH=90 MAX_JOBS=${{MAX_JOBS:-16}} "
-                      f"{py} -m pip install --no-build-isolation --no-deps -v -e .", 240),
+                      f"{py} -m pip install --no-build-isolation --no-deps -v -e .", 200),
         Step("info", f"{py} -m lsdm_fast.cli info", 60),
-        Step("tests-cuda", f"{py} -m pytest tests -m gpu {pytest_opts} --junitxml={o}/tests-cuda.xml", 120),
+        Step("tests-cuda", f"{py} -m pytest tests -m gpu {pytest_opts} --junitxml={o}/tests-cuda.xml", 90),
         Step("tests-parity", f"{py} -m pytest tests -m 'parity and not gpu' {pytest_opts} "
-                             f"--junitxml={o}/tests-parity.xml", 180),
+                             f"--junitxml={o}/tests-parity.xml", 150),
     ]
     benches = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "bench")) if f.startswith("bench_") and f.endswith(".py"))
     for b in sorted(benches, key=lambda b: (BENCH_ORDER.index(b) if b in BENCH_ORDER else len(BENCH_ORDER), b)):
         steps.append(Step(b, f"{py} -m pytest bench/{b}.py --benchmark-only -q -p no:cacheprovider "
-                             f"--benchmark-json={o}/{b}.json", 120))
+                             f"--benchmark-json={o}/{b}.json", 100))
         steps.append(Step(f"{b}-report", f"{py} bench/report.py {o}/{b}.json --baseline {BASELINES.get(b, 'eager')} "
                                           f"> {o}/{b}.md", 30, gpu=False, needs=[f"{out}/{b}.json"]))
     if data:
         steps.append(Step("stage2-timing", f"{py} bench/gpu_check.py stage2-timing --data {shlex.quote(data)} "
-                                           f"--out {o}/stage2_timing.json", 120))
+                                           f"--out {o}/stage2_timing.json", 90))
     return steps
 
 
@@ -182,25 +182,28 @@ def versions() -> int:
     return 0
 
 
-def stage2_timing(data: str, out: str, steps: int) -> int:
-    """Stage 2 of a short real run, backend torch against auto (fixed seed, 100 pairs per class)."""
+def stage2_timing(data: str, out: str, steps: int, ae_steps: int, device: str, n_per_class: int,
+                  m_unpaired: int) -> int:
+    """Stage 2 of a short real run, backend torch against auto (fixed seed and split)."""
     import torch
 
-    from lsdm_fast import LSDM, LSDMConfig
+    from lsdm_fast import LSDM, AutoencoderConfig, LSDMConfig, MatchingConfig
     from lsdm_fast.data import load_dataset, split_paired_unpaired
 
     train = load_dataset(data, "train")
-    split = split_paired_unpaired(train.labels, n_per_class=100, m_unpaired=5000, seed=0, num_classes=train.num_classes)
+    split = split_paired_unpaired(train.labels, n_per_class=n_per_class, m_unpaired=m_unpaired, seed=0,
+                                  num_classes=train.num_classes)
     rows = []
     for backend in ("torch", "auto"):
-        cfg = LSDMConfig.from_knobs(ae_steps=200, steps=steps, backend=backend, device="cuda")
+        cfg = LSDMConfig(AutoencoderConfig(steps=ae_steps), MatchingConfig(steps=steps, backend=backend), device=device)
         model = LSDM(cfg).fit(torch.from_numpy(train.labels[split.paired]), torch.from_numpy(train.images[split.paired]),
                               torch.from_numpy(train.images[split.unpaired]), num_classes=train.num_classes,
                               progress=False)
         sec = model.history["seconds"]["stage2"]
         rows.append({"backend": backend, "backend_ran": model.history.get("backend"), "steps": steps,
                      "stage2_seconds": sec, "ms_per_generator_step": 1e3 * sec / steps,
-                     "final_wasserstein": model.history["wasserstein"][-1], "device": torch.cuda.get_device_name()})
+                     "final_wasserstein": model.history["wasserstein"][-1],
+                     "device": torch.cuda.get_device_name() if device == "cuda" else device})
         print(json.dumps(rows[-1]))
     with open(out, "w") as f:
         json.dump(rows, f, indent=1)
@@ -216,9 +219,13 @@ def main(argv=None) -> int:
         ap = argparse.ArgumentParser(prog="gpu_check.py stage2-timing")
         ap.add_argument("--data", required=True)
         ap.add_argument("--out", required=True)
-        ap.add_argument("--steps", type=int, default=300)
+        ap.add_argument("--steps", type=int, default=300, help="stage-2 generator steps")
+        ap.add_argument("--ae-steps", type=int, default=200, help="stage-1 steps (not timed)")
+        ap.add_argument("--device", default="cuda")
+        ap.add_argument("--n-per-class", type=int, default=100, help="pairs per class")
+        ap.add_argument("--m-unpaired", type=int, default=5000, help="unpaired images for stage 1")
         a = ap.parse_args(argv[1:])
-        return stage2_timing(a.data, a.out, a.steps)
+        return stage2_timing(a.data, a.out, a.steps, a.ae_steps, a.device, a.n_per_class, a.m_unpaired)
     ap = argparse.ArgumentParser(prog="bench/gpu_check.sh", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="skip every GPU step; record what would run")
     ap.add_argument("out", help="output folder")

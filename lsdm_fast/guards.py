@@ -25,6 +25,9 @@ class TrainingError(RuntimeError):
 
 
 def is_oom(exc: BaseException) -> bool:
+    """Out of memory (CUDA's error, or the CPU allocator's message), not our own report of it."""
+    if isinstance(exc, TrainingError):
+        return False
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
@@ -38,7 +41,7 @@ def oom_error(stage: str, step: int, batch_size: int, field: str) -> TrainingErr
 
 
 @contextlib.contextmanager
-def oom_as_training_error(stage: str, step: int, batch_size: int, field: str) -> Iterator[None]:
+def out_of_memory_as_training_error(stage: str, step: int, batch_size: int, field: str) -> Iterator[None]:
     """Re-raise out of memory inside the block as `oom_error(...)`; other errors pass unchanged."""
     try:
         yield

@@ -34,7 +34,7 @@ from . import distributed as D
 from . import ops
 from ._ext import warn_once
 from .config import MatchingConfig
-from .guards import DeviceGuard, TrainingError, finite_or_raise, grad_norm, is_oom, oom_as_training_error
+from .guards import DeviceGuard, TrainingError, finite_or_raise, grad_norm, is_oom, out_of_memory_as_training_error
 from .models import Critic, Generator
 from .ops._registry import resolve
 from .precision import autocast, make_scaler
@@ -153,7 +153,7 @@ class MatchingStep:
     def __call__(self, step: int) -> torch.Tensor:
         """Run generator step `step`; returns [critic_loss, wasserstein, penalty, generator_loss] on the
         device (the last critic update's terms and -mean f of the generator update's batch)."""
-        with oom_as_training_error(STAGE, step, self.cfg.batch_size, "MatchingConfig.batch_size"):
+        with out_of_memory_as_training_error(STAGE, step, self.cfg.batch_size, "MatchingConfig.batch_size"):
             if self.mode == "sync":
                 return self._sync_step(step)
             if self.capture and self._graph is None:

@@ -92,3 +92,12 @@ def test_report_turns_benchmark_json_into_markdown(tmp_path, capsys):
     assert "device: H100" in out
     assert "| stage-2 step cuda batch=256 width=256 | graph:torch | 1.000 | 0.100 | 30 | 4.00x |" in out
     assert "| stage-2 step cuda batch=256 width=256 | sync:torch | 4.000 | 0.400 | 30 | 1.00x |" in out
+
+
+def test_stage2_timing_runs(gpu_check, tmp_path, capsys):
+    """The optional real stage-2 timing, on CPU and tiny (the GPU run uses the defaults)."""
+    out = tmp_path / "t.json"
+    assert gpu_check.main(["stage2-timing", "--data", "digits", "--out", str(out), "--steps", "2", "--ae-steps", "2",
+                           "--device", "cpu", "--n-per-class", "5", "--m-unpaired", "50"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["backend"] for r in rows] == ["torch", "auto"] and all(r["stage2_seconds"] > 0 for r in rows)

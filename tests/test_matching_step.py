@@ -13,7 +13,7 @@ import torch
 
 from lsdm_fast import ops
 from lsdm_fast.config import MatchingConfig
-from lsdm_fast.guards import DeviceGuard, TrainingError
+from lsdm_fast.guards import DeviceGuard, TrainingError, out_of_memory_as_training_error
 from lsdm_fast.matching_step import MatchingStep
 from lsdm_fast.models import Critic, Generator
 
@@ -367,7 +367,8 @@ def test_out_of_memory_names_the_batch(mode, monkeypatch):
     step = MatchingStep(*setup(), config(), rng(), mode=mode)
     with pytest.raises(TrainingError, match=r"^stage 2 \(joint matching\): out of memory at step 4 on a batch of 24; "
                                             r"try a smaller batch, e.g. --batch-size 12 \(MatchingConfig.batch_size=12\)$"):
-        step(4)
+        with out_of_memory_as_training_error("a loop around the step", 4, 24, "X"):  # passes the report on
+            step(4)
 
 
 def test_device_guard_records_the_first_bad_value_and_stays_halted():
