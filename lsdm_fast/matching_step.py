@@ -64,6 +64,8 @@ def graph_unsupported(device: torch.device, precision: str) -> str | None:
 class MatchingStep:
     """One stage-2 generator step: cfg.critic_steps WGAN-GP critic updates, then one generator update."""
 
+    stage = STAGE
+
     def __init__(self, generator: Generator, critic: Critic, x: torch.Tensor, z: torch.Tensor,
                  cfg: MatchingConfig, rng: torch.Generator, *, precision: str = "fp32", mode: str = "auto",
                  describe: Callable[[], str] = no_checkpoint, capture: bool | None = None):
