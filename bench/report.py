@@ -20,12 +20,15 @@ def main(argv=None) -> None:
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for b in data["benchmarks"]:
         m = re.search(r"\[(.*)\]", b["name"])
-        variant = (b.get("params") or {}).get("variant") or (m.group(1).split("-")[0] if m else b["name"])
+        params = b.get("params") or {}
+        variant = params.get("variant") or params.get("name") or (m.group(1) if m else b["name"])
         groups[b["group"] or "all"][variant] = b
     mi = data.get("machine_info", {})
     print(f"machine: {mi.get('cpu', {}).get('brand_raw', mi.get('processor', '?'))}, "
           f"{mi.get('cpu', {}).get('count', '?')} logical CPUs; python {mi.get('python_version', '?')}; "
-          f"run {data.get('datetime', '?')}\n")
+          f"run {data.get('datetime', '?')}")
+    devices = sorted({str(b.get("extra_info", {}).get("device")) for b in data["benchmarks"]} - {"None"})
+    print(f"device: {', '.join(devices) or '?'}\n")
     print(f"| group | variant | median (ms) | IQR (ms) | rounds | speed-up vs {args.baseline} |")
     print("|---|---|---:|---:|---:|---:|")
     for group in sorted(groups, key=lambda g: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", g)]):

@@ -1,0 +1,20 @@
+"""Mixed precision (LSDMConfig.precision): "fp32" (none), "bf16" or "fp16" autocast; fp16 adds a
+GradScaler. The critic step always runs in float32 (see the stage-2 notes in stages.py)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def autocast(precision: str, device: torch.device, *, cache_enabled: bool = True):
+    """Autocast for `precision` on `device` (a no-op context for fp32). Inside a CUDA graph
+    capture pass cache_enabled=False: cached casts would outlive the capture they were made in."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
