@@ -57,3 +57,13 @@ def average(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def barrier() -> None:
     if rank_world()[1] > 1:
         dist.barrier()
+
+
+def average_into(grads: list[torch.Tensor], *scalars: torch.Tensor) -> list[torch.Tensor]:
+    """Average `grads` over ranks in place and return the averaged `scalars` (one all_reduce in all);
+    identity on one process."""
+    *avg, = average(list(grads) + [s.detach().reshape(-1).float() for s in scalars])
+    if rank_world()[1] > 1:
+        for g, a in zip(grads, avg):
+            g.copy_(a)
+    return avg[len(grads):]

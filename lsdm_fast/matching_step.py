@@ -215,10 +215,7 @@ class MatchingStep:
         if self.scaler is not None:
             self.scaler.unscale_(self.gen_opt)
         grads = [p.grad for p in self.gen_params if p.grad is not None]
-        *grads_avg, score_avg = D.average(grads + [score.detach().reshape(1).float()])
-        if D.rank_world()[1] > 1:
-            for g, ga in zip(grads, grads_avg):
-                g.copy_(ga)
+        (score_avg,) = D.average_into(grads, score)
         return grads, score_avg
 
     def _set_critic_grads(self, grads: list[torch.Tensor]) -> None:
