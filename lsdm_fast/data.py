@@ -230,7 +230,7 @@ def _listdir(folder: str) -> list[str]:
 
 def _image_layout(arr: np.ndarray, where: str) -> np.ndarray:
     """(N, H, W) or (N, C, H, W) with C >= 2 (a single channel squeezed); refuses anything else."""
-    if arr.ndim == 4 and arr.shape[3] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+    if arr.ndim == 4 and arr.shape[3] in (1, 3, 4) and arr.shape[1] > 4:
         raise DataError(f"{where}: shape {arr.shape} looks channels-last (N, H, W, C); images must be channels-first "
                         "(N, C, H, W): use x.transpose(0, 3, 1, 2)")
     if arr.ndim not in (3, 4):
