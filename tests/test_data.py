@@ -132,15 +132,18 @@ def test_truncated_file(tmp_path):
     with pytest.raises(DataError, match=r"t: truncated: header says \[10, 28, 28\]"):
         read_idx(p)
     p2 = str(tmp_path / "h")
-    open(p2, "wb").write(b"\x00\x00\x08\x03\x00\x00")
+    with open(p2, "wb") as fh:
+        fh.write(b"\x00\x00\x08\x03\x00\x00")
     with pytest.raises(DataError, match="truncated header"):
         read_idx(p2)
 
 
 def test_truncated_gzip_stream(tmp_path):
     p = write_idx(str(tmp_path / "g.gz"), np.zeros((100, 28, 28), np.uint8), gz=True)
-    data = open(p, "rb").read()
-    open(p, "wb").write(data[: len(data) // 2])
+    with open(p, "rb") as fh:
+        data = fh.read()
+    with open(p, "wb") as fh:
+        fh.write(data[: len(data) // 2])
     with pytest.raises(DataError, match="g.gz: cannot decompress"):
         read_idx(p)
 

@@ -238,7 +238,8 @@ def test_random_npz_loads_or_names_the_file(arrays, compressed, seed, data):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "data.npz")
         (np.savez_compressed if compressed else np.savez)(path, **arrays)
-        raw = open(path, "rb").read()
+        with open(path, "rb") as fh:
+            raw = fh.read()
         with open(path, "wb") as fh:
             fh.write(corrupt(data.draw, raw))
         assert_loads_or_names(path, path, seed)
@@ -251,7 +252,8 @@ def test_random_npy_folder_loads_or_names_the_file(arrays, seed, data):
         for name, arr in arrays.items():
             p = os.path.join(d, name + ".npy")
             np.save(p, arr)
-            raw = open(p, "rb").read()
+            with open(p, "rb") as fh:
+                raw = fh.read()
             with open(p, "wb") as fh:
                 fh.write(corrupt(data.draw, raw))
         assert_loads_or_names(d, d, seed)

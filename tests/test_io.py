@@ -96,7 +96,8 @@ def test_overwrite_false_loses_a_race_cleanly(tmp_path, monkeypatch):
     real_link = os.link
 
     def racing_link(src, dst):
-        open(dst, "wb").write(b"other writer")
+        with open(dst, "wb") as fh:
+            fh.write(b"other writer")
         return real_link(src, dst)
 
     monkeypatch.setattr(lio.os, "link", racing_link)

@@ -292,7 +292,7 @@ def test_damaged_image_is_named(tmp_path, rng):
     (tmp_path / "f" / "emu" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     with pytest.raises(DataError, match=r"emu/broken.png: not a readable image"):
         load_dataset(root)
-    good = open(os.path.join(root, "cat", "0.png"), "rb").read()
+    good = (tmp_path / "f" / "cat" / "0.png").read_bytes()
     (tmp_path / "f" / "emu" / "broken.png").write_bytes(good[: len(good) - 30])  # truncated: fails in decode
     with pytest.raises(DataError, match=r"emu/broken.png: (cannot decode|not a readable)"):
         load_dataset(root)
