@@ -123,9 +123,9 @@ class Dataset:
         what = (f"{len(self)} pairs (low {'x'.join(map(str, self.low.shape[1:]))} -> high {shape}, factor "
                 f"{self.superres_factor}) + {0 if self.unpaired is None else len(self.unpaired)} unpaired"
                 if self.low is not None else f"{len(self)} images {shape}, {self.num_classes} classes")
-        rng = p.get("original_range")
-        rng = "[" + ", ".join(f"{v:.4g}" for v in rng) + "]" if isinstance(rng, list) else rng or ""
-        return (f"{self.name}: {what}; {p.get('original_dtype', '?')} {rng} "
+        span = p.get("original_range")
+        span = "[" + ", ".join(f"{v:.4g}" for v in span) + "]" if isinstance(span, list) else ""
+        return (f"{self.name}: {what}; {p.get('original_dtype', '?')} {span} "
                 f"-> float32 [0, 1] ({p.get('scaling', '?')}); split: {p.get('split_origin', '?')}")
 
 
@@ -165,7 +165,8 @@ def detect_format(source: str) -> str:
     if source in ("digits", "sklearn-digits"):
         return "digits"
     if not os.path.exists(source):
-        raise DataError(f"{source}: not found (give 'digits', a folder or an .npz file)")
+        kind = "file" if source.lower().endswith((".npz", ".npy")) else "folder"
+        raise DataError(f"{source}: data {kind} not found (give 'digits', a data folder or an .npz file)")
     if os.path.isfile(source):
         if source.lower().endswith(".npz"):
             return "npz"
@@ -175,7 +176,7 @@ def detect_format(source: str) -> str:
         raise DataError(f"{source}: cannot tell the data format from this file; expected an .npz file, a folder, "
                         "or 'digits'")
     names = _listdir(source)
-    if any(_mnist_candidates(stem) & set(names) for pair in MNIST_FILES.values() for stem in pair):
+    if any(set(_mnist_candidates(stem)) & set(names) for pair in MNIST_FILES.values() for stem in pair):
         return "mnist-idx"
     if any(n.endswith(".npy") for n in names):
         return "npy"
@@ -394,13 +395,14 @@ def read_idx(path: str) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _mnist_candidates(stem: str) -> set[str]:
+def _mnist_candidates(stem: str) -> tuple[str, ...]:
+    """The file names an MNIST file goes by, in the order they are looked for."""
     dotted = stem.replace("-idx", ".idx")
-    return {stem, stem + ".gz", dotted, dotted + ".gz"}
+    return stem, stem + ".gz", dotted, dotted + ".gz"
 
 
 def _find(folder: str, stem: str) -> str:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in _mnist_candidates(stem):
         p = os.path.join(folder, name)
         if os.path.exists(p):
             return p
@@ -850,6 +852,9 @@ def split_paired_unpaired(labels: np.ndarray, *, n_per_class: int | None = None,
     Give n_per_class (that many pairs from every class) or n_pairs (in total, spread over the
     classes in proportion to their counts). m_unpaired=None takes every remaining index.
     """
+    if labels is None:
+        raise DataError("split_paired_unpaired needs class labels; a data set of super-resolution pairs (Dataset.low "
+                        "set) has none: split its pairs as one class with labels=np.zeros(len(ds), int)")
     labels = np.asarray(labels)
     if (n_per_class is None) == (n_pairs is None):
         raise DataError("give exactly one of n_per_class and n_pairs")

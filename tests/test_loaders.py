@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lsdm_fast.data import (DataError, Dataset, average_pool, check_dataset, detect_format, load_dataset,
-                            load_digits_dataset, make_conditions, stratified_holdout)
+                            load_digits_dataset, make_conditions, split_paired_unpaired, stratified_holdout)
 
 from test_data import make_mnist_folder, write_idx
 
@@ -176,6 +176,10 @@ def test_pairs_npz_single_set_with_unpaired(tmp_path, rng):
         make_conditions(tr, "superres", 2)
     with pytest.raises(DataError, match="task 'class' needs labels"):
         make_conditions(tr, "class")
+    with pytest.raises(DataError, match="needs class labels; a data set of super-resolution pairs"):
+        split_paired_unpaired(tr.labels, n_pairs=4)
+    one_class = split_paired_unpaired(np.zeros(len(tr), int), n_pairs=4, seed=0)  # the documented way
+    assert len(one_class.paired) == 4 and len(one_class.unpaired) == 12
 
 
 def test_pairs_npz_split_arrays(tmp_path, rng):
@@ -401,7 +405,7 @@ def test_object_arrays_are_refused_without_unpickling(tmp_path):
 
 
 def test_missing_and_unknown_sources(tmp_path):
-    with pytest.raises(DataError, match=r"nope.npz: not found"):
+    with pytest.raises(DataError, match=r"nope.npz: data file not found"):
         load_dataset(str(tmp_path / "nope.npz"))
     with pytest.raises(DataError, match=r"nope.npz: file not found"):
         load_dataset(str(tmp_path / "nope.npz"), format="npz")
@@ -411,6 +415,8 @@ def test_missing_and_unknown_sources(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"empty: cannot tell the data format"):
         load_dataset(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match=r"nope: data folder not found"):
+        load_dataset(str(tmp_path / "nope"))
     with pytest.raises(DataError, match=r"unknown data format 'csv'; choose from digits, mnist-idx"):
         load_dataset(str(tmp_path), format="csv")
     with pytest.raises(DataError, match=r"split must be 'train' or 'test', got 'val'"):
