@@ -21,8 +21,9 @@ Formats (detected from `source`, or named with `format=`):
   names sorted give the label ids. Files without an image extension (``IMAGE_EXTENSIONS``) are
   skipped and listed in the provenance; a file with an image extension that Pillow cannot read is
   an error. All images must share one size. If every image is grey (modes 1, L, LA, I, I;16) the
-  images are (H, W); if any is colour, all are converted to RGB, (3, H, W), grey ones replicated.
-  Alpha is dropped. 8-bit values are divided by 255, 16-bit values by 65535.
+  images are (H, W); if any is colour (palette images count as colour), all are converted to RGB,
+  (3, H, W), grey ones replicated. Alpha is dropped. 8-bit values are divided by 255, 16-bit values
+  by 65535. Hidden files and folders (".name") are ignored; float images (mode F) are refused.
 
 Conventions, whatever the format:
 
@@ -657,7 +658,8 @@ def _pairs_from_arrays(src, layout: str, split: str, seed: int, rescale: bool, p
         ln, hn = names[s]
         low, high = (_image_layout(src.read(n), src.where(n)) for n in (ln, hn))
         if len(low) != len(high):
-            raise DataError(f"{src.where(ln)} has {len(low)} images but {src.where(hn)} has {len(high)}: count mismatch")
+            raise DataError(f"{src.where(ln)} has {len(low)} images but {src.where(hn)} has {len(high)}: "
+                            "count mismatch")
         _check_pair_shapes(low, high, src.where(ln), src.where(hn))
         pairs[s] = (low, high)
     if layout == "pairs-single":
@@ -731,7 +733,7 @@ def _scan_classes(root: str) -> tuple[list[str], list[tuple[str, str]], list[str
     for c in classes:
         found = 0
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, c), onerror=None):
-            dirnames.sort()
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # e.g. .ipynb_checkpoints
             for n in sorted(filenames):
                 p = os.path.join(dirpath, n)
                 if _is_image_file(n) and not n.startswith("."):
@@ -782,7 +784,7 @@ def _decode(path: str, colour: bool) -> np.ndarray:
 
 def _load_image_folder(root: str, split: str, seed: int) -> Dataset:
     try:
-        import PIL  # noqa: F401
+        import PIL.Image  # noqa: F401 - only to say early that Pillow is missing
     except ImportError:
         raise DataError("the image-folder format needs Pillow: pip install pillow") from None
     if not os.path.isdir(root):

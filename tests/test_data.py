@@ -1,7 +1,6 @@
 """IDX reading, the embedded default, the paired/unpaired split, the tasks, and every bad input."""
 import gzip
 import os
-import shutil
 import struct
 
 import numpy as np

@@ -267,6 +267,7 @@ def test_nested_folders_are_searched(tmp_path, rng):
     root = str(tmp_path / "f")
     image_folder(root, rng, classes=("a", "b"), per_class=5)
     save_png(os.path.join(root, "a", "deeper", "x.png"), rng.integers(0, 256, (6, 4), dtype=np.uint8))
+    save_png(os.path.join(root, "a", ".ipynb_checkpoints", "x.png"), np.zeros((9, 9), np.uint8))  # hidden: ignored
     assert load_dataset(root).provenance["class_counts"][0] + load_dataset(root, "test").provenance[
         "class_counts"][0] == 6
 
@@ -451,7 +452,8 @@ def test_float_idx_must_be_in_unit_range_or_rescaled_from_train(tmp_path):
     write_idx(str(tmp_path / "t10k-images-idx3-ubyte"), te, code=0x0E)
     write_idx(str(tmp_path / "t10k-labels-idx1-ubyte"), np.arange(10))
     assert detect_format(str(tmp_path)) == "mnist-idx"
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: float pixel values must be in \[0, 1\], got \[0, 2\]"):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: float pixel values must be in \[0, 1\], "
+                                        r"got \[0, 2\]"):
         load_dataset(str(tmp_path))
     test = load_dataset(str(tmp_path), "test", rescale=True)
     np.testing.assert_allclose(test.images, 0.5)  # 1.0 on the training scale [0, 2]: no per-file stretch
