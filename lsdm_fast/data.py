@@ -46,6 +46,7 @@ Conventions, whatever the format:
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import math
 import os
 import struct
@@ -783,10 +784,8 @@ def _decode(path: str, colour: bool) -> np.ndarray:
 
 
 def _load_image_folder(root: str, split: str, seed: int) -> Dataset:
-    try:
-        import PIL.Image  # noqa: F401 - only to say early that Pillow is missing
-    except ImportError:
-        raise DataError("the image-folder format needs Pillow: pip install pillow") from None
+    if importlib.util.find_spec("PIL") is None:
+        raise DataError("the image-folder format needs Pillow: pip install pillow")
     if not os.path.isdir(root):
         raise DataError(f"{root}: folder not found" if not os.path.exists(root) else f"{root}: not a folder")
     subdirs = {e for e in _listdir(root) if os.path.isdir(os.path.join(root, e))}
