@@ -498,3 +498,13 @@ def test_average_pool_with_channels():
     p = average_pool(x, 2)
     assert p.shape == (2, 3, 2, 2)
     np.testing.assert_allclose(p[1, 2, 0, 1], x[1, 2, :2, 2:].mean())
+
+
+def test_image_folder_without_pillow_says_so(tmp_path, rng, monkeypatch):
+    import importlib.util
+
+    image_folder(str(tmp_path / "f"), rng)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "PIL" else real(name, *a))
+    with pytest.raises(DataError, match="the image-folder format needs Pillow: pip install pillow"):
+        load_dataset(str(tmp_path / "f"))
