@@ -1,17 +1,20 @@
 """IDX reading, the embedded default, the paired/unpaired split, the tasks, and every bad input."""
 import gzip
 import os
-import shutil
 import struct
 
 import numpy as np
 import pytest
 
-from lsdm_fast.data import (DataError, average_pool, load_digits_dataset, load_mnist, make_conditions, read_idx,
-                            split_paired_unpaired)
+from lsdm_fast.data import (DataError, average_pool, load_dataset, load_digits_dataset, load_mnist, make_conditions,
+                            read_idx, split_paired_unpaired)
 
-MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
-MNIST = os.environ.get("LSDM_MNIST_DIR", MNIST)
+# the real files: shared/ beside the clone (CI lays a copy there), or $LSDM_MNIST_DIR
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST = os.environ.get("LSDM_MNIST_DIR") or os.path.join(ROOT, "..", "shared", "data", "mnist")
+NO_MNIST = (f"real MNIST absent: no folder {os.path.normpath(MNIST)} (the repository's parent has no "
+            "shared/data/mnist, as in a clone without shared/ beside it); set LSDM_MNIST_DIR to a folder of the "
+            "four MNIST IDX files to run this test")
 
 
 def write_idx(path, arr, code=0x08, gz=False, magic=None, extra=b"", cut=0):
@@ -46,11 +49,17 @@ def make_mnist_folder(folder, n=20, gz=True, labels=None, images=None, n_labels=
 
 # ----------------------------------------------------------------------------- good input
 
-@pytest.mark.skipif(not os.path.isdir(MNIST), reason="shared MNIST folder not present")
+@pytest.mark.skipif(not os.path.isdir(MNIST), reason=NO_MNIST)
 def test_real_mnist_matches_its_source_notes():
-    train, test = load_mnist(MNIST, "train"), load_mnist(MNIST, "test")
+    train, test = load_dataset(MNIST, "train"), load_dataset(MNIST, "test")  # format detected: mnist-idx
     assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
-    assert train.images.dtype == np.float32 and 0 <= train.images.min() and train.images.max() == 1.0
+    assert train.image_shape == (28, 28) and train.num_classes == test.num_classes == 10
+    for ds in (train, test):
+        assert ds.images.dtype == np.float32 and ds.labels.dtype == np.int64
+        assert ds.images.min() == 0.0 and ds.images.max() == 1.0
+        assert ds.provenance["format"] == "mnist-idx" and ds.provenance["original_dtype"] == "uint8"
+        assert ds.provenance["original_range"] == [0, 255] and ds.provenance["scaling"] == "divided by 255"
+    np.testing.assert_array_equal(load_mnist(MNIST, "test").images, test.images)
     # class counts and mean pixel value from shared/data/mnist/SOURCE.md
     assert np.bincount(train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -122,15 +131,18 @@ def test_truncated_file(tmp_path):
     with pytest.raises(DataError, match=r"t: truncated: header says \[10, 28, 28\]"):
         read_idx(p)
     p2 = str(tmp_path / "h")
-    open(p2, "wb").write(b"\x00\x00\x08\x03\x00\x00")
+    with open(p2, "wb") as fh:
+        fh.write(b"\x00\x00\x08\x03\x00\x00")
     with pytest.raises(DataError, match="truncated header"):
         read_idx(p2)
 
 
 def test_truncated_gzip_stream(tmp_path):
     p = write_idx(str(tmp_path / "g.gz"), np.zeros((100, 28, 28), np.uint8), gz=True)
-    data = open(p, "rb").read()
-    open(p, "wb").write(data[: len(data) // 2])
+    with open(p, "rb") as fh:
+        data = fh.read()
+    with open(p, "wb") as fh:
+        fh.write(data[: len(data) // 2])
     with pytest.raises(DataError, match="g.gz: cannot decompress"):
         read_idx(p)
 

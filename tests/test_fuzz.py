@@ -1,6 +1,9 @@
-"""Fuzz (hypothesis): malformed IDX files and random command lines get a clear error, never a
-traceback from deep inside. Few examples each, so the whole file stays well under 30 s."""
+"""Fuzz (hypothesis): malformed IDX files, random or damaged .npz/.npy files, random image folders
+and random command lines get a clear error (DataError naming the file for data), never a traceback
+from deep inside. Few examples each, so the whole file stays well under a minute."""
 import gzip
+import io
+import json
 import os
 import string
 import struct
@@ -11,7 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lsdm_fast.data import DataError, load_mnist, read_idx
+from PIL import Image
+
+from lsdm_fast.data import (ARRAY_NAMES, CLASS_SINGLE, CLASS_SPLIT, PAIRS_SINGLE, PAIRS_SPLIT, UNPAIRED, DataError,
+                            check_dataset, load_dataset, load_mnist, read_idx)
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -147,3 +153,160 @@ def test_random_command_lines_get_a_clear_error(command, rest, tmp_path, monkeyp
         return
     assert rc == 2, (argv, rc, err)
     assert "error:" in err and "Traceback" not in err, (argv, err)
+
+
+# ------------------------------------------------------------------------------ the other loaders
+
+LOADER_FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                                 HealthCheck.too_slow])
+LAYOUTS = {"class-split": CLASS_SPLIT, "class-single": CLASS_SINGLE, "pairs-split": PAIRS_SPLIT + (UNPAIRED,),
+           "pairs-single": PAIRS_SINGLE + (UNPAIRED,)}
+DTYPES = ["uint8", "uint16", "int16", "int64", "float16", "float32", "float64", "bool", "complex64", "<U1"]
+VALID_TOP = {"uint8": 255, "uint16": 65535, "int16": 255, "int64": 255, "bool": 1}
+
+
+@st.composite
+def image_array(draw, n, shape):
+    """Images of `shape`: mostly valid for their dtype, sometimes out of range, NaN or of a bad dtype."""
+    valid = draw(st.integers(0, 9)) > 0
+    dtype = draw(st.sampled_from(["uint8", "float32", "float64", "uint16", "bool"] if valid else DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    if valid:
+        return (rng.random((n, *shape)) * VALID_TOP.get(dtype, 1)).round(0 if dtype in VALID_TOP else 6).astype(dtype)
+    arr = rng.random((n, *shape)) * draw(st.sampled_from([1, 255, 256, 65536, 2])) - draw(st.sampled_from([0, 1]))
+    if draw(st.booleans()) and arr.size:
+        arr.flat[draw(st.integers(0, arr.size - 1))] = draw(st.sampled_from([np.nan, np.inf, 0.5]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return arr.astype(dtype) if dtype != "<U1" else arr.astype(str).astype("<U1")
+
+
+@st.composite
+def array_set(draw):
+    """Arrays for .npz/.npy files: a layout filled with mostly valid arrays, sometimes a broken one,
+    a wrong count, a wrong shape or a wrong name."""
+    layout = draw(st.sampled_from(sorted(LAYOUTS)))
+    n = draw(st.sampled_from([10, 12, 10, 7, 3, 0]))
+    high = draw(st.sampled_from([(4, 4), (8, 8), (3, 4, 4), (1, 8, 8), (4, 4), (8, 8), (4, 4, 3), (0, 4), (4,)]))
+    factor = draw(st.sampled_from([1, 2, 4, 3]))
+    low = (*high[:-2], max(high[-2] // factor, 1), max(high[-1] // factor, 1)) if len(high) >= 2 else high
+    k = draw(st.integers(1, 4))
+    arrays = {}
+    for name in LAYOUTS[layout]:
+        if name == UNPAIRED and draw(st.booleans()):
+            continue
+        count = n + (1 if draw(st.integers(0, 9)) == 0 else 0)
+        if name.startswith(("y_", "labels")):
+            labs = np.arange(count) % k - (1 if draw(st.integers(0, 9)) == 0 else 0)
+            arrays[name] = labs.astype(draw(st.sampled_from(["int64", "uint8", "int8", "int64", "float64"])))
+        else:
+            arrays[name] = draw(image_array(count, low if name.startswith("low") else high))
+    if draw(st.integers(0, 5)) == 0:  # an extra or replaced array, perhaps of an unknown name
+        arrays[draw(st.sampled_from(list(ARRAY_NAMES) + ["junk"]))] = draw(image_array(n, high))
+    return arrays
+
+
+def corrupt(draw, raw: bytes) -> bytes:
+    how = draw(st.sampled_from(["none"] * 6 + ["truncate", "flip", "garbage"]))
+    if how == "truncate" and raw:
+        return raw[: draw(st.integers(0, len(raw) - 1))]
+    if how == "flip" and raw:
+        b = bytearray(raw)
+        i = draw(st.integers(0, len(b) - 1))
+        b[i] ^= draw(st.integers(1, 255))
+        return bytes(b)
+    if how == "garbage":
+        return draw(st.binary(max_size=200))
+    return raw
+
+
+def assert_loads_or_names(source: str, root: str, seed: int):
+    for split in ("train", "test"):
+        try:
+            ds = load_dataset(source, split, seed=seed, rescale=seed % 2 == 1)
+        except Exception as exc:  # noqa: BLE001 - the point: which exception, with which message
+            assert isinstance(exc, DataError), f"{type(exc).__name__}: {exc}"
+            assert root in str(exc), str(exc)
+        else:
+            check_dataset(ds)
+            json.dumps(ds.provenance)
+            assert ds.describe()
+
+
+@LOADER_FUZZ
+@given(arrays=array_set(), compressed=st.booleans(), seed=st.integers(0, 3), data=st.data())
+def test_random_npz_loads_or_names_the_file(arrays, compressed, seed, data):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "data.npz")
+        (np.savez_compressed if compressed else np.savez)(path, **arrays)
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        with open(path, "wb") as fh:
+            fh.write(corrupt(data.draw, raw))
+        assert_loads_or_names(path, path, seed)
+
+
+@LOADER_FUZZ
+@given(arrays=array_set(), seed=st.integers(0, 3), data=st.data())
+def test_random_npy_folder_loads_or_names_the_file(arrays, seed, data):
+    with tempfile.TemporaryDirectory() as d:
+        for name, arr in arrays.items():
+            p = os.path.join(d, name + ".npy")
+            np.save(p, arr)
+            with open(p, "rb") as fh:
+                raw = fh.read()
+            with open(p, "wb") as fh:
+                fh.write(corrupt(data.draw, raw))
+        assert_loads_or_names(d, d, seed)
+
+
+IMAGE_KINDS = ["L", "RGB", "RGBA", "I;16", "P", "1", "LA", "F", "garbage", "cut", "text"]
+
+
+def image_bytes(draw, kind: str, size: tuple[int, int]) -> tuple[str, bytes]:
+    """(file name suffix, content): a small image of `kind` (a mode) and `size`, or something that is not one."""
+    if kind == "garbage":
+        return ".png", draw(st.binary(max_size=100))
+    if kind == "text":
+        return ".txt", b"notes"
+    rng = np.random.default_rng(draw(st.integers(0, 99)))
+    if kind == "I;16":
+        im = Image.fromarray(rng.integers(0, 65536, (size[1], size[0]), dtype=np.uint16))
+    elif kind == "F":
+        im = Image.fromarray(rng.random((size[1], size[0])).astype(np.float32), mode="F")
+    else:
+        im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        im = im.convert("L" if kind == "cut" else kind)
+    formats = {"F": [".tif"], "L": [".png", ".bmp", ".gif", ".jpg"], "RGB": [".png", ".bmp", ".jpg"],
+               "P": [".png", ".gif"]}
+    ext = draw(st.sampled_from(formats.get(kind, [".png"])))
+    buf = io.BytesIO()
+    im.save(buf, format={".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".jpg": "JPEG", ".tif": "TIFF"}[ext])
+    raw = buf.getvalue()
+    return ext, raw[: len(raw) // 2] if kind == "cut" else raw
+
+
+@LOADER_FUZZ
+@given(split_layout=st.booleans(), seed=st.integers(0, 3), data=st.data())
+def test_random_image_folders_load_or_name_the_file(split_layout, seed, data):
+    """Folders of one mode and size mostly, with an odd file now and then: another mode or size,
+    a damaged or non-image file, an empty class, an image outside the classes."""
+    base = data.draw(st.sampled_from(["L", "RGB", "P", "I;16"]))
+    size = data.draw(st.sampled_from([(4, 4), (3, 5)]))
+    with tempfile.TemporaryDirectory() as d:
+        root = os.path.join(d, "images")
+        os.makedirs(root)
+        for part in ["train", "test"] if split_layout else [""]:
+            for c in range(data.draw(st.integers(1, 3))):
+                folder = os.path.join(root, part, f"class{c}")
+                os.makedirs(folder)
+                for i in range(data.draw(st.sampled_from([5, 6, 5, 6, 2, 0]))):
+                    odd = data.draw(st.integers(0, 14)) == 0
+                    kind = data.draw(st.sampled_from(IMAGE_KINDS)) if odd else base
+                    ext, raw = image_bytes(data.draw, kind, (4, 5) if odd and kind == base else size)
+                    with open(os.path.join(folder, f"{i}{ext}"), "wb") as fh:
+                        fh.write(raw)
+        if data.draw(st.integers(0, 9)) == 0:
+            ext, raw = image_bytes(data.draw, base, size)
+            with open(os.path.join(root, "stray" + ext), "wb") as fh:
+                fh.write(raw)
+        assert_loads_or_names(root, root, seed)
