@@ -164,14 +164,14 @@ class LSDM:
         """Checked conditions (on the device), every image (pairs first, flat, on the device), and the number of
         pairs; sets self.meta and builds the networks (seeded)."""
         py = _as_tensor(paired_y, "paired_y", torch.float32)
-        image_shape = tuple(py.shape[1:]) if py.dim() == 3 else None
-        if py.dim() < 2 or len(py) == 0:
+        image_shape = tuple(py.shape[1:]) if py.dim() >= 3 else None
+        if py.dim() < 2 or py.dim() > 4 or len(py) == 0:
             raise ValueError(f"paired_y is empty or not a batch (shape {tuple(py.shape)}): LSDM needs at least one "
-                             "(x, y) pair, given as (N, H, W) images or flat (N, D) rows")
+                             "(x, y) pair, given as (N, H, W) or (N, C, H, W) images or flat (N, D) rows")
         py = py.flatten(1)
         uy = torch.zeros(0, py.shape[1]) if unpaired_y is None else _as_tensor(unpaired_y, "unpaired_y", torch.float32)
         if uy.dim() < 2:
-            raise ValueError(f"unpaired_y must be (M, H, W) or (M, D), got shape {tuple(uy.shape)}")
+            raise ValueError(f"unpaired_y must be (M, H, W), (M, C, H, W) or (M, D), got shape {tuple(uy.shape)}")
         uy = uy.flatten(1)
         if uy.shape[1] != py.shape[1]:
             raise ValueError(f"unpaired_y has {uy.shape[1]} values per sample but paired_y has {py.shape[1]}")

@@ -75,8 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-per-class", type=_positive(int), default=20)
 
     tr = sub.add_parser("train", help="train on your data (see --data) and evaluate", **fmt)
-    tr.add_argument("--data", help="folder with train-/t10k- images and labels IDX files, or 'digits' "
-                                   "(required unless --resume)")
+    tr.add_argument("--data", help="your data: an MNIST-format IDX folder, an .npz file, a folder of .npy files, a "
+                                   "folder of images with one sub-folder per class, or 'digits' (the embedded 8x8 "
+                                   "digits); the formats and array names: README, 'Your data' (required unless "
+                                   "--resume)")
+    tr.add_argument("--format", default=None, choices=["digits", "mnist-idx", "npz", "npy", "image-folder"],
+                    help="the --data format (default: detected from the path)")
+    tr.add_argument("--rescale", action="store_true", help="float images outside [0, 1]: map the training split's "
+                                                           "min..max onto [0, 1] (the same map for test)")
     tr.add_argument("--resume", metavar="DIR", default=None,
                     help="continue the run checkpointed in DIR (its checkpoint folder or its --out folder) "
                          "exactly; the run's arguments are read from DIR")
@@ -221,10 +227,12 @@ def cmd_train(args) -> int:
     if ckdir and not resume and find_checkpoint(ckdir):
         raise ValueError(f"{ckdir} already holds a checkpoint; continue it with `lsdm train --resume {ckdir}` "
                          "or choose another --out/--checkpoint-dir")
-    if args.data != "digits":  # fail on bad data before any training starts
-        load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    for split in ("train", "test"):  # bad data fails before any training starts
+        load_dataset(args.data, split, format=getattr(args, "format", None), rescale=getattr(args, "rescale", False),
+                     seed=args.seed)
     n_per_class = args.n_per_class if (args.n_per_class or args.n_pairs) else 100
-    spec = RunSpec(data=args.data, task=args.task, factor=args.factor,
+    spec = RunSpec(data=args.data, format=getattr(args, "format", None), rescale=getattr(args, "rescale", False),
+                   task=args.task, factor=args.factor,
                    n_per_class=None if args.n_pairs else n_per_class, n_pairs=args.n_pairs,
                    m_unpaired=args.m_unpaired, out=args.out, progress=not args.quiet,
                    classifier_steps=args.classifier_steps, eval_per_class=args.eval_per_class,
@@ -247,7 +255,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
     import torch
 
     from .api import LSDM
@@ -317,13 +324,17 @@ def _superres_inputs(model, args):
             raise ValueError(f"--input {args.input}: values must be floats in [0, 1], got {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     else:
-        from .data import average_pool, load_dataset
+        from .data import load_dataset, make_conditions
         factor = model.meta.get("factor")
-        if not factor:
+        test = load_dataset(args.data, "test")
+        if test.low is None and not factor:
             raise ValueError(f"{args.model}: the model does not record its super-resolution factor (trained by an "
                              "older version or through the Python API); give --input instead")
-        test = load_dataset(args.data, "test")
-        x = torch.from_numpy(average_pool(test.images[: args.n_inputs], int(factor)).reshape(-1, d).astype(np.float32))
+        x = make_conditions(test, "superres", None if test.low is not None else int(factor))[: args.n_inputs]
+        if x.shape[1] != d:
+            raise ValueError(f"--data {args.data}: its low-resolution images have {x.shape[1]} values, this model "
+                             f"takes {d}")
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if len(x) == 0 or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise ValueError("super-resolution inputs must be a non-empty set of finite values in [0, 1]")
     return x

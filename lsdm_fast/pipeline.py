@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -14,16 +13,18 @@ import torch
 from .api import LSDM
 from .classifier import accuracy, train_classifier
 from .config import LSDMConfig
-from .data import Dataset, average_pool, load_dataset, make_conditions, split_paired_unpaired
-from .io import atomic_write_json
+from .data import TASKS, DataError, Dataset, average_pool, load_dataset, make_conditions, split_paired_unpaired
+from .io import atomic_write_json, check_writable_dir
 from .viz import save_grid, save_loss_plot
 
 
 @dataclass
 class RunSpec:
-    data: str = "digits"  # "digits" (embedded) or a folder of MNIST-format IDX files
+    data: str = "digits"  # "digits" (embedded), or a file/folder in any format of lsdm_fast.data
+    format: str | None = None  # None: detected from `data`
+    rescale: bool = False  # float images outside [0, 1]: map the training split's range onto [0, 1]
     task: str = "class"  # "class" or "superres"
-    factor: int = 4  # super-resolution pooling factor
+    factor: int = 4  # super-resolution pooling factor (data without their own low-resolution images)
     n_per_class: int | None = 20
     n_pairs: int | None = None
     m_unpaired: int | None = None  # None: every remaining training image
@@ -48,9 +49,7 @@ def prepare_output_folder(out: str, overwrite: bool) -> None:
         raise FileExistsError(f"{out}: holds a finished run ({', '.join(existing)}); pass --overwrite to replace it "
                               "(or overwrite=True), or choose another output folder")
     try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        check_writable_dir(out)
     except OSError as exc:
         raise ValueError(f"{out}: cannot write the run's output there ({exc.strerror or exc})") from None
 
@@ -70,27 +69,22 @@ def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = Fals
     t_start = time.perf_counter()
     cfg = spec.config
     cfg.validate()
-    train, test = load_dataset(spec.data, "train", seed=cfg.seed), load_dataset(spec.data, "test", seed=cfg.seed)
-    split = split_paired_unpaired(train.labels, n_per_class=spec.n_per_class, n_pairs=spec.n_pairs,
-                                  m_unpaired=spec.m_unpaired, seed=cfg.seed, num_classes=train.num_classes)
+    train, test = (load_dataset(spec.data, split, format=spec.format, rescale=spec.rescale, seed=cfg.seed)
+                   for split in ("train", "test"))
+    paired_x, paired_y, unpaired_y, factor = task_data(train, spec, cfg.seed)
     if D.is_main():  # after the data checks (bad data must not leave a folder behind), before any training
         prepare_output_folder(spec.out, spec.overwrite)
-    if spec.task == "class":
-        paired_x = torch.from_numpy(train.labels[split.paired])
-    else:
-        paired_x = torch.from_numpy(make_conditions(train, "superres", spec.factor)[split.paired])
-    model = LSDM(cfg).fit(paired_x, torch.from_numpy(train.images[split.paired]),
-                          torch.from_numpy(train.images[split.unpaired]), num_classes=train.num_classes,
+    model = LSDM(cfg).fit(paired_x, paired_y, unpaired_y, num_classes=train.num_classes,
                           progress=spec.progress and D.is_main(), checkpoint_dir=checkpoint_dir, resume=resume)
     if not D.is_main():
         return {"rank": D.rank_world()[0], "fit_seconds": model.history["seconds"]}
-    if spec.task == "superres":  # lets `lsdm sample --data` pool test images the way training did
-        model.meta.update(task="superres", factor=spec.factor)
+    if spec.task == "superres":  # lets `lsdm sample --data` make inputs the way training did
+        model.meta.update(task="superres", factor=factor)
     model.save(os.path.join(spec.out, "model"), overwrite=spec.overwrite)
     written = [os.path.join(spec.out, "model") + os.sep]
 
-    metrics = {"data": train.name, "task": spec.task, "paired": int(len(split.paired)),
-               "unpaired": int(len(split.unpaired)), "seed": cfg.seed,
+    metrics = {"data": train.describe(), "provenance": {"train": train.provenance, "test": test.provenance},
+               "task": spec.task, "paired": len(paired_y), "unpaired": len(unpaired_y), "seed": cfg.seed,
                "fit_seconds": model.history["seconds"], "critic_backend": model.history.get("backend"),
                "versions": _versions(), "config": cfg.to_dict()}
     y_test = torch.from_numpy(test.images).reshape(len(test), -1)
@@ -100,7 +94,7 @@ def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = Fals
 
     if spec.evaluate:
         metrics.update(_evaluate_class(model, train, test, spec) if spec.task == "class"
-                       else _evaluate_superres(model, test, spec))
+                       else _evaluate_superres(model, test, spec, factor))
         written.append(os.path.join(spec.out, "samples.png"))
     written.append(save_loss_plot(model.history, os.path.join(spec.out, "losses.png")))
     metrics["total_seconds"] = time.perf_counter() - t_start
@@ -108,6 +102,35 @@ def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = Fals
     metrics["written"] = written
     atomic_write_json(written[-1], metrics)
     return metrics
+
+
+def task_data(train: Dataset, spec: RunSpec, seed: int):
+    """(paired conditions, paired images, unpaired images, super-resolution factor or None) for the task:
+    a seeded class-stratified split of labelled images; for super-resolution, conditions are the data's own
+    low-resolution partners (pair data: every pair, or --n-pairs of them, the rest with any unpaired
+    high-resolution images unpaired) or the images average-pooled by spec.factor."""
+    if spec.task not in TASKS:
+        raise DataError(f"task must be one of {TASKS}, got {spec.task!r}")
+    if train.low is not None:  # pair data: no labels, the pairs are given
+        if spec.task != "superres":
+            raise DataError(f"{train.name}: holds super-resolution pairs (no labels); use --task superres")
+        n_pairs = spec.n_pairs if spec.n_pairs is not None else len(train)
+        split = split_paired_unpaired(np.zeros(len(train), dtype=np.int64), n_pairs=n_pairs,
+                                      m_unpaired=spec.m_unpaired, seed=seed, num_classes=1)
+        unpaired = train.images[split.unpaired]
+        if train.unpaired is not None:
+            unpaired = np.concatenate([unpaired, train.unpaired])
+        x = make_conditions(train, "superres", None)[split.paired]
+        return torch.from_numpy(x), torch.from_numpy(train.images[split.paired]), torch.from_numpy(unpaired), \
+            train.superres_factor
+    split = split_paired_unpaired(train.labels, n_per_class=spec.n_per_class, n_pairs=spec.n_pairs,
+                                  m_unpaired=spec.m_unpaired, seed=seed, num_classes=train.num_classes)
+    if spec.task == "class":
+        x = torch.from_numpy(train.labels[split.paired])
+    else:
+        x = torch.from_numpy(make_conditions(train, "superres", spec.factor)[split.paired])
+    factor = spec.factor if spec.task == "superres" else None
+    return x, torch.from_numpy(train.images[split.paired]), torch.from_numpy(train.images[split.unpaired]), factor
 
 
 def _evaluate_class(model: LSDM, train: Dataset, test: Dataset, spec: RunSpec) -> dict:
@@ -130,24 +153,24 @@ def _evaluate_class(model: LSDM, train: Dataset, test: Dataset, spec: RunSpec) -
             "note": "accuracy of generated samples under a quick MLP classifier trained on the real training set"}
 
 
-def _evaluate_superres(model: LSDM, test: Dataset, spec: RunSpec) -> dict:
+def _evaluate_superres(model: LSDM, test: Dataset, spec: RunSpec, factor: int) -> dict:
     n = min(len(test), 1000)
-    x = torch.from_numpy(make_conditions(test, "superres", spec.factor)[:n])
+    x = torch.from_numpy(make_conditions(test, "superres", factor if test.low is None else None)[:n])
     truth = torch.from_numpy(test.images[:n]).reshape(n, -1)
     t0 = time.perf_counter()
     y_hat = model.sample(x, 1, seed=spec.config.seed + 1000).cpu()
     dt = time.perf_counter() - t0
     mse = ((y_hat - truth) ** 2).mean(1)
     psnr = float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
-    pooled = torch.from_numpy(average_pool(y_hat.reshape(n, *test.image_shape).numpy(), spec.factor)).reshape(n, -1)
+    pooled = torch.from_numpy(average_pool(y_hat.reshape(n, *test.image_shape).numpy(), factor)).reshape(n, -1)
     consistency = float(((pooled - x) ** 2).mean().sqrt())
     rows, cols = 8, 6  # low-res, 4 samples, truth
-    h, w = test.image_shape
-    lowres = np.kron(x[:rows].reshape(rows, h // spec.factor, w // spec.factor).numpy(),
-                     np.ones((spec.factor, spec.factor), dtype=np.float32)).reshape(rows, -1)
+    rows = min(rows, n)
+    low_shape = (*test.image_shape[:-2], test.image_shape[-2] // factor, test.image_shape[-1] // factor)
+    lowres = np.kron(x[:rows].reshape(rows, *low_shape).numpy(),  # each low-res pixel as a factor x factor block
+                     np.ones((factor, factor), dtype=np.float32)).reshape(rows, -1)
     draws = model.sample(x[:rows], 4, seed=spec.config.seed).cpu().reshape(rows, 4, -1).numpy()
     grid = np.concatenate([lowres[:, None], draws, truth[:rows].numpy()[:, None]], 1).reshape(rows * cols, -1)
     save_grid(grid, os.path.join(spec.out, "samples.png"), rows, cols, test.image_shape,
               title="columns: low-res input | 4 LSDM samples | ground truth")
     return {"psnr_db": psnr, "consistency_rmse": consistency, "eval_samples": n, "samples_per_second": n / dt}
-

@@ -23,17 +23,25 @@ def save_figure(fig, path: str, **kw) -> str:
 
 
 def save_grid(images, path: str, rows: int, cols: int, image_shape, row_labels=None, title=None) -> str:
-    """images: (rows*cols, H*W) in [0, 1], filled row by row."""
+    """images: (rows*cols, prod(image_shape)) in [0, 1], filled row by row. image_shape (H, W) for grey,
+    (3, H, W) for colour (shown in colour); other channel counts are shown as their mean."""
     imgs = np.asarray(images, dtype=np.float32).reshape(rows, cols, *image_shape)
-    h, w = image_shape
+    if len(image_shape) == 3:  # channels first -> last
+        imgs = np.moveaxis(imgs, 2, -1)
+        if image_shape[0] != 3:
+            imgs = imgs.mean(-1)
+    h, w = imgs.shape[2:4]
     pad = 1
-    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32)
+    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, *imgs.shape[4:]), dtype=np.float32)
     for r in range(rows):
         for c in range(cols):
             canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = imgs[r, c]
     scale = max(1.0, 6.0 / cols)
     fig, ax = plt.subplots(figsize=(cols * 0.45 * scale + 0.6, rows * 0.45 * scale + (0.4 if title else 0.1)))
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    if canvas.ndim == 3:
+        ax.imshow(canvas.clip(0, 1), interpolation="nearest")
+    else:
+        ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     if row_labels is not None:
         ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(rows)], [str(l) for l in row_labels])

@@ -256,3 +256,29 @@ def test_fuzzed_model_configs_are_refused_cleanly(saved_model, tmp_path_factory,
         fh.write(text)
     with pytest.raises(ModelFolderError, match="config.json"):
         LSDM.load(folder)
+
+
+def test_train_on_colour_images_and_on_superres_pairs(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 4
+    colour = (rng.random((120, 3, 8, 8)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "rgb.npz", images=colour, labels=labels)
+    out = str(tmp_path / "rgb")
+    assert main(["train", "--data", str(tmp_path / "rgb.npz"), "--out", out, *TINY]) == 0
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["provenance"]["train"]["format"] == "npz" and "3x8x8" in m["data"]
+    assert os.path.getsize(os.path.join(out, "samples.png")) > 0
+    high = rng.random((100, 8, 8)).astype(np.float32)
+    low = high.reshape(100, 4, 2, 4, 2).mean((2, 4))
+    np.savez(tmp_path / "pairs.npz", low=low, high=high, unpaired_high=rng.random((30, 8, 8)).astype(np.float32))
+    out = str(tmp_path / "pairs")
+    i = TINY.index("--n-per-class")
+    argv = TINY[:i] + TINY[i + 2:]
+    assert main(["train", "--data", str(tmp_path / "pairs.npz"), "--task", "superres", "--n-pairs", "20",
+                 "--out", out, *argv]) == 0
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["paired"] == 20 and m["unpaired"] == 80 - 20 + 30  # 80 training pairs (20 % held out) + 30 unpaired
+    assert "psnr_db" in m
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "pairs.npz"), "--out", str(tmp_path / "x"), *TINY]) == 2
+    assert "use --task superres" in capsys.readouterr().err

@@ -123,6 +123,11 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
     os.makedirs(out, exist_ok=True)
     t_start = time.perf_counter()
     train = load_dataset(data, "train")
+    if train.labels is None or len(train.image_shape) != 2:
+        raise ValueError(f"{train.name}: the experiments need labelled single-channel images (their evaluation nets "
+                         "are a grey-image CNN and a label judge); this data set has "
+                         + ("super-resolution pairs without labels" if train.labels is None
+                            else f"images of shape {train.image_shape}"))
     log(f"experiment {name}: {exp.about}; data {train.name}; seeds {list(seeds)}; budget {asdict(budget)}")
     (feat, t_feat) = timed(lambda: M.feature_net(train.images, train.labels, train.num_classes,
                                                   steps=budget.feature_steps, cache_dir=cache_dir))
