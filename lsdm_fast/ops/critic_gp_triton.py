@@ -168,8 +168,8 @@ def _layer_kernel(
         if first:  # u_0 built from x and z here, and kept in U0 for the weight gradients
             DZ = K - DX
             tt = tl.load(T + lrow0 + i, mask=valid & (kind == 2), other=0.0)
-            for k0 in range(0, K, BK):
-                k = k0 + tl.arange(0, BK)
+            for k0 in range(0, K, BK // 2):  # half steps: x, z_real, z_fake and u_0 all live in registers
+                k = k0 + tl.arange(0, BK // 2)
                 km = k < K
                 isx = k < DX
                 zc = tl.where(isx, 0, k - DX)
@@ -399,7 +399,7 @@ class Tiles(NamedTuple):
 
 # Tensor-core tiles: wgmma wants 64-row multiples; 128 x 128 tiles halve the operand traffic per
 # flop against 64 x 128, worth it once a layer has enough tiles to fill the GPU.
-TILES_TC_SMALL = Tiles(64, 128, 32, 128, 128, 32, 4, 3)
+TILES_TC_SMALL = Tiles(64, 128, 32, 128, 128, 32, 8, 3)
 TILES_TC_LARGE = Tiles(128, 128, 32, 128, 128, 32, 8, 3)
 TILES_TC_LARGE_FROM_B = 2048
 # FMA tiles (ieee float32, float64): small enough that no accumulator spills.
@@ -524,7 +524,7 @@ class _Run:
             self.region(self.wlp_off), self.region(self.pp_off), dz,
             self.B, self.Bp, self.widths[0], self.widths[1], self.DX, 2 * self.Bp // til.BM,
             int(self.L == 2), int(score), int(latent), *_split_float(gp_weight), *self.slope,
-            PREC=self.prec, PREC_G=_grad_precision(self.prec), BM=til.BM, BN=til.BN, BNG=til.BN // 2, BK=til.BK,
+            PREC=self.prec, PREC_G=_grad_precision(self.prec), BM=til.BM, BN=til.BN, BNG=til.BN // 4, BK=til.BK,
             **self.opts)
 
     def finish(self, out, part, split: int, nwb: int, gp_weight: float, score: bool):
