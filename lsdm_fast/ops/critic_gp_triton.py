@@ -146,7 +146,7 @@ def _layer_kernel(
     B, Bp, K, N, DX, wlp_row0, first, last, score,
     slope_hi, slope_lo,
     MODE: tl.constexpr, PREC: tl.constexpr, PREC_I: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BKI: tl.constexpr,
 ):
     """One (row tile, column tile) of one layer; MODE: forward, backward (D) or r sweep.
     first: build u_0 from x, z; last: the last hidden layer; score: one kind, weight 1/B."""
@@ -168,8 +168,8 @@ def _layer_kernel(
         if first:  # u_0 built from x and z here, and kept in U0 for the weight gradients
             DZ = K - DX
             tt = tl.load(T + lrow0 + i, mask=valid & (kind == 2), other=0.0)
-            for k0 in range(0, K, BK // 2):  # half steps: x, z_real, z_fake and u_0 all live in registers
-                k = k0 + tl.arange(0, BK // 2)
+            for k0 in range(0, K, BKI):  # x, z_real, z_fake and u_0 all live in registers: short steps
+                k = k0 + tl.arange(0, BKI)
                 km = k < K
                 isx = k < DX
                 zc = tl.where(isx, 0, k - DX)
@@ -390,6 +390,7 @@ class Tiles(NamedTuple):
     BM: int  # rows per tile (forward, backward, r sweep, input gradient)
     BN: int
     BK: int
+    BKI: int  # K step of the first layer, whose operand is built from x and z in registers
     BO: int  # weight-gradient tile (output rows x columns) and rows per step
     BC: int
     BR: int
@@ -399,13 +400,13 @@ class Tiles(NamedTuple):
 
 # Tensor-core tiles: wgmma wants 64-row multiples; 128 x 128 tiles halve the operand traffic per
 # flop against 64 x 128, worth it once a layer has enough tiles to fill the GPU.
-TILES_TC_SMALL = Tiles(64, 128, 32, 128, 128, 32, 8, 3)
-TILES_TC_LARGE = Tiles(128, 128, 32, 128, 128, 32, 8, 3)
+TILES_TC_SMALL = Tiles(64, 128, 32, 16, 128, 128, 32, 8, 3)
+TILES_TC_LARGE = Tiles(128, 128, 32, 16, 128, 128, 32, 8, 3)
 TILES_TC_LARGE_FROM_B = 2048
 # FMA tiles (ieee float32, float64): small enough that no accumulator spills.
-TILES_FMA = Tiles(32, 64, 16, 64, 64, 16, 4, 2)
+TILES_FMA = Tiles(32, 64, 16, 16, 64, 64, 16, 4, 2)
 # the interpreter runs every program in Python: few, big tiles
-TILES_INTERPRETER = Tiles(32, 64, 64, 64, 64, 32, 4, 1)
+TILES_INTERPRETER = Tiles(32, 64, 64, 32, 64, 64, 32, 4, 1)
 
 
 def tiles_for(dtype: torch.dtype, precision: str, B: int) -> Tiles:
@@ -502,7 +503,7 @@ class _Run:
             A, self.Ws[l - 1], self.bs[l - 1], self.Ws[self.L - 1], mask, mask, out, dout,
             self.region(self.fp_off), self.region(self.wlp_off), x, z1, z2, t, self.region(self.U_off[0]),
             self.B, self.Bp, K, N, self.DX, wlp_row0, int(first), int(last), int(score), *self.slope,
-            MODE=mode, PREC=self.prec, PREC_I=prec_i, BM=til.BM, BN=til.BN, BK=til.BK, **self.opts)
+            MODE=mode, PREC=self.prec, PREC_I=prec_i, BM=til.BM, BN=til.BN, BK=til.BK, BKI=til.BKI, **self.opts)
 
     def forward_backward(self, x, z1, z2, t, score: bool):
         S, L, R = self.S, self.L, self.R
