@@ -31,6 +31,9 @@ from ._registry import register, resolve
 from .mlp import MLPParams, check_mlp, mlp_forward_reference
 
 PENALTY_OVER = ("joint", "latent")
+# linear layers a critic may have: what every compiled backend implements (the config's
+# critic_hidden allows 1 to 3 hidden layers)
+CRITIC_LAYERS = (2, 4)
 
 
 @dataclass
@@ -48,6 +51,9 @@ def _check_critic_inputs(critic: MLPParams, x: torch.Tensor, zs: list[torch.Tens
     backend answers a bad call the same way. Returns the dtype the backends compute in:
     float64, or float32 for float32 and half-precision inputs."""
     check_mlp(critic, "critic")
+    if not CRITIC_LAYERS[0] <= len(critic.weights) <= CRITIC_LAYERS[1]:
+        raise ValueError(f"critic: the critic ops support {CRITIC_LAYERS[0]} to {CRITIC_LAYERS[1]} linear layers "
+                         f"(1 to 3 hidden layers), got {len(critic.weights)}")
     if critic.activation not in ("leaky_relu", "relu"):
         raise ValueError(f"critic: the fused penalty needs a piecewise-linear activation, got {critic.activation!r}")
     if critic.output_activation is not None:

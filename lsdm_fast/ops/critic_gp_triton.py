@@ -60,11 +60,10 @@ import triton
 import triton.language as tl
 
 from ._registry import register
-from .critic_gp import CriticStepOutput
+from .critic_gp import CRITIC_LAYERS, CriticStepOutput
 from .mlp import hidden_slope
 
 PRECISIONS = ("tf32", "ieee")
-MAX_LAYERS = 4
 MODE_FWD, MODE_BWD, MODE_RSWEEP = 0, 1, 2
 
 
@@ -458,8 +457,10 @@ class _Run:
 
     def __init__(self, critic, x, kinds: int, input_precision: str | None):
         n = len(critic.weights)
-        if not 2 <= n <= MAX_LAYERS:
-            raise ValueError(f"the triton critic step supports 2 to {MAX_LAYERS} linear layers, got {n}")
+        # the entry point checks this too; the weight-gradient kernel has slots for 3 hidden layers
+        if not CRITIC_LAYERS[0] <= n <= CRITIC_LAYERS[1]:
+            raise ValueError(f"the triton critic step supports {CRITIC_LAYERS[0]} to {CRITIC_LAYERS[1]} linear "
+                             f"layers, got {n}")
         self.Ws = [w.detach().contiguous() for w in critic.weights]
         self.bs = [b.detach().contiguous() for b in critic.biases]
         self.L = L = n
