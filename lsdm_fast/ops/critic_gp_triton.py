@@ -32,8 +32,9 @@ Precision (float32). "tf32" (the default) runs the GEMMs on tensor cores with TF
 float32 accumulation, except the ones that feed ||g_0|| - 1 (the backward GEMMs of the
 interpolated rows and g_0 itself), which use 3xTF32 (float32 accuracy): (||g|| - 1) is a
 difference of nearly equal numbers when the critic is near 1-Lipschitz, and plain TF32 there
-puts ~1e-2 errors on the penalty's gradients (measured by emulating TF32 rounding on the CPU for
-42 -> 512 -> 512 -> 1 at B = 4096: 1.1-1.7e-2 all-TF32, 2-4e-3 with the 3xTF32 norm path).
+puts ~1e-2 errors on the gradients. bench/tf32_critic_error.py emulates TF32 rounding on the CPU
+(B = 4096; 42-512-512-1, 42-512-512-512-1, 42-1024-1024-1): largest relative error over the
+loss terms and gradients 0.95-1.5e-2 all-TF32, 2.2-3.7e-3 with the 3xTF32 norm path.
 Documented tolerance: relative error <= 1e-2 on every gradient against the float64 reference.
 "ieee" (LSDM_TRITON_PRECISION=ieee, or input_precision="ieee") uses exact float32 FMA, parity
 ~1e-6, much slower. float64 always runs "ieee". Under TRITON_INTERPRET=1 every tl.dot is
@@ -333,12 +334,14 @@ def _finish_kernel(
     gp_hi, gp_lo,
     FB: tl.constexpr,
 ):
-    """Fixed-order reductions. Programs [0, PA): sum the SPLIT weight-gradient partials.
-    Next cdiv(NL1, FB): dw_L from its row-tile partials. Last: the scalars (and db_L = 0).
-    SCORE: one program, OUT[0] = mean f."""
+    """Fixed-order reductions. Programs [0, PA): sum the SPLIT weight-gradient partials, FB
+    elements each. Next cdiv(NL1, FB // 4): dw_L from its row-tile partials, FB // 4 columns
+    each, in blocks of FB // 4 rows. Last: the scalars (and db_L = 0). score: one program,
+    OUT[0] = mean f."""
     DT: tl.constexpr = OUT.dtype.element_ty
+    CB: tl.constexpr = FB // 4
     pid = tl.program_id(0)
-    PB = tl.cdiv(NL1, FB)
+    PB = tl.cdiv(NL1, CB)
     idx = tl.arange(0, FB)
     tiles_kind = Bp // BM_ROWS  # FPART[row tile, column tile]: real tiles first, then fake tiles
     if score:
@@ -356,11 +359,14 @@ def _finish_kernel(
             ptrs += NWB
         tl.store(OUT + i, acc, mask=m)
     elif pid < PA + PB:
-        n = (pid - PA) * FB + idx
+        n = (pid - PA) * CB + tl.arange(0, CB)
         m = n < NL1
-        acc = tl.zeros((FB,), dtype=DT)
-        for r in range(0, n_wlp):
-            acc += tl.load(WLP + r * NL1 + n, mask=m, other=0.0)
+        r = tl.arange(0, CB)
+        acc = tl.zeros((CB,), dtype=DT)
+        for r0 in range(0, n_wlp, CB):
+            blk = tl.load(WLP + (r0 + r)[:, None] * NL1 + n[None, :], mask=(r0 + r < n_wlp)[:, None] & m[None, :],
+                          other=0.0)
+            acc += tl.sum(blk, axis=0)
         tl.store(OUT + NWB + n, acc, mask=m)
     else:
         s0 = tl.zeros((FB,), dtype=DT)
@@ -397,8 +403,8 @@ class Tiles(NamedTuple):
     stages: int
 
 
-# Tensor-core tiles: wgmma wants 64-row multiples; 128 x 128 tiles halve the operand traffic per
-# flop against 64 x 128, worth it once a layer has enough tiles to fill the GPU.
+# Tensor-core tiles: wgmma wants 64-row multiples; 128 x 128 tiles load a third less operand
+# data per flop than 64 x 128, worth it once a layer has enough tiles to fill the GPU.
 TILES_TC_SMALL = Tiles(64, 128, 32, 16, 128, 128, 32, 8, 3)
 TILES_TC_LARGE = Tiles(128, 128, 32, 16, 128, 128, 32, 8, 3)
 TILES_TC_LARGE_FROM_B = 2048
@@ -531,7 +537,7 @@ class _Run:
 
     def finish(self, out, part, split: int, nwb: int, gp_weight: float, score: bool):
         PA = triton.cdiv(nwb, FINISH_BLOCK) if split > 1 else 0
-        grid = 1 if score else PA + triton.cdiv(self.widths[self.L - 1], FINISH_BLOCK) + 1
+        grid = 1 if score else PA + triton.cdiv(self.widths[self.L - 1], FINISH_BLOCK // 4) + 1
         _finish_kernel[(grid,)](
             out, part, self.region(self.wlp_off), self.region(self.fp_off), self.region(self.pp_off),
             self.bs[self.L - 1], nwb, split, self.widths[self.L - 1], self.tiles_m, self.tiles_n, self.B, self.Bp,
