@@ -151,6 +151,20 @@ def test_triton_score_grad_float64(rng):
     _check_score("triton", CONFIGS[5], rng, torch.float64, 1e-10)
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="on a GPU the real tile sets run in every test above")
+@pytest.mark.parametrize("tiles", ["TILES_TC_SMALL", "TILES_TC_LARGE", "TILES_FMA"])
+def test_triton_gpu_tile_sets_in_the_interpreter(rng, monkeypatch, tiles):
+    """The interpreter normally runs its own tile set; run the GPU ones too, so that their
+    indexing (row padding, column blocks, the row split) is checked numerically, not only compiled."""
+    monkeypatch.setattr(triton_backend, "tiles_for", lambda *a: getattr(triton_backend, tiles))
+    cfg = (70, [12, 130, 37, 1], 5, "latent", 0.2)
+    dtype = torch.float64 if tiles == "TILES_FMA" else torch.float32
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    _check_step("triton", cfg, rng, dtype, tol, split=3)
+    _check_step("triton", (7, [20, 5, 37, 130, 1], 5, "joint", 0.0), rng, dtype, tol)
+    _check_score("triton", cfg, rng, dtype, tol)
+
+
 @pytest.mark.parametrize("split", [2, 7])
 def test_triton_step_row_split_is_deterministic(rng, split):
     """The weight-gradient sum split over row ranges (per-split partials, added in split order;
