@@ -60,7 +60,8 @@ def step(ws, bs, x, zr, zf, t, gp, slope, fwd, fwd_i, bwd, bwd_i, grad, rest):
     R = [g0 * (2 * gp * (nrm - 1) / (nrm * B))[:, None]]
     for l in range(1, L):
         R.append(_mm(R[-1], ws[l - 1].T, rest) * S[l][2 * B:])
-    gw = [_mm((D[l] if l < L else c[:, None]).T, torch.cat([U[l - 1][:2 * B], R[l - 1]]), rest) for l in range(1, L + 1)]
+    D.append(c[:, None])  # D_L
+    gw = [_mm(D[l].T, torch.cat([U[l - 1][:2 * B], R[l - 1]]), rest) for l in range(1, L + 1)]
     gb = [D[l][:2 * B].sum(0) for l in range(1, L)]
     return [wass, pen, -wass + gp * pen, *gw, *gb], nrm
 

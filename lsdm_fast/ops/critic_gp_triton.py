@@ -505,7 +505,7 @@ class _Run:
     def layer(self, mode, grid_rows, A, l, mask, out, dout, x, z1, z2, t, first, last, score, prec_i,
               wlp_row0=0):
         K, N = (self.widths[l], self.widths[l - 1]) if mode == MODE_BWD else (self.widths[l - 1], self.widths[l])
-        S, til = self.S, self.til
+        til = self.til
         _layer_kernel[(grid_rows // til.BM, triton.cdiv(N, til.BN))](
             A, self.Ws[l - 1], self.bs[l - 1], self.Ws[self.L - 1], mask, mask, out, dout,
             self.region(self.fp_off), self.region(self.wlp_off), x, z1, z2, t, self.region(self.U_off[0]),
