@@ -1,13 +1,22 @@
-"""One full WGAN-GP critic step (loss, every parameter gradient, Adam update) per backend,
-against eager PyTorch (autograd with create_graph=True), and on CUDA also against a CUDA graph of
-the eager step and the compiled-loss variant (torch._dynamo.config.trace_autograd_ops=True,
-backward and Adam eager).
+"""One full WGAN-GP critic update (loss, every parameter gradient, Adam step) per variant.
 
     pytest bench/bench_critic_step.py --benchmark-only
     LSDM_BENCH_SKIP_LARGE=1 pytest bench/bench_critic_step.py --benchmark-only   # no batch 65536
+    LSDM_BENCH_SMOKE=1 pytest bench/bench_critic_step.py --benchmark-only        # batch 256, width 256, 3 rounds
 
-Critic: (10 label + 16 latent = 26) -> W -> W -> 1, LeakyReLU(0.2), W in {256, 512};
-batch 256, 4096, 65536. Not part of the default test run (testpaths = tests/).
+Variants (every one ends its step with a device synchronisation):
+  eager             autograd with create_graph=True in plain PyTorch (what a user writes), float32
+  eager_tf32        the same with torch.backends.cuda.matmul.allow_tf32 = True (restored after):
+                    the fair competitor of a TF32 kernel (CUDA only)
+  eager_cuda_graph  a CUDA graph of the eager float32 step, capturable fused Adam (CUDA only)
+  op:BACKEND        lsdm_fast.ops.critic_gradient_penalty(backend=BACKEND) + Adam, eager
+  graph:BACKEND     the same op + capturable fused Adam captured in one CUDA graph: the
+                    graph-captured step (CUDA only)
+
+Critic: (10 label + 16 latent = 26) -> W -> W -> 1, LeakyReLU(0.2), gp_weight 10, float32;
+W in {256, 512}, batch in {256, 4096, 65536}. Not part of the default test run (testpaths = tests/).
+A variant that cannot run here (a backend not built, a capture that fails) is skipped with its
+reason, never fatal.
 """
 from __future__ import annotations
 
@@ -20,26 +29,32 @@ import torch.nn.functional as F
 from lsdm_fast.ops import MLPParams, available_backends, critic_gradient_penalty
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+CUDA = DEVICE.type == "cuda"
 DX, DZ = 10, 16
-BATCHES = [256, 4096, 65536]
-WIDTHS = [256, 512]
 GP_WEIGHT = 10.0
+SMOKE = os.environ.get("LSDM_BENCH_SMOKE", "0") not in ("", "0")
 SKIP_LARGE = os.environ.get("LSDM_BENCH_SKIP_LARGE", "0") not in ("", "0")
+BATCHES = [256] if SMOKE else [256, 4096, 65536]
+WIDTHS = [256] if SMOKE else [256, 512]
 
-VARIANTS = ["eager"] + [f"op:{b}" for b in available_backends("critic_gradient_penalty", DEVICE)]
-if DEVICE.type == "cuda":
-    VARIANTS += ["eager_cuda_graph", "compiled_loss"]
+BACKENDS = available_backends("critic_gradient_penalty", DEVICE)
+VARIANTS = ["eager"] + [f"op:{b}" for b in BACKENDS]
+if CUDA:
+    VARIANTS += ["eager_tf32", "eager_cuda_graph"] + [f"graph:{b}" for b in BACKENDS]
 
 
 def _sync():
-    if DEVICE.type == "cuda":
+    if CUDA:
         torch.cuda.synchronize()
 
 
-def _rounds(batch: int) -> int:
-    if DEVICE.type == "cuda":
-        return 50
-    return {256: 40, 4096: 8}.get(batch, 3)
+def _rounds(batch: int) -> tuple[int, int]:
+    """(rounds, steps per round)."""
+    if SMOKE:
+        return 3, 1
+    if CUDA:
+        return (20, 10) if batch < 65536 else (10, 2)
+    return {256: 40, 4096: 8}.get(batch, 3), 1
 
 
 def _setup(batch, width):
@@ -77,66 +92,70 @@ def _eager_loss(params, x, zr, zf, t):
     return -wass + GP_WEIGHT * penalty
 
 
-def _make_step(variant, params, data):
-    x, zr, zf, t = data
+def _eager_body(params, data, opt):
+    def body():
+        opt.zero_grad(set_to_none=False)
+        _eager_loss(params, *data).backward()
+        opt.step()
+    return body
+
+
+def _op_body(params, data, opt, backend):
     n = len(params) // 2
-    if variant.startswith("op:"):
-        backend = variant[3:]
-        opt = _adam(params)
-        critic = MLPParams(params[:n], params[n:])
+    critic = MLPParams(params[:n], params[n:])
 
-        def step():
-            out = critic_gradient_penalty(critic, x, zr, zf, t, gp_weight=GP_WEIGHT, backend=backend)
-            for p, gr in zip(params, [*out.weight_grads, *out.bias_grads]):
-                p.grad = gr
-            opt.step()
-            _sync()
-        return step
-    if variant == "eager":
-        opt = _adam(params)
+    def body():
+        out = critic_gradient_penalty(critic, *data, gp_weight=GP_WEIGHT, backend=backend)
+        for p, g in zip(params, [*out.weight_grads, *out.bias_grads]):
+            p.grad = g
+        opt.step()
+    return body
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            _eager_loss(params, x, zr, zf, t).backward()
-            opt.step()
-            _sync()
-        return step
-    if variant == "eager_cuda_graph":
-        opt = _adam(params, capturable=True)
 
-        def body():
-            opt.zero_grad(set_to_none=False)
-            _eager_loss(params, x, zr, zf, t).backward()
-            opt.step()
-
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                body()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+def _graphed(body):
+    """Warm up on a side stream (compiles kernels, creates Adam's state), then capture one step."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
             body()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return graph.replay
 
-        def step():
-            graph.replay()
-            _sync()
-        return step
-    if variant == "compiled_loss":
-        import torch._dynamo.config as dynamo_config
 
-        dynamo_config.trace_autograd_ops = True
-        opt = _adam(params)
-        loss_fn = torch.compile(_eager_loss)
+def _with_tf32(body):
+    def run():
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            body()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+    return run
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss_fn(params, x, zr, zf, t).backward()
-            opt.step()
-            _sync()
-        return step
-    raise ValueError(variant)
+
+def _make_step(variant, params, data):
+    if variant.startswith("op:"):
+        run = _op_body(params, data, _adam(params), variant[3:])
+    elif variant.startswith("graph:"):
+        run = _graphed(_op_body(params, data, _adam(params, capturable=True), variant[6:]))
+    elif variant == "eager":
+        run = _eager_body(params, data, _adam(params))
+    elif variant == "eager_tf32":
+        run = _with_tf32(_eager_body(params, data, _adam(params)))
+    elif variant == "eager_cuda_graph":
+        run = _graphed(_eager_body(params, data, _adam(params, capturable=True)))
+    else:
+        raise ValueError(variant)
+
+    def step():
+        run()
+        _sync()
+    step()  # first call outside the timing: compiles kernels, creates the optimizer state
+    return step
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -151,6 +170,7 @@ def test_critic_step(benchmark, variant, batch, width):
     except Exception as exc:  # noqa: BLE001 - a competitor that cannot run here is reported, not fatal
         pytest.skip(f"{variant} unavailable: {type(exc).__name__}: {exc}")
     benchmark.group = f"critic step {DEVICE.type} batch={batch} width={width}"
-    benchmark.extra_info.update(device=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
+    benchmark.extra_info.update(device=torch.cuda.get_device_name() if CUDA else "cpu", variant=variant,
                                 torch=torch.__version__, threads=torch.get_num_threads())
-    benchmark.pedantic(step, rounds=_rounds(batch), iterations=1, warmup_rounds=2)
+    rounds, iterations = _rounds(batch)
+    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=1)

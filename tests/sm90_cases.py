@@ -20,33 +20,39 @@ def _mlp(sizes, dtype=torch.float32, act="leaky_relu", out_act=None):
 
 
 def critic_cases():
+    """Every kernel configuration the Triton critic backend can pick: its tile sets (tensor-core
+    small- and large-batch, FMA for ieee float32 and float64) x 2-4 layers x the step and the score
+    gradient; the flags (first/last layer, penalty_over, step vs score) are runtime arguments, so
+    they add no configurations. Widths change the compiled code only through Triton's integer
+    specialisation (multiple of 16 or not): the default critic (26 or 42 -> 256..1024) and odd
+    widths (37, 100) are both compiled for the default TF32 path."""
     from lsdm_fast.ops import critic_gp_triton as ct
 
     cases = []
-    # layers 2-4 (hidden widths 1-3), widths from the smallest input (10 classes + d 16 = 26)
-    # to 1024, every precision the backend offers, float64 where offered
-    for n_hidden, width, prec in itertools.product((1, 2, 3), (256, 512, 1024), ct.PRECISIONS):
-        dx, dz = 10, 16
-        p = _mlp([dx + dz] + [width] * n_hidden + [1])
+    small, large = 64, ct.TILES_TC_LARGE_FROM_B  # batch sizes on either side of the tile switch
 
-        def gp(p=p, dx=dx, dz=dz, prec=prec):
-            x, zr, zf, t = torch.randn(B, dx), torch.randn(B, dz), torch.randn(B, dz), torch.rand(B)
-            ct.critic_gradient_penalty_triton(p, x, zr, zf, t, gp_weight=10.0, penalty_over="joint",
-                                              input_precision=prec)
+    def add(n_hidden, width, dx, dz, dtype, prec, batch, penalty_over="joint"):
+        p = _mlp([dx + dz] + [width] * n_hidden + [1], dtype)
 
-        def score(p=p, dx=dx, dz=dz, prec=prec):
-            ct.critic_score_grad_triton(p, torch.randn(B, dx), torch.randn(B, dz), input_precision=prec)
+        def gp():
+            x, zr, zf = (torch.randn(batch, d, dtype=dtype) for d in (dx, dz, dz))
+            ct.critic_gradient_penalty_triton(p, x, zr, zf, torch.rand(batch, dtype=dtype), gp_weight=10.0,
+                                              penalty_over=penalty_over, input_precision=prec)
 
-        cases += [gp, score]
+        def score():
+            ct.critic_score_grad_triton(p, torch.randn(batch, dx, dtype=dtype), torch.randn(batch, dz, dtype=dtype),
+                                        input_precision=prec)
+
+        cases.extend([gp, score])
+
     for n_hidden in (1, 2, 3):
-        p64 = _mlp([26] + [512] * n_hidden + [1], torch.float64)
-
-        def gp64(p=p64):
-            x, zr, zf, t = (torch.randn(B, 10, dtype=torch.float64), torch.randn(B, 16, dtype=torch.float64),
-                            torch.randn(B, 16, dtype=torch.float64), torch.rand(B, dtype=torch.float64))
-            ct.critic_gradient_penalty_triton(p, x, zr, zf, t, gp_weight=10.0, penalty_over="latent")
-
-        cases.append(gp64)
+        add(n_hidden, 512, 10, 16, torch.float32, "tf32", small)
+        add(n_hidden, 512, 10, 32, torch.float32, "tf32", large, "latent")
+        add(n_hidden, 512, 10, 16, torch.float32, "ieee", small)
+        add(n_hidden, 512, 10, 16, torch.float64, "ieee", small, "latent")
+    add(2, 1024, 16, 16, torch.float32, "tf32", large)  # input width a multiple of 16
+    add(2, 100, 10, 16, torch.float32, "tf32", small)  # hidden width not a multiple of 16
+    add(2, 37, 3, 4, torch.float32, "tf32", 7)
     return cases
 
 

@@ -18,8 +18,12 @@ import torch
 from .._ext import warn_once
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
-# On CUDA, Triton first: the CUDA kernels are the simple correctness-first versions and no GPU
-# timing exists yet to rank them (bench/RESULTS.md). Revisit with measured numbers.
+# CPU: the C++ kernels (measured 1.5-2.2x eager, bench/RESULTS.md). CUDA: no GPU timing exists
+# yet (bench/RESULTS.md), so the order rests on offline evidence, the sm_90 compile reports of
+# tests/sm90.py (2026-11-27): the Triton critic kernels run their GEMMs on tensor cores (HGMMA
+# in the SASS of every TF32 kernel, no spills; tests/test_sm90_critic.py), while
+# kernels/critic_gp.cu on main is FMA-only (no HMMA/HGMMA) with a 120-byte stack. Re-rank from
+# bench/bench_critic_step.py once it has run on a GPU.
 AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 
 

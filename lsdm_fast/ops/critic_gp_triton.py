@@ -1,47 +1,71 @@
-"""Triton backend of the fused WGAN-GP critic step (DESIGN.md sections 3-4).
+"""Triton backend of the fused WGAN-GP critic step and of the generator-side score gradient
+(DESIGN.md sections 3-4).
 
-Two launches per critic step, one (+ a torch mean) for the generator-side score gradient.
+Rows. The real, fake and interpolated batches are stacked as three "kinds" of Bp rows each
+(Bp = B rounded up to the row tile BM), so that every row tile holds one kind. Rows past B are
+padding: their loss weight is 0, so every gradient they would carry is exactly 0. With
+c = -1/B (real), +1/B (fake), 1 (interpolated), 0 (padding) every parameter gradient is one sum
+over the stacked rows (DESIGN.md section 3):
 
-The three batches (real, fake, interpolated) are stacked as M = 3B "rows"; kind k = 0, 1, 2.
-With c_k = -1/B, +1/B, 1 every parameter gradient is one sum over the stacked rows:
+    dW_l = sum_rows D_l^T U_{l-1},   db_l = sum_{real, fake rows} D_l          (l = 1 .. L)
+    D_{L-1} = c s'(a_{L-1}) w_L,     D_{l-1} = s'(a_{l-1}) (D_l W_l),  D_L = c
+    U = u (forward activations) on real/fake rows, r on interpolated rows:
+    r_0 = 2 gp (||g_0|| - 1) g_0 / (B ||g_0||) with g_0 = D_1 W_1,  r_l = s'(a_l) (r_{l-1} W_l^T)
 
-    dL/dW_l = sum_rows D_l[row]^T U_{l-1}[row]       (l = 1..L; U extended by a bias column)
+Launches per critic step with L linear layers: L-1 forward layers, L-2 backward layers, one
+input-gradient kernel (g_0, its norm, the penalty, r_0 and r_1), L-2 r-sweep layers, one
+weight-gradient kernel and one finishing kernel: 4 / 7 / 10 for L = 2 / 3 / 4. Each layer is a
+tiled tensor-core GEMM over (row tile, column tile) with its element-wise work fused:
 
-    D_l  = c_k * delta_l       delta_l = s'(a_l) * g_l, g_{L-1} = w_L, g_{l-1} = W_l^T delta_l
-    U_l  = u_l (forward activation)                       for real / fake rows, bias column 1
-    U_l  = r_l (r_0 = dP/dg_0, r_l = s'(a_l) W_l r_{l-1}) for interpolated rows, bias column 0
+  forward   u_l = s(U_{l-1} W_l^T + b_l); the input (x, z or t z_real + (1 - t) z_fake) is built
+            in the first layer's operand load; the activation signs are stored as an int8 mask
+            and reused by every later pass (never recomputed from re-rounded values). The last
+            hidden layer stores no u: its epilogue writes D_{L-1}, per-tile sums of f and
+            per-tile column sums c u for dw_L.
+  backward  D_{l-1} = mask ? D_l W_l : slope D_l W_l.
+  r sweep   the same for r; the last one keeps only per-tile column sums (dw_L).
+  weights   dW_l tiles over all layers in one launch, the rows split into SPLIT fixed ranges;
+            each split writes its own partial, and the finishing kernel adds the partials in
+            split order. No atomics: two runs on the same inputs give the same bits.
 
-(the bias column gives db_l; db_L = 0 exactly and is written as 0).
+Precision (float32). "tf32" (the default) runs the GEMMs on tensor cores with TF32 inputs and
+float32 accumulation, except the ones that feed ||g_0|| - 1 (the backward GEMMs of the
+interpolated rows and g_0 itself), which use 3xTF32 (float32 accuracy): (||g|| - 1) is a
+difference of nearly equal numbers when the critic is near 1-Lipschitz, and plain TF32 there
+puts ~1e-2 errors on the gradients. bench/tf32_critic_error.py emulates TF32 rounding on the CPU
+(B = 4096; 42-512-512-1, 42-512-512-512-1, 42-1024-1024-1): largest relative error over the
+loss terms and gradients 0.95-1.5e-2 all-TF32, 2.2-3.7e-3 with the 3xTF32 norm path.
+Documented tolerance: relative error <= 1e-2 on every gradient against the float64 reference.
+"ieee" (LSDM_TRITON_PRECISION=ieee, or input_precision="ieee") uses exact float32 FMA, parity
+~1e-6, much slower. float64 always runs "ieee". Under TRITON_INTERPRET=1 every tl.dot is
+computed in float32 whatever the precision, so CPU tests check the TF32 code path at float32
+accuracy. The entry point (critic_gp.py) validates inputs and hands this backend float32 or
+float64 tensors of one dtype.
 
-Kernel 1 (`_critic_rows_kernel`, grid (ceil(B/BM), 3)): for one tile of BM samples and one kind:
-  input build (x, z or t z_real + (1-t) z_fake), forward through all layers, the backward sweep
-  writing D_l, and for the interpolated kind the norm of g_0, r_0 and the r sweep. Activations
-  live in a per-call scratch buffer in global memory (L1/L2 resident for one row tile; read back
-  by the same program after a barrier) rather than registers/shared memory: widths up to 1024
-  do not fit a register tile, and this keeps the kernel one code path for every width.
-Kernel 2 (`_wgrad_kernel`, grid (weight tiles of all layers + 1, SPLIT)): dW_l = D_l^T U_{l-1}
-  tile GEMMs over the 3B rows (split over rows with atomics when SPLIT > 1, which needs a
-  zeroed output: one memset), and one extra program reducing loss / wasserstein / penalty.
-
-Precision: tl.dot(..., input_precision="ieee") by default (float32 exact FMA path, parity
-~1e-6). Set LSDM_TRITON_PRECISION=tf32 (or pass input_precision="tf32" to the functions
-below) for tensor-core TF32 on a GPU: documented parity tolerance ~1e-2. float64 is supported
-natively (tl.dot on float64; always "ieee"). float16/bfloat16 inputs are upcast to float32
-and the results cast back.
+No host synchronisation and no data-dependent host work: a step can be captured in a CUDA
+graph. Scratch and outputs are allocated per call from PyTorch's caching allocator (three
+allocations; no cudaMalloc after the first step, and under graph capture they live in the
+graph's private pool). A module-level scratch cache would be unsafe under capture: a graph
+replays into whatever address it captured, even after the cache hands that buffer to another
+call or frees it.
 """
 from __future__ import annotations
 
+import functools
 import os
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from ._registry import register
-from .critic_gp import CriticStepOutput
-from .mlp import hidden_slope, work_dtype
+from .critic_gp import CRITIC_LAYERS, CriticStepOutput
+from .mlp import hidden_slope
 
-PRECISIONS = ("ieee", "tf32", "tf32x3")
+PRECISIONS = ("tf32", "ieee")
+MODE_FWD, MODE_BWD, MODE_RSWEEP = 0, 1, 2
 
 
 def _interpreting() -> bool:
@@ -60,444 +84,542 @@ def _why_unavailable() -> str:
 # ------------------------------------------------------------------------------ kernels
 
 @triton.jit
-def _sel4(l: tl.constexpr, a, b, c, d):
-    r = a
-    if l == 1:
-        r = b
-    if l == 2:
-        r = c
-    if l == 3:
-        r = d
-    return r
+def _scalar(hi, lo, DT: tl.constexpr):
+    """A host float passed as a float32 pair (hi + lo): exact to ~1e-15 for float64 kernels
+    (Triton passes float arguments as float32)."""
+    return tl.cast(hi, DT) + tl.cast(lo, DT)
 
+
+# Addressing: a 64-bit scalar pointer to each tile's first row plus int32 offsets inside the
+# tile, so that no tensor of 64-bit addresses stays live across a GEMM loop or an epilogue.
 
 @triton.jit
-def _mm(a_ptr, a_rows, a_rmask, K, w_ptr, w_sk, w_sn, n_offs, n_mask,
-        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """acc[m, n] = sum_k A[a_rows[m], k] * W[k * w_sk + n * w_sn]   (A row-major with K cols)."""
-    acc = tl.zeros((BM, BN), dtype=a_ptr.dtype.element_ty)
+def _mm(acc, A, K, W, swk, swn, n, nm, BK: tl.constexpr, PREC: tl.constexpr):
+    """acc += A[:, :K] @ Wk[:K, n] with Wk[k, n] = W[k * swk + n * swn]; A: the tile's first row
+    of a row-major matrix with K columns."""
+    kk = tl.arange(0, BK)
+    a_off = tl.arange(0, acc.shape[0])[:, None] * K + kk[None, :]
+    w_off = kk[:, None] * swk + n[None, :] * swn
     for k0 in range(0, K, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < K
-        a = tl.load(a_ptr + a_rows[:, None] * K + k[None, :], mask=a_rmask[:, None] & km[None, :], other=0.0)
-        w = tl.load(w_ptr + k[:, None] * w_sk + n_offs[None, :] * w_sn, mask=km[:, None] & n_mask[None, :],
-                    other=0.0)
+        km = (k0 + kk) < K
+        a = tl.load(A + k0 + a_off, mask=km[None, :], other=0.0)
+        w = tl.load(W + k0 * swk + w_off, mask=km[:, None] & nm[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PREC, out_dtype=acc.dtype)
     return acc
 
 
 @triton.jit
-def _critic_rows_kernel(
-    X, Z1, Z2, T,
-    W0, W1, W2, W3, B0, B1, B2, B3,
-    S, DZ,
-    B, M, DX, N0, N1, N2, N3,
-    OA0, OA1, OA2, OA3, OD1, OD2, OD3, OD4, OR0, OR1, OR2, OR3, OF, OP,
-    slope, gp_weight, P,
-    NL: tl.constexpr, LATENT: tl.constexpr, SCORE: tl.constexpr, PIN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
-):
-    # NL linear layers; weights W0..W{NL-1}; widths N0 (input) .. N{NL-1} (last hidden), output 1.
-    # Scratch S: ACT_l at OA_l (M x N_l), D_l at OD_l (M x N_l, l = 1..NL; N_NL = 1),
-    # R_l at OR_l (B x N_l, interpolated rows only), f values at OF (M), penalty terms at OP (B).
-    pid = tl.program_id(0)
-    kind = tl.program_id(1)
-    rows = pid * BM + tl.arange(0, BM)
-    rmask = rows < B
-    rows64 = rows.to(tl.int64)
-    grow = kind.to(tl.int64) * B + rows64  # stacked row
-    DZW = N0 - DX
-    if PIN:  # float64: slope and gp_weight from memory (Triton scalar float args are float32)
-        slope = tl.load(P)
-        gp_weight = tl.load(P + 1)
-    inv_b = (tl.zeros((BM,), dtype=S.dtype.element_ty) + 1.0) / B
-
-    # ---- input u_0 = (x, z) ------------------------------------------------------------
-    tt = tl.load(T + rows64, mask=rmask & (kind == 2), other=0.0)
-    for c0 in range(0, N0, BN):
-        cols = c0 + tl.arange(0, BN)
-        cm = cols < N0
-        isx = cols < DX
-        zc = tl.where(isx, 0, cols - DX)
-        xv = tl.load(X + rows64[:, None] * DX + cols[None, :], mask=rmask[:, None] & (cm & isx)[None, :], other=0.0)
-        zm = rmask[:, None] & (cm & (cols >= DX))[None, :]
-        z1 = tl.load(Z1 + rows64[:, None] * DZW + zc[None, :], mask=zm, other=0.0)
-        if SCORE:
-            zv = z1
-        else:
-            z2 = tl.load(Z2 + rows64[:, None] * DZW + zc[None, :], mask=zm, other=0.0)
-            zh = tt[:, None] * z1 + (1 - tt[:, None]) * z2
-            zv = tl.where(kind == 0, z1, tl.where(kind == 1, z2, zh))
-        u = tl.where(isx[None, :], xv, zv)
-        tl.store(S + OA0 + grow[:, None] * N0 + cols[None, :], u, mask=rmask[:, None] & cm[None, :])
-    tl.debug_barrier()
-
-    # ---- forward, hidden layers ----------------------------------------------------------
-    for l in tl.static_range(1, NL):
-        W = _sel4(l - 1, W0, W1, W2, W3)
-        Bb = _sel4(l - 1, B0, B1, B2, B3)
-        K = _sel4(l - 1, N0, N1, N2, N3)
-        N = _sel4(l, N0, N1, N2, N3)
-        OAi = _sel4(l - 1, OA0, OA1, OA2, OA3)
-        OAo = _sel4(l, OA0, OA1, OA2, OA3)
-        for n0 in range(0, N, BN):
-            n = n0 + tl.arange(0, BN)
-            nm = n < N
-            acc = _mm(S + OAi, grow, rmask, K, W, 1, K, n, nm, BM, BN, BK, PREC)
-            acc += tl.load(Bb + n, mask=nm, other=0.0)[None, :]
-            acc = tl.where(acc > 0, acc, acc * slope)
-            tl.store(S + OAo + grow[:, None] * N + n[None, :], acc, mask=rmask[:, None] & nm[None, :])
-        tl.debug_barrier()
-
-    # ---- output layer: f = w_L . u_{L-1} + b_L ---------------------------------------------
-    WL = _sel4(NL - 1, W0, W1, W2, W3)
-    BL = _sel4(NL - 1, B0, B1, B2, B3)
-    KL = _sel4(NL - 1, N0, N1, N2, N3)
-    OAL = _sel4(NL - 1, OA0, OA1, OA2, OA3)
-    fsum = tl.zeros((BM,), dtype=S.dtype.element_ty)
-    for k0 in range(0, KL, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < KL
-        a = tl.load(S + OAL + grow[:, None] * KL + k[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
-        w = tl.load(WL + k, mask=km, other=0.0)
-        fsum += tl.sum(a * w[None, :], axis=1)
-    fsum += tl.load(BL)
-    tl.store(S + OF + grow, fsum, mask=rmask)
-
-    # ---- backward sweep: D_l = c * delta_l -------------------------------------------------
-    if SCORE:
-        c = inv_b
-    else:
-        c = tl.where(kind == 0, -inv_b, tl.where(kind == 1, inv_b, 1.0))
-    ODL = _sel4(NL - 1, OD1, OD2, OD3, OD4)
-    tl.store(S + ODL + grow, tl.zeros((BM,), dtype=S.dtype.element_ty) + c, mask=rmask)
-    # D_{L-1} = c * s'(a_{L-1}) * w_L
-    for n0 in range(0, KL, BN):
-        n = n0 + tl.arange(0, BN)
-        nm = n < KL
-        m2 = rmask[:, None] & nm[None, :]
-        a = tl.load(S + OAL + grow[:, None] * KL + n[None, :], mask=m2, other=0.0)
-        w = tl.load(WL + n, mask=nm, other=0.0)
-        d = tl.where(a > 0, 1.0, slope) * w[None, :] * c[:, None]
-        ODh = _sel4(NL - 2, OD1, OD2, OD3, OD4)
-        tl.store(S + ODh + grow[:, None] * KL + n[None, :], d, mask=m2)
-    tl.debug_barrier()
-    # D_{l-1} = s'(a_{l-1}) * (D_l W_l),  l = L-1 .. 2
-    for j in tl.static_range(1, NL - 1):
-        l = NL - j  # layer index of W_l as 1-based; its weight is W_{l-1} 0-based
-        W = _sel4(l - 1, W0, W1, W2, W3)
-        Kin = _sel4(l, N0, N1, N2, N3)  # width of D_l
-        N = _sel4(l - 1, N0, N1, N2, N3)  # width of D_{l-1}
-        ODi = _sel4(l - 1, OD1, OD2, OD3, OD4)
-        ODo = _sel4(l - 2, OD1, OD2, OD3, OD4)
-        OAo = _sel4(l - 1, OA0, OA1, OA2, OA3)
-        for n0 in range(0, N, BN):
-            n = n0 + tl.arange(0, BN)
-            nm = n < N
-            m2 = rmask[:, None] & nm[None, :]
-            acc = _mm(S + ODi, grow, rmask, Kin, W, N, 1, n, nm, BM, BN, BK, PREC)
-            a = tl.load(S + OAo + grow[:, None] * N + n[None, :], mask=m2, other=0.0)
-            acc = tl.where(a > 0, acc, acc * slope)
-            tl.store(S + ODo + grow[:, None] * N + n[None, :], acc, mask=m2)
-        tl.debug_barrier()
-
-    # ---- g_0 = W_1^T D_1 ---------------------------------------------------------------------
-    N1w = _sel4(1, N0, N1, N2, N3)
-    if SCORE:
-        # d mean f / dz = g_0[:, DX:] (D already carries 1/B)
-        for n0 in range(0, N0, BN):
-            n = n0 + tl.arange(0, BN)
-            nm = n < N0
-            acc = _mm(S + OD1, grow, rmask, N1w, W0, N0, 1, n, nm, BM, BN, BK, PREC)
-            zc = tl.where(n >= DX, n - DX, 0)
-            tl.store(DZ + rows64[:, None] * DZW + zc[None, :], acc,
-                     mask=rmask[:, None] & (nm & (n >= DX))[None, :])
+def _mm_by_kind(acc, A, K, W, swk, swn, n, nm, kind, BK: tl.constexpr, PREC: tl.constexpr,
+                PREC_I: tl.constexpr):
+    """_mm in PREC, or in PREC_I for a tile of interpolated rows (kind 2)."""
+    if PREC_I == PREC:
+        acc = _mm(acc, A, K, W, swk, swn, n, nm, BK, PREC)
     else:
         if kind == 2:
-            ssq = tl.zeros((BM,), dtype=S.dtype.element_ty)
-            for n0 in range(0, N0, BN):
-                n = n0 + tl.arange(0, BN)
-                nm = n < N0
-                m2 = rmask[:, None] & nm[None, :]
-                acc = _mm(S + OD1, grow, rmask, N1w, W0, N0, 1, n, nm, BM, BN, BK, PREC)
-                if LATENT:
-                    acc = tl.where((n >= DX)[None, :], acc, 0.0)
-                ssq += tl.sum(acc * acc, axis=1)
-                tl.store(S + OR0 + rows64[:, None] * N0 + n[None, :], acc, mask=m2)
-            nrm = tl.sqrt(ssq)
-            tl.store(S + OP + rows64, (nrm - 1) * (nrm - 1), mask=rmask)
-            coef = tl.where(nrm > 0, 2.0 * gp_weight * (nrm - 1) * inv_b / tl.where(nrm > 0, nrm, 1.0), 0.0)
-            tl.debug_barrier()
-            for n0 in range(0, N0, BN):
-                n = n0 + tl.arange(0, BN)
-                m2 = rmask[:, None] & (n < N0)[None, :]
-                g = tl.load(S + OR0 + rows64[:, None] * N0 + n[None, :], mask=m2, other=0.0)
-                tl.store(S + OR0 + rows64[:, None] * N0 + n[None, :], g * coef[:, None], mask=m2)
-            tl.debug_barrier()
-            # r sweep: r_l = s'(a_l) * (W_l r_{l-1}),  l = 1 .. L-1
-            for l in tl.static_range(1, NL):
-                W = _sel4(l - 1, W0, W1, W2, W3)
-                K = _sel4(l - 1, N0, N1, N2, N3)
-                N = _sel4(l, N0, N1, N2, N3)
-                ORi = _sel4(l - 1, OR0, OR1, OR2, OR3)
-                ORo = _sel4(l, OR0, OR1, OR2, OR3)
-                OAo = _sel4(l, OA0, OA1, OA2, OA3)
-                for n0 in range(0, N, BN):
-                    n = n0 + tl.arange(0, BN)
-                    nm = n < N
-                    m2 = rmask[:, None] & nm[None, :]
-                    acc = _mm(S + ORi, rows64, rmask, K, W, 1, K, n, nm, BM, BN, BK, PREC)
-                    a = tl.load(S + OAo + grow[:, None] * N + n[None, :], mask=m2, other=0.0)
-                    acc = tl.where(a > 0, acc, acc * slope)
-                    tl.store(S + ORo + rows64[:, None] * N + n[None, :], acc, mask=m2)
-                tl.debug_barrier()
+            acc = _mm(acc, A, K, W, swk, swn, n, nm, BK, PREC_I)
+        else:
+            acc = _mm(acc, A, K, W, swk, swn, n, nm, BK, PREC)
+    return acc
 
 
 @triton.jit
-def _wgrad_tile(S, GW, GB, local, split, RPS, B, M, O, K, OD, OA, OR, IS_LAST: tl.constexpr,
-                ATOMIC: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr,
-                PREC: tl.constexpr):
-    # dW_ext[o, k] = sum_rows D[row, o] * U[row, k], k in [0, K]; column K is the bias.
-    tiles_k = tl.cdiv(K + 1, BC)
-    to = local // tiles_k
+def _r_epilogue(acc, MASK, loc, n, nm, slope, R_OUT, WLP, last):
+    """r_l = s'(a_l) * acc for interpolated rows (MASK, R_OUT: the tile's first row; loc: offsets
+    in the tile); stored, or (last hidden layer) reduced to a column-sum partial of dw_L (WLP)."""
+    pos = tl.load(MASK + loc, mask=nm[None, :], other=0) != 0
+    r = tl.where(pos, acc, acc * slope)
+    if last:
+        tl.store(WLP + n, tl.sum(r, axis=0), mask=nm)
+    else:
+        tl.store(R_OUT + loc, r, mask=nm[None, :])
+
+
+# Flags that only steer uniform branches are runtime arguments, not constexprs, and are not
+# specialised on: one compiled kernel per (mode, precision, tiles) instead of one per layer kind.
+_RUNTIME_FLAGS = ["B", "Bp", "DX", "wlp_row0", "first", "last", "score", "latent"]
+
+
+@triton.jit(do_not_specialize=_RUNTIME_FLAGS)
+def _layer_kernel(
+    A, W, BIAS, WL, MIN, MOUT, OUT, DOUT, FPART, WLP,
+    X, Z1, Z2, T, U0,
+    B, Bp, K, N, DX, wlp_row0, first, last, score,
+    slope_hi, slope_lo,
+    MODE: tl.constexpr, PREC: tl.constexpr, PREC_I: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BKI: tl.constexpr,
+):
+    """One (row tile, column tile) of one layer; MODE: forward, backward (D) or r sweep.
+    first: build u_0 from x, z; last: the last hidden layer; score: one kind, weight 1/B."""
+    DT: tl.constexpr = W.dtype.element_ty
+    pm = tl.program_id(0)
+    pn = tl.program_id(1)
+    slope = _scalar(slope_hi, slope_lo, DT)
+    row0 = (pm * BM).to(tl.int64)
+    kind = (pm * BM) // Bp  # one kind per tile: Bp is a multiple of BM
+    lrow0 = row0 - kind * Bp  # the tile's first row within its kind
+    i = tl.arange(0, BM)
+    valid = lrow0 + i < B
+    n = pn * BN + tl.arange(0, BN)
+    nm = n < N
+    loc = i[:, None] * N + n[None, :]  # (row, column) in the output tile
+    acc = tl.zeros((BM, BN), dtype=DT)
+
+    if MODE == 0:  # forward: a = U W^T + b (W is (N, K): Wk[k, n] = W[n * K + k])
+        if first:  # u_0 built from x and z here, and kept in U0 for the weight gradients
+            DZ = K - DX
+            tt = tl.load(T + lrow0 + i, mask=valid & (kind == 2), other=0.0)
+            for k0 in range(0, K, BKI):  # x, z_real, z_fake and u_0 all live in registers: short steps
+                k = k0 + tl.arange(0, BKI)
+                km = k < K
+                isx = k < DX
+                zc = tl.where(isx, 0, k - DX)
+                zm = valid[:, None] & (km & (k >= DX))[None, :]
+                xv = tl.load(X + lrow0 * DX + i[:, None] * DX + k[None, :],
+                             mask=valid[:, None] & (km & isx)[None, :], other=0.0)
+                z_off = lrow0 * DZ + i[:, None] * DZ + zc[None, :]
+                z1 = tl.load(Z1 + z_off, mask=zm, other=0.0)
+                z2 = tl.load(Z2 + z_off, mask=zm & (kind > 0), other=0.0)
+                zv = tl.where(kind == 0, z1, tl.where(kind == 1, z2, tt[:, None] * z1 + (1 - tt[:, None]) * z2))
+                a = tl.where(isx[None, :], xv, zv)
+                if pn == 0:
+                    tl.store(U0 + row0 * K + i[:, None] * K + k[None, :], a, mask=km[None, :])
+                w = tl.load(W + k[:, None] + n[None, :] * K, mask=km[:, None] & nm[None, :], other=0.0)
+                acc = tl.dot(a, w, acc, input_precision=PREC, out_dtype=DT)
+        else:
+            acc = _mm(acc, A + row0 * K, K, W, 1, K, n, nm, BK, PREC)
+        a = acc + tl.load(BIAS + n, mask=nm, other=0.0)[None, :]
+        pos = a > 0
+        tl.store(MOUT + row0 * N + loc, pos.to(tl.int8), mask=nm[None, :])
+        u = tl.where(pos, a, a * slope)
+        if last:
+            wl = tl.load(WL + n, mask=nm, other=0.0)
+            inv_b = tl.full([], 1.0, DT) / B
+            c = tl.where((kind == 0) & (score == 0), -inv_b, tl.where(kind == 2, 1.0, inv_b))
+            cv = tl.where(valid, c, 0.0)
+            tl.store(DOUT + row0 * N + loc, tl.where(pos, 1.0, slope) * wl[None, :] * cv[:, None], mask=nm[None, :])
+            f = tl.where(valid, tl.sum(u * wl[None, :], axis=1), 0.0)
+            tl.store(FPART + pm * tl.num_programs(1) + pn, tl.sum(f, axis=0))
+            if (score == 0) & (kind < 2):  # real / fake rows: dw_L += c u (interpolated rows add r_{L-1} later)
+                tl.store(WLP + pm * N + n, tl.sum(u * cv[:, None], axis=0), mask=nm)
+        else:
+            tl.store(OUT + row0 * N + loc, u, mask=nm[None, :])
+    elif MODE == 1:  # backward: D_{l-1} = s'(a_{l-1}) (D_l W_l), W_l is (K, N): Wk[k, n] = W[k * N + n]
+        acc = _mm_by_kind(acc, A + row0 * K, K, W, N, 1, n, nm, kind, BK, PREC, PREC_I)
+        pos = tl.load(MIN + row0 * N + loc, mask=nm[None, :], other=0) != 0
+        tl.store(DOUT + row0 * N + loc, tl.where(pos, acc, acc * slope), mask=nm[None, :])
+    else:  # r sweep (interpolated rows only, rows index the r buffers): r_l = s'(a_l) (r_{l-1} W_l^T)
+        acc = _mm(acc, A + row0 * K, K, W, 1, K, n, nm, BK, PREC)
+        _r_epilogue(acc, MIN + (2 * Bp + row0) * N, loc, n, nm, slope, OUT + row0 * N,
+                    WLP + (wlp_row0 + pm) * N, last)
+
+
+@triton.jit(do_not_specialize=_RUNTIME_FLAGS)
+def _input_grad_kernel(
+    D1, W1, M1, R0, R1, WLP, PPART, DZ,
+    B, Bp, N0, N1, DX, wlp_row0, last, score, latent,
+    gp_hi, gp_lo, slope_hi, slope_lo,
+    PREC: tl.constexpr, PREC_G: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BNG: tl.constexpr, BK: tl.constexpr,
+):
+    """Per row tile: g_0 = D_1 W_1 (column blocks of BNG: N_0 is small). score: dz = g_0[:, DX:].
+    Otherwise (interpolated rows): ||g_0||, the penalty partial, r_0 = coef g_0 (stored), and
+    r_1 = s'(a_1) (r_0 W_1^T)."""
+    DT: tl.constexpr = W1.dtype.element_ty
+    pm = tl.program_id(0)
+    row0 = (pm * BM).to(tl.int64)
+    i = tl.arange(0, BM)
+    valid = row0 + i < B
+    drow0 = tl.where(score != 0, 0, 2 * Bp) + row0  # D_1's rows: the interpolated kind (step)
+    ssq = tl.zeros((BM,), dtype=DT)
+    for n0 in range(0, N0, BNG):  # W_1 is (N1, N0): Wk[k, n] = W1[k * N0 + n]
+        n = n0 + tl.arange(0, BNG)
+        nm = n < N0
+        g = _mm(tl.zeros((BM, BNG), dtype=DT), D1 + drow0 * N1, N1, W1, N0, 1, n, nm, BK, PREC_G)
+        if score:
+            tl.store(DZ + row0 * (N0 - DX) + i[:, None] * (N0 - DX) + (n - DX)[None, :], g,
+                     mask=valid[:, None] & (nm & (n >= DX))[None, :])
+        else:
+            g = tl.where(((n >= DX) | (latent == 0))[None, :], g, 0.0)
+            ssq += tl.sum(g * g, axis=1)
+            tl.store(R0 + row0 * N0 + i[:, None] * N0 + n[None, :], g, mask=nm[None, :])
+    if score == 0:
+        gp = _scalar(gp_hi, gp_lo, DT)
+        slope = _scalar(slope_hi, slope_lo, DT)
+        nrm = tl.sqrt(ssq)
+        tl.store(PPART + pm, tl.sum(tl.where(valid, (nrm - 1) * (nrm - 1), 0.0), axis=0))
+        # ||g|| = 0: no gradient through the norm (as torch's norm backward)
+        coef = tl.where(valid & (nrm > 0), 2.0 * gp * (nrm - 1) / (B * tl.where(nrm > 0, nrm, 1.0)), 0.0)
+        tl.debug_barrier()  # g_0 was written by other threads of this program
+        for n0 in range(0, N0, BNG):
+            n = n0 + tl.arange(0, BNG)
+            ptrs = R0 + row0 * N0 + i[:, None] * N0 + n[None, :]
+            m2 = (n < N0)[None, :]
+            tl.store(ptrs, tl.load(ptrs, mask=m2, other=0.0) * coef[:, None], mask=m2)
+        tl.debug_barrier()
+        for n0 in range(0, N1, BN):  # Wk[k, n] = W1[n * N0 + k]
+            n = n0 + tl.arange(0, BN)
+            nm = n < N1
+            acc = _mm(tl.zeros((BM, BN), dtype=DT), R0 + row0 * N0, N0, W1, 1, N0, n, nm, BK, PREC)
+            _r_epilogue(acc, M1 + drow0 * N1, i[:, None] * N1 + n[None, :], n, nm, slope, R1 + row0 * N1,
+                        WLP + (wlp_row0 + pm) * N1, last)
+
+
+@triton.jit
+def _wgrad_rows(acc, bacc, D, U, rows, O, K, d_off, u_off, om, km,
+                BIAS: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr):
+    """acc += D[:rows, o]^T U[:rows, k] (D, U: the first row); bacc += column sums of D (BIAS)."""
+    for _ in range(0, rows, BR):
+        dt = tl.load(D + d_off, mask=om[:, None], other=0.0)
+        u = tl.load(U + u_off, mask=km[None, :], other=0.0)
+        acc = tl.dot(dt, u, acc, input_precision=PREC, out_dtype=acc.dtype)
+        if BIAS:
+            bacc += tl.sum(dt, axis=1)
+        D += BR * O
+        U += BR * K
+    return acc, bacc
+
+
+@triton.jit(do_not_specialize=["Bp", "RPS", "T1", "T2"])
+def _wgrad_kernel(
+    S, OUT, Bp, RPS, out_stride,
+    T1, T2, O1, O2, O3, K1, K2, K3,
+    OD1, OD2, OD3, OU1, OU2, OU3, OR1, OR2, OR3, OW1, OW2, OW3, OB1, OB2, OB3,
+    PREC: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr,
+):
+    """Program (t, s): one (BO x BC) tile of dW_l for the layer l that tile t falls in (tiles of
+    the L-1 hidden layers laid end to end; T1, T2 where layers 2 and 3 start), summed over the
+    rows of split s; column-tile-0 programs also sum db_l. Writes OUT[s * out_stride + ...]."""
+    t = tl.program_id(0)
+    s = tl.program_id(1)
+    li = (t >= T1).to(tl.int32) + (t >= T2).to(tl.int32)
+    O = tl.where(li == 0, O1, tl.where(li == 1, O2, O3))
+    K = tl.where(li == 0, K1, tl.where(li == 1, K2, K3))
+    off_d = tl.where(li == 0, OD1, tl.where(li == 1, OD2, OD3))
+    off_u = tl.where(li == 0, OU1, tl.where(li == 1, OU2, OU3))
+    off_r = tl.where(li == 0, OR1, tl.where(li == 1, OR2, OR3))
+    off_w = tl.where(li == 0, OW1, tl.where(li == 1, OW2, OW3))
+    off_b = tl.where(li == 0, OB1, tl.where(li == 1, OB2, OB3))
+    local = t - tl.where(li == 0, 0, tl.where(li == 1, T1, T2))
+    tiles_k = tl.cdiv(K, BC)
     tk = local % tiles_k
-    o = to * BO + tl.arange(0, BO)
+    o = (local // tiles_k) * BO + tl.arange(0, BO)
     k = tk * BC + tl.arange(0, BC)
     om = o < O
     km = k < K
+    j = tl.arange(0, BR)
+    d_off = j[None, :] * O + o[:, None]  # D^T tile: (o, row)
+    u_off = j[:, None] * K + k[None, :]
     acc = tl.zeros((BO, BC), dtype=S.dtype.element_ty)
-    lo = split * RPS
-    hi = tl.minimum(lo + RPS, M)
-    B2 = 2 * B
-    for r0 in range(lo, hi, BR):
-        r = r0 + tl.arange(0, BR)
-        rm = r < hi
-        r64 = r.to(tl.int64)
-        dt = tl.load(S + OD + r64[None, :] * O + o[:, None], mask=rm[None, :] & om[:, None], other=0.0)
-        isa = rm & (r < B2)
-        isr = rm & (r >= B2)
-        ua = tl.load(S + OA + r64[:, None] * K + k[None, :], mask=isa[:, None] & km[None, :], other=0.0)
-        rr = tl.where(r >= B2, r64 - B2, 0)
-        ur = tl.load(S + OR + rr[:, None] * K + k[None, :], mask=isr[:, None] & km[None, :], other=0.0)
-        u = ua + ur + tl.where(isa[:, None] & (k == K)[None, :], 1.0, 0.0)
-        acc = tl.dot(dt, u.to(dt.dtype), acc, input_precision=PREC, out_dtype=acc.dtype)
-    wm = om[:, None] & km[None, :]
-    wptr = GW + o[:, None] * K + k[None, :]
-    bm = om[:, None] & (k == K)[None, :]
-    bptr = GB + o[:, None] + k[None, :] * 0
-    if IS_LAST:
-        acc_b = acc * 0.0
-    else:
-        acc_b = acc
-    if ATOMIC:
-        tl.atomic_add(wptr, acc, mask=wm)
-        if not IS_LAST:
-            tl.atomic_add(bptr, acc_b, mask=bm)
-    else:
-        tl.store(wptr, acc, mask=wm)
-        tl.store(bptr, acc_b, mask=bm)
+    bacc = tl.zeros((BO,), dtype=S.dtype.element_ty)
+    lo = (s * RPS).to(tl.int64)
+    hi = tl.minimum(lo + RPS, 3 * Bp)
+    # real and fake rows [lo, mid) use the activations U_{l-1} and carry the bias; interpolated
+    # rows [mid, hi) use r_{l-1} (stored from row 2 Bp on)
+    mid = tl.maximum(tl.minimum(hi, 2 * Bp), lo)
+    acc, bacc = _wgrad_rows(acc, bacc, S + off_d + lo * O, S + off_u + lo * K, mid - lo, O, K, d_off, u_off,
+                            om, km, True, BR, PREC)
+    r_lo = tl.maximum(mid, 2 * Bp)
+    acc, _ = _wgrad_rows(acc, bacc, S + off_d + r_lo * O, S + off_r + (r_lo - 2 * Bp) * K, hi - r_lo, O, K,
+                         d_off, u_off, om, km, False, BR, PREC)
+    base = OUT + s.to(tl.int64) * out_stride
+    tl.store(base + off_w + o[:, None] * K + k[None, :], acc, mask=om[:, None] & km[None, :])
+    if tk == 0:
+        tl.store(base + off_b + o, bacc, mask=om)
 
 
-@triton.jit
-def _wgrad_kernel(
-    S, GW0, GW1, GW2, GW3, GB0, GB1, GB2, GB3, OUT,
-    B, M, RPS, N0, N1, N2, N3,
-    OA0, OA1, OA2, OA3, OD1, OD2, OD3, OD4, OR0, OR1, OR2, OR3, OF, OP,
-    T1, T2, T3, T4,
-    gp_weight, P,
-    NL: tl.constexpr, ATOMIC: tl.constexpr, PIN: tl.constexpr,
-    BO: tl.constexpr, BC: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr,
+@triton.jit(do_not_specialize=["NWB", "SPLIT", "NL1", "n_wlp", "tiles_n", "B", "Bp", "BM_ROWS", "PA", "score"])
+def _finish_kernel(
+    OUT, PART, WLP, FPART, PPART, BIAS_L,
+    NWB, SPLIT, NL1, n_wlp, tiles_n, B, Bp, BM_ROWS, PA, score,
+    gp_hi, gp_lo,
+    FB: tl.constexpr,
 ):
+    """Fixed-order reductions. Programs [0, PA): sum the SPLIT weight-gradient partials, FB
+    elements each. Next cdiv(NL1, FB // 4): dw_L from its row-tile partials, FB // 4 columns
+    each, in blocks of FB // 4 rows. Last: the scalars (and db_L = 0). score: one program,
+    OUT[0] = mean f."""
+    DT: tl.constexpr = OUT.dtype.element_ty
+    CB: tl.constexpr = FB // 4
     pid = tl.program_id(0)
-    split = tl.program_id(1)
-    # layer l (1-based) has weight W_{l-1}: (N_l, N_{l-1}); N_NL = 1
-    if pid < T1:
-        _wgrad_tile(S, GW0, GB0, pid, split, RPS, B, M, N1 if NL > 1 else 1, N0, OD1, OA0, OR0, NL == 1,
-                    ATOMIC, BO, BC, BR, PREC)
-    if NL >= 2:
-        if (pid >= T1) & (pid < T2):
-            _wgrad_tile(S, GW1, GB1, pid - T1, split, RPS, B, M, N2 if NL > 2 else 1, N1, OD2, OA1, OR1,
-                        NL == 2, ATOMIC, BO, BC, BR, PREC)
-    if NL >= 3:
-        if (pid >= T2) & (pid < T3):
-            _wgrad_tile(S, GW2, GB2, pid - T2, split, RPS, B, M, N3 if NL > 3 else 1, N2, OD3, OA2, OR2,
-                        NL == 3, ATOMIC, BO, BC, BR, PREC)
-    if NL >= 4:
-        if (pid >= T3) & (pid < T4):
-            _wgrad_tile(S, GW3, GB3, pid - T3, split, RPS, B, M, 1, N3, OD4, OA3, OR3, True,
-                        ATOMIC, BO, BC, BR, PREC)
-    if (pid == T4) & (split == 0):
-        sr = tl.zeros((BR,), dtype=S.dtype.element_ty)
-        sf = tl.zeros((BR,), dtype=S.dtype.element_ty)
-        sp = tl.zeros((BR,), dtype=S.dtype.element_ty)
-        for r0 in range(0, B, BR):
-            r = r0 + tl.arange(0, BR)
-            rm = r < B
-            r64 = r.to(tl.int64)
-            sr += tl.load(S + OF + r64, mask=rm, other=0.0)
-            sf += tl.load(S + OF + B + r64, mask=rm, other=0.0)
-            sp += tl.load(S + OP + r64, mask=rm, other=0.0)
-        if PIN:
-            gp_weight = tl.load(P + 1)
-        fr = tl.sum(sr, axis=0) / B
-        ff = tl.sum(sf, axis=0) / B
+    PB = tl.cdiv(NL1, CB)
+    idx = tl.arange(0, FB)
+    tiles_kind = Bp // BM_ROWS  # FPART[row tile, column tile]: real tiles first, then fake tiles
+    if score:
+        s0 = tl.zeros((FB,), dtype=DT)
+        for i0 in range(0, tiles_kind * tiles_n, FB):
+            s0 += tl.load(FPART + i0 + idx, mask=i0 + idx < tiles_kind * tiles_n, other=0.0)
+        tl.store(OUT, tl.sum(s0, axis=0) / B + tl.load(BIAS_L))
+    elif pid < PA:
+        i = pid * FB + idx
+        m = i < NWB
+        acc = tl.zeros((FB,), dtype=DT)
+        ptrs = PART + i
+        for _ in range(0, SPLIT):  # pointer increments: 64-bit offsets past 2^31 elements
+            acc += tl.load(ptrs, mask=m, other=0.0)
+            ptrs += NWB
+        tl.store(OUT + i, acc, mask=m)
+    elif pid < PA + PB:
+        n = (pid - PA) * CB + tl.arange(0, CB)
+        m = n < NL1
+        r = tl.arange(0, CB)
+        acc = tl.zeros((CB,), dtype=DT)
+        for r0 in range(0, n_wlp, CB):
+            blk = tl.load(WLP + (r0 + r)[:, None] * NL1 + n[None, :], mask=(r0 + r < n_wlp)[:, None] & m[None, :],
+                          other=0.0)
+            acc += tl.sum(blk, axis=0)
+        tl.store(OUT + NWB + n, acc, mask=m)
+    else:
+        s0 = tl.zeros((FB,), dtype=DT)
+        s1 = tl.zeros((FB,), dtype=DT)
+        sp = tl.zeros((FB,), dtype=DT)
+        for i0 in range(0, tiles_kind * tiles_n, FB):
+            m = i0 + idx < tiles_kind * tiles_n
+            s0 += tl.load(FPART + i0 + idx, mask=m, other=0.0)
+            s1 += tl.load(FPART + tiles_kind * tiles_n + i0 + idx, mask=m, other=0.0)
+        for i0 in range(0, tiles_kind, FB):
+            sp += tl.load(PPART + i0 + idx, mask=i0 + idx < tiles_kind, other=0.0)
+        f_real = tl.sum(s0, axis=0) / B
+        f_fake = tl.sum(s1, axis=0) / B
         pen = tl.sum(sp, axis=0) / B
-        tl.store(OUT + 0, ff - fr + gp_weight * pen)
-        tl.store(OUT + 1, fr - ff)
-        tl.store(OUT + 2, pen)
+        gp = _scalar(gp_hi, gp_lo, DT)
+        o = OUT + NWB + NL1
+        tl.store(o, tl.zeros([], dtype=DT))  # db_L: mean over real minus mean over fake of 1
+        tl.store(o + 1, f_fake - f_real + gp * pen)
+        tl.store(o + 2, f_real - f_fake)
+        tl.store(o + 3, pen)
 
 
 # ------------------------------------------------------------------------------ host side
 
-def _precision(input_precision, dtype) -> str:
-    p = input_precision or os.environ.get("LSDM_TRITON_PRECISION", "ieee")
+class Tiles(NamedTuple):
+    BM: int  # rows per tile (forward, backward, r sweep, input gradient)
+    BN: int
+    BK: int
+    BKI: int  # K step of the first layer, whose operand is built from x and z in registers
+    BO: int  # weight-gradient tile (output rows x columns) and rows per step
+    BC: int
+    BR: int
+    warps: int
+    stages: int
+
+
+# Tensor-core tiles: wgmma wants 64-row multiples; 128 x 128 tiles load a third less operand
+# data per flop than 64 x 128, worth it once a layer has enough tiles to fill the GPU.
+TILES_TC_SMALL = Tiles(64, 128, 32, 16, 128, 128, 32, 8, 3)
+TILES_TC_LARGE = Tiles(128, 128, 32, 16, 128, 128, 32, 8, 3)
+TILES_TC_LARGE_FROM_B = 2048
+# FMA tiles (ieee float32, float64): small enough that no accumulator spills.
+TILES_FMA = Tiles(32, 64, 16, 16, 64, 64, 16, 4, 2)
+# the interpreter runs every program in Python: few, big tiles
+TILES_INTERPRETER = Tiles(32, 64, 64, 32, 64, 64, 32, 4, 1)
+
+
+def tiles_for(dtype: torch.dtype, precision: str, B: int) -> Tiles:
+    if _interpreting():
+        return TILES_INTERPRETER
+    if dtype == torch.float64 or precision == "ieee":
+        return TILES_FMA
+    return TILES_TC_LARGE if B >= TILES_TC_LARGE_FROM_B else TILES_TC_SMALL
+
+
+def _precision(input_precision: str | None, dtype: torch.dtype) -> str:
+    p = input_precision or os.environ.get("LSDM_TRITON_PRECISION", "tf32")
     if p not in PRECISIONS:
         raise ValueError(f"input_precision must be one of {PRECISIONS}, got {p!r}")
     return "ieee" if dtype == torch.float64 else p
 
 
-def _blocks(B: int):
-    if _interpreting():  # every program and every op is Python: few, big tiles
-        return dict(BM=max(16, min(64, triton.next_power_of_2(B))), BN=128, BK=128)
-    return dict(BM=32, BN=64, BK=32)
+def _grad_precision(prec: str) -> str:
+    """The precision of the GEMMs that feed ||g_0|| - 1: float32-accurate."""
+    return "tf32x3" if prec == "tf32" else prec
 
 
-def _prep(critic, dtype):
-    n = len(critic.weights)
-    if not 2 <= n <= 4:
-        raise ValueError(f"triton critic step supports 2 to 4 linear layers, got {n}")
-    Ws = [w.detach().to(dtype).contiguous() for w in critic.weights]
-    bs = [b.detach().to(dtype).contiguous() for b in critic.biases]
-    widths = [Ws[0].shape[1]] + [w.shape[0] for w in Ws]  # N_0 .. N_L (N_L = 1)
-    slope = hidden_slope(critic)
-    return Ws, bs, widths, slope
+def _split_float(v: float) -> tuple[float, float]:
+    hi = float(np.float32(v))
+    return hi, float(np.float32(v - hi))
 
 
-def _layout(B: int, M: int, widths: list[int], with_r: bool):
-    """Offsets (elements) of the scratch regions, and the total size."""
-    L = len(widths) - 1
-    off = 0
-    OA = []
-    for l in range(L):
-        OA.append(off)
-        off += M * widths[l]
-    OD = []
-    for l in range(1, L + 1):
-        OD.append(off)
-        off += M * widths[l]
-    OR = []
-    for l in range(L):
-        OR.append(off)
-        if with_r:
-            off += B * widths[l]
-    OF = off
-    off += M
-    OP = off
-    off += B
-    pad = lambda v, n: list(v) + [0] * (n - len(v))  # noqa: E731
-    return pad(OA, 4), pad(OD, 4), pad(OR, 4), OF, OP, off
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _params(slope, gp_weight, dtype, device, dummy):
-    """float64 runs read slope and gp_weight from a small tensor (one host-to-device copy) so
-    that they are not rounded to float32; float32 runs pass them as kernel scalars."""
-    if dtype == torch.float64:
-        return torch.tensor([slope, gp_weight], dtype=dtype, device=device), True
-    return dummy, False
+class _Arena:
+    """Carves one flat allocation into 32-element-aligned regions (16-byte aligned pointers)."""
+
+    def __init__(self):
+        self.size = 0
+
+    def take(self, n: int) -> int:
+        off = self.size
+        self.size += -(-n // 32) * 32
+        return off
+
+
+class _Run:
+    """Scratch for one call, and the launches every call makes: the forward layers (D_{L-1}
+    fused into the last), the backward layers, and g_0 (with, for the critic step, its norm,
+    r_0 and r_1). kinds = 3 (critic step: real, fake, interpolated) or 1 (score gradient)."""
+
+    def __init__(self, critic, x, kinds: int, input_precision: str | None):
+        n = len(critic.weights)
+        # the entry point checks this too; the weight-gradient kernel has slots for 3 hidden layers
+        if not CRITIC_LAYERS[0] <= n <= CRITIC_LAYERS[1]:
+            raise ValueError(f"the triton critic step supports {CRITIC_LAYERS[0]} to {CRITIC_LAYERS[1]} linear "
+                             f"layers, got {n}")
+        self.Ws = [w.detach().contiguous() for w in critic.weights]
+        self.bs = [b.detach().contiguous() for b in critic.biases]
+        self.L = L = n
+        self.widths = widths = [self.Ws[0].shape[1]] + [w.shape[0] for w in self.Ws]  # N_0 .. N_L = 1
+        self.dtype, self.dev = x.dtype, x.device
+        self.prec = _precision(input_precision, x.dtype)
+        self.B, self.DX = x.shape
+        self.til = til = tiles_for(x.dtype, self.prec, self.B)
+        self.Bp = Bp = triton.cdiv(self.B, til.BM) * til.BM
+        self.R = R = kinds * Bp
+        self.tiles_m, self.tiles_n = R // til.BM, triton.cdiv(widths[L - 1], til.BN)
+        self.slope = _split_float(hidden_slope(critic))
+        self.opts = dict(num_warps=til.warps, num_stages=til.stages)
+        ar = _Arena()
+        self.U_off = [ar.take(R * widths[l]) for l in range(L - 1)]  # U_0 .. U_{L-2}
+        self.D_off = [0] + [ar.take(R * widths[l]) for l in range(1, L)]  # D_1 .. D_{L-1}
+        self.R_off = [ar.take(Bp * widths[l]) for l in range(L - 1)] if kinds == 3 else [0] * (L - 1)
+        self.fp_off = ar.take(self.tiles_m * self.tiles_n)  # sums of f per (row tile, column tile)
+        self.pp_off = ar.take(Bp // til.BM)  # penalty sums per interpolated row tile
+        # dw_L partials: real / fake tiles (forward), then interpolated tiles (r sweep)
+        self.wlp_off = ar.take(self.tiles_m * widths[L - 1])
+        self.arena = ar
+        mar = _Arena()
+        self.m_off = [0] + [mar.take(R * widths[l]) for l in range(1, L)]
+        self.masks = torch.empty(mar.size, dtype=torch.int8, device=self.dev)
+
+    def alloc(self):
+        self.S = torch.empty(self.arena.size, dtype=self.dtype, device=self.dev)
+
+    def region(self, off: int) -> torch.Tensor:
+        return self.S[off:]
+
+    def mask(self, l: int) -> torch.Tensor:
+        return self.masks[self.m_off[l]:]
+
+    def layer(self, mode, grid_rows, A, l, mask, out, dout, x, z1, z2, t, first, last, score, prec_i,
+              wlp_row0=0):
+        K, N = (self.widths[l], self.widths[l - 1]) if mode == MODE_BWD else (self.widths[l - 1], self.widths[l])
+        til = self.til
+        _layer_kernel[(grid_rows // til.BM, triton.cdiv(N, til.BN))](
+            A, self.Ws[l - 1], self.bs[l - 1], self.Ws[self.L - 1], mask, mask, out, dout,
+            self.region(self.fp_off), self.region(self.wlp_off), x, z1, z2, t, self.region(self.U_off[0]),
+            self.B, self.Bp, K, N, self.DX, wlp_row0, int(first), int(last), int(score), *self.slope,
+            MODE=mode, PREC=self.prec, PREC_I=prec_i, BM=til.BM, BN=til.BN, BK=til.BK, BKI=til.BKI, **self.opts)
+
+    def forward_backward(self, x, z1, z2, t, score: bool):
+        S, L, R = self.S, self.L, self.R
+        for l in range(1, L):
+            last = l == L - 1
+            self.layer(MODE_FWD, R, self.region(self.U_off[l - 1]), l, self.mask(l),
+                       S if last else self.region(self.U_off[l]), self.region(self.D_off[l]) if last else S,
+                       x, z1, z2, t, l == 1, last, score, self.prec)
+        for l in range(L - 1, 1, -1):  # D_{l-1} from D_l; interpolated rows at float32 accuracy
+            self.layer(MODE_BWD, R, self.region(self.D_off[l]), l, self.mask(l - 1), S,
+                       self.region(self.D_off[l - 1]), x, z1, z2, t, False, False, score,
+                       _grad_precision(self.prec))
+
+    def input_grad(self, dz, gp_weight: float, latent: bool, score: bool):
+        til, S = self.til, self.S
+        r1 = self.region(self.R_off[1]) if self.L > 2 and not score else S
+        _input_grad_kernel[(self.Bp // til.BM,)](
+            self.region(self.D_off[1]), self.Ws[0], self.mask(1), self.region(self.R_off[0]), r1,
+            self.region(self.wlp_off), self.region(self.pp_off), dz,
+            self.B, self.Bp, self.widths[0], self.widths[1], self.DX, 2 * self.Bp // til.BM,
+            int(self.L == 2), int(score), int(latent), *_split_float(gp_weight), *self.slope,
+            PREC=self.prec, PREC_G=_grad_precision(self.prec), BM=til.BM, BN=til.BN, BNG=til.BN // 4, BK=til.BK,
+            **self.opts)
+
+    def finish(self, out, part, split: int, nwb: int, gp_weight: float, score: bool):
+        PA = triton.cdiv(nwb, FINISH_BLOCK) if split > 1 else 0
+        grid = 1 if score else PA + triton.cdiv(self.widths[self.L - 1], FINISH_BLOCK // 4) + 1
+        _finish_kernel[(grid,)](
+            out, part, self.region(self.wlp_off), self.region(self.fp_off), self.region(self.pp_off),
+            self.bs[self.L - 1], nwb, split, self.widths[self.L - 1], self.tiles_m, self.tiles_n, self.B, self.Bp,
+            self.til.BM, PA, int(score), *_split_float(gp_weight), FB=FINISH_BLOCK)
+
+
+FINISH_BLOCK = 256
+
+
+def default_split(R: int, n_tiles: int, device: torch.device) -> int:
+    """Row ranges for the weight-gradient sum: enough programs for two waves on the GPU, at
+    least 256 rows each. Depends only on the shapes and the GPU, so results are reproducible."""
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return max(1, min(triton.cdiv(2 * _sm_count(index), n_tiles), R // 256))
 
 
 def critic_gradient_penalty_triton(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over,
                                    input_precision: str | None = None, split: int | None = None):
-    out_dtype = x.dtype
-    dtype = work_dtype(x)
-    prec = _precision(input_precision, dtype)
-    Ws, bs, widths, slope = _prep(critic, dtype)
-    L = len(Ws)
-    x = x.detach().to(dtype).contiguous()
-    z_real = z_real.detach().to(dtype).contiguous()
-    z_fake = z_fake.detach().to(dtype).contiguous()
-    t = t.detach().reshape(-1).to(dtype).contiguous()
-    B, DX = x.shape
-    M = 3 * B
-    dev = x.device
-    OA, OD, OR, OF, OP, total = _layout(B, M, widths, True)
-    S = torch.empty(total, dtype=dtype, device=dev)
-    P, pin = _params(slope, gp_weight, dtype, dev, S)
-    bl = _blocks(B)
-    Np = list(widths[:L]) + [1] * (4 - L)  # N0..N3 (hidden widths, padded)
-    Wp = Ws + [Ws[0]] * (4 - L)
-    Bp = bs + [bs[0]] * (4 - L)
-    grid1 = (triton.cdiv(B, bl["BM"]), 3)
-    _critic_rows_kernel[grid1](
-        x, z_real, z_fake, t, *Wp, *Bp, S, S,
-        B, M, DX, *Np, *OA[:4], *OD[:4], *OR[:4], OF, OP,
-        slope, float(gp_weight), P,
-        NL=L, LATENT=(penalty_over == "latent"), SCORE=False, PIN=pin, PREC=prec, **bl,
-    )
-    # kernel 2: weight gradient tiles + scalars
-    if _interpreting():
-        BO, BC, BR = 128, 128, 64
-    else:
-        BO, BC, BR = 64, 64, 32
-    tiles, cum = [], []
-    acc = 0
-    for l in range(1, L + 1):
-        acc += triton.cdiv(widths[l], BO) * triton.cdiv(widths[l - 1] + 1, BC)
-        cum.append(acc)
-    cum = cum + [acc] * (4 - L)
-    if split is None:
-        split = 1
-        if not _interpreting() and dev.type == "cuda":
-            sms = torch.cuda.get_device_properties(dev).multi_processor_count
-            split = max(1, min(triton.cdiv(M, 4 * BR), triton.cdiv(2 * sms, acc)))
-    rps = triton.cdiv(triton.cdiv(M, split), BR) * BR
-    split = triton.cdiv(M, rps)
-    atomic = split > 1
-    nw = sum(widths[l] * widths[l - 1] for l in range(1, L + 1))
-    nb = sum(widths[1:])
-    G = (torch.zeros if atomic else torch.empty)(nw + nb + 3, dtype=dtype, device=dev)
-    gws, gbs, o = [], [], 0
-    for l in range(1, L + 1):
-        gws.append(G[o:o + widths[l] * widths[l - 1]].view(widths[l], widths[l - 1]))
+    """The critic step (see the module docstring). Inputs: float32 or float64, one dtype for
+    everything (the entry point checks). split: number of row ranges of the weight-gradient sum
+    (default: default_split)."""
+    run = _Run(critic, x, 3, input_precision)
+    L, widths, til, R, Bp = run.L, run.widths, run.til, run.R, run.Bp
+    x, z_real, z_fake = (v.detach().contiguous() for v in (x, z_real, z_fake))
+    t = t.detach().reshape(-1).contiguous()
+
+    tile_counts = [triton.cdiv(widths[l], til.BO) * triton.cdiv(widths[l - 1], til.BC) for l in range(1, L)]
+    n_tiles = sum(tile_counts)
+    rps = triton.cdiv(triton.cdiv(R, max(1, int(split or default_split(R, n_tiles, x.device)))), til.BR) * til.BR
+    split = triton.cdiv(R, rps)
+
+    # output: [dW_1 .. dW_{L-1}, db_1 .. db_{L-1} | dw_L, db_L | loss, wasserstein, penalty]
+    w_off, b_off, o = [], [], 0
+    for l in range(1, L):
+        w_off.append(o)
         o += widths[l] * widths[l - 1]
-    for l in range(1, L + 1):
-        gbs.append(G[o:o + widths[l]])
+    for l in range(1, L):
+        b_off.append(o)
         o += widths[l]
-    out3 = G[o:o + 3]
-    _wgrad_kernel[(acc + 1, split)](
-        S, *(gws + [gws[0]] * (4 - L)), *(gbs + [gbs[0]] * (4 - L)), out3,
-        B, M, rps, *Np, *OA[:4], *OD[:4], *OR[:4], OF, OP,
-        *cum, float(gp_weight), P,
-        NL=L, ATOMIC=atomic, PIN=pin, BO=BO, BC=BC, BR=BR, PREC=prec,
-    )
-    cast = (lambda v: v.to(out_dtype)) if out_dtype != dtype else (lambda v: v)
-    return CriticStepOutput(cast(out3[0]), cast(out3[1]), cast(out3[2]),
-                            [cast(g) for g in gws], [cast(g) for g in gbs], backend="triton")
+    nwb = o
+    G = torch.empty(nwb + widths[L - 1] + 1 + 3, dtype=x.dtype, device=x.device)
+    part_off = run.arena.take(split * nwb) if split > 1 else 0
+    run.alloc()
+    S = run.S
+
+    run.forward_backward(x, z_real, z_fake, t, score=False)
+    run.input_grad(S, float(gp_weight), penalty_over == "latent", score=False)
+    for l in range(2, L):  # r_l from r_{l-1}
+        last = l == L - 1
+        run.layer(MODE_RSWEEP, Bp, run.region(run.R_off[l - 1]), l, run.mask(l),
+                  S if last else run.region(run.R_off[l]), S, x, z_real, z_fake, t, False, last, False,
+                  run.prec, wlp_row0=2 * Bp // til.BM)
+    pad = lambda v: list(v) + [v[-1]] * (3 - len(v))  # noqa: E731  (unused layer slots repeat the last)
+    ends = np.cumsum(tile_counts).tolist()
+    starts = [ends[0], ends[min(1, len(ends) - 1)]]  # where layers 2 and 3 start (n_tiles: no such layer)
+    target, stride = (run.region(part_off), nwb) if split > 1 else (G, 0)
+    _wgrad_kernel[(n_tiles, split)](
+        S, target, Bp, rps, stride, *starts,
+        *pad(widths[1:L]), *pad(widths[0:L - 1]),
+        *pad(run.D_off[1:L]), *pad(run.U_off[0:L - 1]), *pad(run.R_off[0:L - 1]), *pad(w_off), *pad(b_off),
+        PREC=run.prec, BO=til.BO, BC=til.BC, BR=til.BR, **run.opts)
+    run.finish(G, run.region(part_off), split, nwb, float(gp_weight), score=False)
+
+    gws = [G[w_off[l - 1]:w_off[l - 1] + widths[l] * widths[l - 1]].view(widths[l], widths[l - 1])
+           for l in range(1, L)] + [G[nwb:nwb + widths[L - 1]].view(1, widths[L - 1])]
+    gbs = [G[b_off[l - 1]:b_off[l - 1] + widths[l]] for l in range(1, L)] + [G[nwb + widths[L - 1]:][:1]]
+    s = nwb + widths[L - 1] + 1
+    return CriticStepOutput(G[s], G[s + 1], G[s + 2], gws, gbs, backend="triton")
 
 
 def critic_score_grad_triton(critic, x, z, *, input_precision: str | None = None):
-    out_dtype = x.dtype
-    dtype = work_dtype(x)
-    prec = _precision(input_precision, dtype)
-    Ws, bs, widths, slope = _prep(critic, dtype)
-    L = len(Ws)
-    x = x.detach().to(dtype).contiguous()
-    z = z.detach().to(dtype).contiguous()
-    B, DX = x.shape
-    OA, OD, OR, OF, OP, total = _layout(B, B, widths, False)
-    S = torch.empty(total, dtype=dtype, device=x.device)
-    dz = torch.empty_like(z)
-    P, pin = _params(slope, 0.0, dtype, x.device, S)
-    bl = _blocks(B)
-    Np = list(widths[:L]) + [1] * (4 - L)
-    _critic_rows_kernel[(triton.cdiv(B, bl["BM"]), 1)](
-        x, z, z, x, *(Ws + [Ws[0]] * (4 - L)), *(bs + [bs[0]] * (4 - L)), S, dz,
-        B, B, DX, *Np, *OA[:4], *OD[:4], *OR[:4], OF, OP,
-        slope, 0.0, P,
-        NL=L, LATENT=False, SCORE=True, PIN=pin, PREC=prec, **bl,
-    )
-    score = S[OF:OF + B].mean()
-    return score.to(out_dtype), dz.to(out_dtype)
+    """(mean f(x, z), d mean f / dz); float32 or float64 inputs of the critic's dtype."""
+    run = _Run(critic, x, 1, input_precision)
+    x, z = x.detach().contiguous(), z.detach().contiguous()
+    out = torch.empty(z.numel() + 1, dtype=x.dtype, device=x.device)  # [dz, score]
+    run.alloc()
+    run.forward_backward(x, z, z, x, score=True)
+    run.input_grad(out, 0.0, False, score=True)
+    run.finish(out[z.numel():], run.S, 1, 0, 0.0, score=True)
+    return out[z.numel()], out[:z.numel()].view(z.shape)
 
 
 @register("critic_gradient_penalty", "triton", available=_available, why_unavailable=_why_unavailable)

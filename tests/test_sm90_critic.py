@@ -1,0 +1,69 @@
+"""Every Triton critic kernel configuration the package can launch compiles for an H100 (sm_90)
+through Triton's real JIT path, spills nothing, and runs its TF32 GEMMs on tensor cores.
+
+The interpreter that the parity tests use checks numerics only; type errors and register
+spills show up only here. The configurations are tests/sm90_cases.py:critic_cases (calls of the
+package's own host functions, so the constexprs and argument specialisations are the ones a
+launch would use); tests/sm90.py compiles them in a subprocess without a GPU and reads ptxas -v
+and the SASS. The expected set below is derived from the backend's tile tables, so a new tile
+set or kernel mode that critic_cases does not reach fails here."""
+from __future__ import annotations
+
+import pytest
+
+import sm90
+from lsdm_fast.ops import critic_gp_triton as ct
+
+pytestmark = pytest.mark.skipif(sm90.tool("ptxas") is None or sm90.tool("cuobjdump") is None,
+                                reason="ptxas / cuobjdump not found (Triton's wheel bundles both)")
+
+TC_TILES = [ct.TILES_TC_SMALL, ct.TILES_TC_LARGE]
+KERNELS = ("_layer_kernel", "_input_grad_kernel", "_wgrad_kernel", "_finish_kernel")
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return sm90.run_triton_subprocess(["sm90_cases:critic_cases"])
+
+
+def _key(r):
+    c = r.config
+    return r.name, c.get("MODE"), c.get("PREC"), c.get("BM")
+
+
+def _expected():
+    """(kernel, mode, precision, rows per tile) of every configuration the host code can pick."""
+    tiles = [("tf32", t.BM) for t in TC_TILES] + [("ieee", ct.TILES_FMA.BM)]
+    keys = {("_layer_kernel", mode, p, bm) for mode in (ct.MODE_FWD, ct.MODE_BWD, ct.MODE_RSWEEP) for p, bm in tiles}
+    keys |= {("_input_grad_kernel", None, p, bm) for p, bm in tiles}
+    keys |= {("_wgrad_kernel", None, p, None) for p in ("tf32", "ieee")}
+    keys.add(("_finish_kernel", None, None, None))
+    return keys
+
+
+def test_every_configuration_is_compiled(reports):
+    assert {r.name for r in reports} == set(KERNELS)
+    missing = _expected() - {_key(r) for r in reports}
+    assert not missing, f"critic_cases does not reach these configurations: {sorted(missing, key=str)}"
+    # ieee kernels are compiled for float32 and float64 (the dtype is in the specialisation, not the config)
+    for mode in (ct.MODE_FWD, ct.MODE_BWD, ct.MODE_RSWEEP):
+        n = sum(_key(r) == ("_layer_kernel", mode, "ieee", ct.TILES_FMA.BM) for r in reports)
+        assert n >= 2, f"_layer_kernel MODE={mode} ieee compiled {n} times; expected float32 and float64"
+
+
+def test_compiles_without_spills(reports):
+    bad = [f"{r.name} {r.config}: {r.error.splitlines()[0] if r.error else ''} regs={r.registers} "
+           f"spill={r.spill_stores}/{r.spill_loads} local={r.local}"
+           for r in reports if r.error or r.spill_stores or r.spill_loads or r.local or r.registers <= 0]
+    assert not bad, "kernels that failed to compile or spill:\n" + "\n".join(bad)
+
+
+def test_tf32_kernels_use_tensor_cores(reports):
+    tf32 = [r for r in reports if r.config.get("PREC") == "tf32"]
+    assert tf32
+    bad = [f"{r.name} {r.config}: PTX {r.ptx_tensor_core} SASS {r.sass_tensor_core}" for r in tf32
+           if not (r.ptx_tensor_core and set(r.sass_tensor_core) & {"HGMMA", "HMMA"})]
+    assert not bad, "TF32 kernels without tensor-core instructions:\n" + "\n".join(bad)
+    # the norm path (backward of the interpolated rows, g_0) runs 3xTF32, also on tensor cores
+    assert any(r.config.get("PREC_I") == "tf32x3" for r in tf32)
+    assert any(r.config.get("PREC_G") == "tf32x3" for r in tf32)
