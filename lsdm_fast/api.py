@@ -199,10 +199,11 @@ class LSDM:
         """An unusable stage-2 backend fails now, not after stage 1."""
         from .ops._registry import resolve
 
+        problem = {"layers": len(self.config.matching.critic_hidden) + 1}
         for op in ("critic_gradient_penalty", "critic_score_grad"):
             try:
-                resolve(op, self.config.matching.backend, self.device)
-            except (RuntimeError, KeyError) as exc:
+                resolve(op, self.config.matching.backend, self.device, problem)
+            except (RuntimeError, KeyError, ValueError) as exc:
                 raise ValueError(f"matching.backend={self.config.matching.backend!r}: {exc}") from None
 
     def _new_state(self) -> TrainingState:

@@ -81,7 +81,7 @@ class MatchingStep:
         self.gen_params = list(generator.parameters())
         mlp = critic.mlp.params()
         self.critic_params = list(mlp.weights) + list(mlp.biases)
-        self.backend = resolve("critic_gradient_penalty", cfg.backend, self.device)[0]
+        self.backend = resolve("critic_gradient_penalty", cfg.backend, self.device, {"layers": len(mlp.weights)})[0]
 
         why_not = graph_unsupported(self.device, precision)
         if mode == "auto":

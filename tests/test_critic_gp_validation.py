@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lsdm_fast.ops import MLPParams, critic_gradient_penalty, critic_score_grad
+from lsdm_fast.ops import IMPORT_ERRORS, MLPParams, available_backends, critic_gradient_penalty, critic_score_grad
 from lsdm_fast.ops._registry import _IMPLS, resolve
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")  # interpreter
@@ -92,10 +92,6 @@ BAD_STEP = [
     ("critic-width", gp_call(critic(widths=(6, 8, 1))), ValueError, "critic takes 6 inputs but x (2) + z (3) give 5"),
     ("penalty-over", gp_call(penalty_over="x"), ValueError, "penalty_over must be one of ('joint', 'latent'), got 'x'"),
     ("two-outputs", gp_call(critic(widths=(5, 8, 2))), ValueError, "critic: last layer must have 1 output, has 2"),
-    ("one-layer", gp_call(critic(widths=(5, 1))), ValueError,
-     "critic: the critic ops support 2 to 4 linear layers (1 to 3 hidden layers), got 1"),
-    ("five-layers", gp_call(critic(widths=(5, 4, 4, 4, 4, 1))), ValueError,
-     "critic: the critic ops support 2 to 4 linear layers (1 to 3 hidden layers), got 5"),
     ("negative-slope", gp_call(critic(negative_slope=-0.1)), ValueError,
      "critic: negative_slope must be a finite number >= 0, got -0.1"),
     ("smooth-activation", gp_call(critic(activation="silu")), ValueError,
@@ -173,3 +169,27 @@ def test_auto_on_cpu_takes_half_inputs():
 def test_zero_gp_weight_is_allowed(backend):
     out = critic_gradient_penalty(critic(), x0, zr0, zf0, t0, gp_weight=0, backend=backend)
     assert out.loss.item() == pytest.approx(-out.wasserstein.item(), rel=1e-6)
+
+
+def test_depth_is_a_backend_limit_not_a_model_limit(monkeypatch):
+    """Any depth runs on the backends that implement it; the Triton kernels take 2 to 4 layers: named
+    explicitly they say so, and "auto" falls back past them (with one warning)."""
+    from lsdm_fast.ops import _registry
+    deep = critic(widths=(5, 6, 6, 6, 6, 1))  # 5 linear layers
+    ref = critic_gradient_penalty(**gp_call(deep), backend="torch")
+    for name in ("cpp",):
+        if name in available_backends("critic_gradient_penalty", "cpu"):
+            got = critic_gradient_penalty(**gp_call(deep), backend=name)
+            assert _rel(got.loss, ref.loss) < 1e-5 and all(_rel(a, b) < 1e-4 for a, b in
+                                                           zip(got.weight_grads, ref.weight_grads))
+    if "triton" not in available_backends("critic_gradient_penalty", "cpu"):
+        pytest.skip(f"the triton backend is not available here ({IMPORT_ERRORS})")
+    with pytest.raises(ValueError, match=r"^backend 'triton' for 'critic_gradient_penalty' handles critics of 2 to 4 "
+                                         r"linear layers, not 5; use backend='auto'"):
+        critic_gradient_penalty(**gp_call(deep), backend="triton")
+    monkeypatch.setitem(_registry.AUTO_ORDER, "cpu", ("triton", "torch"))
+    monkeypatch.setattr("lsdm_fast._ext._warned", set())  # the fallback warns once per process
+    assert critic_gradient_penalty(**gp_call(critic()), backend="auto").backend == "triton"
+    with pytest.warns(RuntimeWarning, match="runs on the pure-PyTorch reference: 'triton' handles critics of 2 to 4"):
+        out = critic_gradient_penalty(**gp_call(deep), backend="auto")
+    assert out.backend == "torch"

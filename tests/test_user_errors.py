@@ -282,3 +282,16 @@ def test_train_on_colour_images_and_on_superres_pairs(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--data", str(tmp_path / "pairs.npz"), "--out", str(tmp_path / "x"), *TINY]) == 2
     assert "use --task superres" in capsys.readouterr().err
+
+
+def test_any_critic_depth_trains_and_a_backend_limit_is_said_before_training():
+    from lsdm_fast.data import load_digits_dataset
+    ds = load_digits_dataset("train")
+    cfg = tiny_config()
+    cfg.matching.critic_hidden = (16, 16, 16, 16)  # 5 linear layers: more than the Triton kernels take
+    cfg.autoencoder.steps, cfg.matching.steps = 5, 2
+    m = LSDM(cfg).fit(ds.labels[:30], ds.images[:30], num_classes=10, progress=False)
+    assert len(m.critic.mlp.layers) == 5 and m.history["backend"] in ("cpp", "torch")
+    cfg.matching.backend = "triton"
+    with pytest.raises(ValueError, match="matching.backend='triton': .*handles critics of 2 to 4 linear layers, not 5"):
+        LSDM(cfg).fit(ds.labels[:30], ds.images[:30], num_classes=10, progress=False)

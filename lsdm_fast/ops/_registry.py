@@ -5,8 +5,12 @@ Every hot op has one public entry point with `backend=`; implementations registe
     @register("critic_gradient_penalty", "cpp", available=lambda device: ...)
     def _impl(...): ...
 
-"auto" picks, for the tensors' device, the first available backend in AUTO_ORDER; when the
-preferred compiled backend is missing it falls back to "torch" with one warning per op.
+"auto" picks, for the tensors' device, the first available backend in AUTO_ORDER that can take
+the problem; when the preferred compiled backend is missing or cannot take it (`limits`, e.g. a
+kernel written for 2 to 4 layers), it falls back down the order, to "torch" at the end, with one
+warning per op and reason. An explicitly named backend that cannot take the problem is a
+ValueError naming its limit. The limits are the backends', not the models': a config may ask for
+any depth, and only the backend that cannot run it says so.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from .._ext import warn_once
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 # CPU: the C++ kernels (measured 1.5-2.2x eager, bench/RESULTS.md). CUDA: no GPU timing exists
 # yet (bench/RESULTS.md), so the order rests on offline evidence, the sm_90 compile reports of
-# tests/sm90.py (2026-11-27): the Triton critic kernels run their GEMMs on tensor cores (HGMMA
+# tests/sm90.py (2026-11-26): the Triton critic kernels run their GEMMs on tensor cores (HGMMA
 # in the SASS of every TF32 kernel, no spills; tests/test_sm90_critic.py), while
 # kernels/critic_gp.cu on main is FMA-only (no HMMA/HGMMA) with a 120-byte stack. Re-rank from
 # bench/bench_critic_step.py once it has run on a GPU.
@@ -32,6 +36,11 @@ class _Impl:
     fn: Callable
     available: Callable[[torch.device], bool]
     why_unavailable: Callable[[], str] | None = None
+    # problem (e.g. {"layers": 5}) -> why this backend cannot run it, or None
+    limits: Callable[[dict], str | None] | None = None
+
+    def refuses(self, problem: dict | None) -> str | None:
+        return self.limits(problem) if self.limits is not None and problem else None
 
 
 _IMPLS: dict[str, dict[str, _Impl]] = {}
@@ -40,12 +49,12 @@ IMPORT_ERRORS: dict[str, str] = {}
 
 
 def register(op: str, backend: str, available: Callable[[torch.device], bool] | None = None,
-             why_unavailable: Callable[[], str] | None = None):
+             why_unavailable: Callable[[], str] | None = None, limits: Callable[[dict], str | None] | None = None):
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
     def deco(fn):
-        _IMPLS.setdefault(op, {})[backend] = _Impl(fn, available or (lambda device: True), why_unavailable)
+        _IMPLS.setdefault(op, {})[backend] = _Impl(fn, available or (lambda device: True), why_unavailable, limits)
         return fn
 
     return deco
@@ -60,27 +69,36 @@ def registered_ops() -> list[str]:
     return sorted(_IMPLS)
 
 
-def resolve(op: str, backend: str, device: torch.device) -> tuple[str, Callable]:
-    """The backend name and function to run `op` with on `device`."""
+def resolve(op: str, backend: str, device: torch.device, problem: dict | None = None) -> tuple[str, Callable]:
+    """The backend name and function to run `op` with on `device`, for `problem` (what a backend's
+    limits look at, e.g. {"layers": 3}; None: no limit is checked)."""
     impls = _IMPLS.get(op)
     if not impls:
         raise KeyError(f"no implementation registered for op {op!r}")
     if backend == "auto":
         order = AUTO_ORDER.get(device.type, ("torch",))
+        passed_over = []  # (backend, why) of the compiled backends skipped
         for name in order:
             impl = impls.get(name)
-            if impl is not None and impl.available(device):
-                # warn only when a compiled backend exists for this op but cannot run here
-                missing = [b for b in order if b != "torch" and b in impls]
-                if name == "torch" and missing:
-                    warn_once(
-                        f"{op}:{device.type}",
-                        f"lsdm_fast: no compiled backend for {op!r} on {device.type} "
-                        f"(wanted {missing[0]!r}); falling back to the pure-PyTorch reference. "
-                        "Build the extension with `pip install --no-build-isolation -e .` "
-                        "and see `lsdm info`.",
-                    )
+            if impl is None:
+                continue
+            why = None if impl.available(device) else "not available here"
+            why = why or impl.refuses(problem)
+            if why is None:
+                if name == "torch" and passed_over:
+                    first, reason = passed_over[0]
+                    if reason == "not available here":
+                        warn_once(f"{op}:{device.type}",
+                                  f"lsdm_fast: no compiled backend for {op!r} on {device.type} (wanted {first!r}); "
+                                  "falling back to the pure-PyTorch reference. Build the extension with "
+                                  "`pip install --no-build-isolation -e .` and see `lsdm info`.")
+                    else:
+                        warn_once(f"{op}:{device.type}:{reason}",
+                                  f"lsdm_fast: {op!r} on {device.type} runs on the pure-PyTorch reference: "
+                                  f"{first!r} {reason}")
                 return name, impl.fn
+            if name != "torch":
+                passed_over.append((name, why))
         raise RuntimeError(f"no backend for {op!r} on {device}")  # torch is always registered
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} for {op}; expected 'auto' or one of {BACKENDS}")
@@ -97,4 +115,8 @@ def resolve(op: str, backend: str, device: torch.device) -> tuple[str, Callable]
             + (f": {why}" if why else "")
             + f"; available here: {available_backends(op, device)}"
         )
+    why = impl.refuses(problem)
+    if why is not None:
+        raise ValueError(f"backend {backend!r} for {op!r} {why}; use backend='auto' (it falls back to one that can) "
+                         f"or another backend")
     return backend, impl.fn

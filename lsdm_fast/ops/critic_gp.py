@@ -31,9 +31,16 @@ from ._registry import register, resolve
 from .mlp import MLPParams, check_mlp, mlp_forward_reference
 
 PENALTY_OVER = ("joint", "latent")
-# linear layers a critic may have: what every compiled backend implements (the config's
-# critic_hidden allows 1 to 3 hidden layers)
-CRITIC_LAYERS = (2, 4)
+
+
+def layer_limits(lo: int, hi: int):
+    """A backend's `limits` for critics of lo..hi linear layers (see _registry)."""
+    def limits(problem: dict) -> str | None:
+        n = problem.get("layers")
+        if n is not None and not lo <= n <= hi:
+            return f"handles critics of {lo} to {hi} linear layers, not {n}"
+        return None
+    return limits
 
 
 @dataclass
@@ -51,9 +58,6 @@ def _check_critic_inputs(critic: MLPParams, x: torch.Tensor, zs: list[torch.Tens
     backend answers a bad call the same way. Returns the dtype the backends compute in:
     float64, or float32 for float32 and half-precision inputs."""
     check_mlp(critic, "critic")
-    if not CRITIC_LAYERS[0] <= len(critic.weights) <= CRITIC_LAYERS[1]:
-        raise ValueError(f"critic: the critic ops support {CRITIC_LAYERS[0]} to {CRITIC_LAYERS[1]} linear layers "
-                         f"(1 to 3 hidden layers), got {len(critic.weights)}")
     if critic.activation not in ("leaky_relu", "relu"):
         raise ValueError(f"critic: the fused penalty needs a piecewise-linear activation, got {critic.activation!r}")
     if critic.output_activation is not None:
@@ -129,7 +133,7 @@ def critic_gradient_penalty(critic: MLPParams, x: torch.Tensor, z_real: torch.Te
         raise ValueError(f"penalty_over must be one of {PENALTY_OVER}, got {penalty_over!r}")
     dtype = _check_critic_inputs(critic, x, [z_real, z_fake], t)
     gp_weight = _check_gp_weight(gp_weight)
-    name, fn = resolve("critic_gradient_penalty", backend, x.device)
+    name, fn = resolve("critic_gradient_penalty", backend, x.device, {"layers": len(critic.weights)})
     p_dtype, in_dtype = critic.weights[0].dtype, x.dtype
     out = fn(_cast_critic(critic, dtype), x.to(dtype), z_real.to(dtype), z_fake.to(dtype), t.reshape(-1).to(dtype),
              gp_weight=gp_weight, penalty_over=penalty_over)
@@ -144,7 +148,7 @@ def critic_score_grad(critic: MLPParams, x: torch.Tensor, z: torch.Tensor, *,
                       backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(mean_i f(x_i, z_i), d mean f / dz) for the generator step, in the inputs' dtype."""
     dtype = _check_critic_inputs(critic, x, [z])
-    _, fn = resolve("critic_score_grad", backend, x.device)
+    _, fn = resolve("critic_score_grad", backend, x.device, {"layers": len(critic.weights)})
     score, gz = fn(_cast_critic(critic, dtype), x.to(dtype), z.to(dtype))
     return score.to(x.dtype), gz.to(x.dtype)
 

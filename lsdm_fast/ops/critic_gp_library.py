@@ -40,7 +40,7 @@ def critic_gp_fused(x: Tensor, z_real: Tensor, z_fake: Tensor, t: Tensor, weight
     if penalty_over not in PENALTY_OVER:
         raise ValueError(f"penalty_over must be one of {PENALTY_OVER}, got {penalty_over!r}")
     _check_critic_inputs(critic, x, [z_real, z_fake], t)
-    name, _ = resolve("critic_gradient_penalty", backend, x.device)
+    name, _ = resolve("critic_gradient_penalty", backend, x.device, {"layers": len(critic.weights)})
     if name == "torch":
         # The autograd reference cannot run here (a custom op's body runs below the autograd
         # dispatch key); the same maths in closed form, plain tensor ops, any device.

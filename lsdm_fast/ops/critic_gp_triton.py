@@ -61,7 +61,9 @@ import triton
 import triton.language as tl
 
 from ._registry import register
-from .critic_gp import CRITIC_LAYERS, CriticStepOutput
+from .critic_gp import CriticStepOutput, layer_limits
+
+LAYERS = (2, 4)  # the weight-gradient kernel has slots for 3 hidden layers
 from .mlp import hidden_slope
 
 PRECISIONS = ("tf32", "ieee")
@@ -463,10 +465,10 @@ class _Run:
 
     def __init__(self, critic, x, kinds: int, input_precision: str | None):
         n = len(critic.weights)
-        # the entry point checks this too; the weight-gradient kernel has slots for 3 hidden layers
-        if not CRITIC_LAYERS[0] <= n <= CRITIC_LAYERS[1]:
-            raise ValueError(f"the triton critic step supports {CRITIC_LAYERS[0]} to {CRITIC_LAYERS[1]} linear "
-                             f"layers, got {n}")
+        # dispatch checks this (layer_limits) before calling here; direct callers get the same answer
+        why = layer_limits(*LAYERS)({"layers": n})
+        if why is not None:
+            raise ValueError(f"the triton critic step {why}")
         self.Ws = [w.detach().contiguous() for w in critic.weights]
         self.bs = [b.detach().contiguous() for b in critic.biases]
         self.L = L = n
@@ -622,12 +624,14 @@ def critic_score_grad_triton(critic, x, z, *, input_precision: str | None = None
     return out[z.numel()], out[:z.numel()].view(z.shape)
 
 
-@register("critic_gradient_penalty", "triton", available=_available, why_unavailable=_why_unavailable)
+@register("critic_gradient_penalty", "triton", available=_available, why_unavailable=_why_unavailable,
+          limits=layer_limits(*LAYERS))
 def _critic_gp_triton(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over):
     return critic_gradient_penalty_triton(critic, x, z_real, z_fake, t, gp_weight=gp_weight,
                                           penalty_over=penalty_over)
 
 
-@register("critic_score_grad", "triton", available=_available, why_unavailable=_why_unavailable)
+@register("critic_score_grad", "triton", available=_available, why_unavailable=_why_unavailable,
+          limits=layer_limits(*LAYERS))
 def _critic_score_grad_triton(critic, x, z):
     return critic_score_grad_triton(critic, x, z)
