@@ -1,4 +1,4 @@
-"""Where TF32 hurts the critic step: the closed-form step (DESIGN.md section 3) with the inputs
+"""Where TF32 hurts the critic step: the closed-form step (docs/design.md §3) with the inputs
 of chosen GEMMs rounded to TF32 (mantissa truncated to 10 bits, as tensor cores read float32
 operands), against float64. CPU only; it decides which GEMMs of the Triton backend must run in
 3xTF32 (lsdm_fast/ops/critic_gp_triton.py).

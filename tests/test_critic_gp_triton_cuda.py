@@ -1,5 +1,5 @@
 """Parity of the "triton" and "cuda" backends of the fused critic step with the float64
-pure-PyTorch autograd reference (DESIGN.md section 4), on fresh random inputs.
+pure-PyTorch autograd reference (docs/design.md §4), on fresh random inputs.
 
 Triton runs everywhere (TRITON_INTERPRET=1 on CPU, set by conftest.py); CUDA tests need a GPU.
 Tolerances (relative error ||out - ref|| / ||ref||): float32 "ieee" 1e-4, float64 1e-10, and

@@ -1,11 +1,11 @@
 """Triton backend of the fused WGAN-GP critic step and of the generator-side score gradient
-(DESIGN.md sections 3-4).
+(docs/design.md §3-4).
 
 Rows. The real, fake and interpolated batches are stacked as three "kinds" of Bp rows each
 (Bp = B rounded up to the row tile BM), so that every row tile holds one kind. Rows past B are
 padding: their loss weight is 0, so every gradient they would carry is exactly 0. With
 c = -1/B (real), +1/B (fake), 1 (interpolated), 0 (padding) every parameter gradient is one sum
-over the stacked rows (DESIGN.md section 3):
+over the stacked rows (docs/design.md §3):
 
     dW_l = sum_rows D_l^T U_{l-1},   db_l = sum_{real, fake rows} D_l          (l = 1 .. L)
     D_{L-1} = c s'(a_{L-1}) w_L,     D_{l-1} = s'(a_{l-1}) (D_l W_l),  D_L = c
