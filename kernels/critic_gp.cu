@@ -215,8 +215,8 @@ enum class Operands { kForward, kBackward, kWgrad };  // (A row, B col), (A row,
 template <typename T, MathMode M, bool A_ROW, bool B_ROW>
 cudaError_t launch_gemm_as(const GemmBatch<T>& batch, dim3 grid, cudaStream_t stream) {
   constexpr int kBytes = GemmSmem<T, A_ROW, B_ROW>::kBytes;
-  auto kernel = critic_gemm_kernel<T, M, A_ROW, B_ROW>;
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+  constexpr auto kernel = critic_gemm_kernel<T, M, A_ROW, B_ROW>;
+  const cudaError_t err = allow_max_dynamic_smem<kernel>();
   if (err != cudaSuccess) return err;
   LSDM_LAUNCH(kernel, grid, GemmShape<T>::kThreads, kBytes, stream, batch);
   return cudaGetLastError();

@@ -15,6 +15,7 @@
 // LSDM_HOST_EMULATION builds these for the CPU test harness (tests/cuda_emu): cp.async becomes
 // a plain copy and wmma comes from the harness's own mma.h.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -46,6 +47,24 @@ constexpr int kWarpSize = 32;
 
 __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 __host__ __device__ constexpr int cdiv(int x, int m) { return (x + m - 1) / m; }
+
+// Opts `Kernel` into the device's largest dynamic shared memory, once per device: later calls
+// only read a flag, so a launch inside a CUDA-graph capture (after a warm-up call, as torch asks)
+// makes no attribute calls. The launch's own byte count then selects the occupancy.
+template <auto Kernel>
+cudaError_t allow_max_dynamic_smem() {
+  static std::atomic<uint64_t> done{0};  // bit d: device d (devices >= 64 are set on every call)
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit)) return cudaSuccess;
+  int max_smem = 0;
+  err = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (err == cudaSuccess) err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem);
+  if (err == cudaSuccess) done.fetch_or(bit, std::memory_order_release);
+  return err;
+}
 
 // ------------------------------------------------------------------------------ cp.async
 

@@ -111,3 +111,8 @@ using std::sqrt;
 
 // cp.async: the copy happens at once; checks the alignment the hardware requires.
 void lsdm_emu_cp_async(void* smem, const void* gmem, int bytes, int src_bytes);
+
+// CUDA's cospi (glibc has none before 2.41): cos(pi x), accurate to a few ulps like the device's.
+inline double cospi(double x) { return std::cos(3.141592653589793 * x); }
+// sqrt rounded to nearest: what IEEE sqrtf is on the host.
+inline float __fsqrt_rn(float x) { return std::sqrt(x); }
