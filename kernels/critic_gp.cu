@@ -14,43 +14,39 @@ constexpr int kThreads = 256;  // the row kernels: 8 warps
 constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kBM = 128, kBN = 128;  // GEMM block tile
 constexpr int kStages = 3;           // cp.async pipeline depth
-constexpr int64_t kNoSplit = INT64_MAX;
-
-// A global matrix: element (r, c) at ptr[(r + (r >= split ? gap : 0)) * ld + c]. The row gap
-// lets one view skip a block of rows (V_l's r rows between the fake and interpolated u rows).
+// A row-major global matrix: element (r, c) at ptr[r * ld + c].
 template <typename T>
 struct View {
   T* ptr = nullptr;
   int64_t ld = 0;
-  int64_t split = kNoSplit;
-  int64_t gap = 0;
-  bool vec = false;  // 16-byte aligned rows: cp.async of 16 bytes
 
-  __host__ __device__ T* at(int64_t r, int64_t c) const { return ptr + (r + (r >= split ? gap : 0)) * ld + c; }
+  __host__ __device__ T* at(int64_t r, int64_t c) const { return ptr + r * ld + c; }
 };
 
 template <typename T>
-View<T> make_view(T* ptr, int64_t ld, int64_t split = kNoSplit, int64_t gap = 0) {
-  View<T> v;
-  v.ptr = ptr;
-  v.ld = ld;
-  v.split = split;
-  v.gap = gap;
-  v.vec = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (ld * static_cast<int64_t>(sizeof(T))) % 16 == 0;
-  return v;
+View<T> make_view(T* ptr, int64_t ld) {
+  return View<T>{ptr, ld};
+}
+
+// What cp.async of 16 bytes needs of every row of an operand.
+template <typename T>
+bool rows_aligned(const T* ptr, int64_t ld) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (ld * static_cast<int64_t>(sizeof(T))) % 16 == 0;
 }
 
 // ------------------------------------------------------------------------------ GEMM
 
 // C (m x n) = A (m x k) B (k x n) over the contraction rows [split * k_chunk, ...), then
 //   v = C (+ bias[n]) (-> leaky) (* s'(gate[m, n])) stored to out (+ split * split_stride).
+// Every operand's rows are 16-byte aligned (rows_aligned; checked by launch_gemm).
 template <typename T>
 struct GemmProblem {
   View<const T> a, b;  // layouts are the kernel's template flags
   int64_t m = 0, n = 0, k = 0;
   int64_t k_chunk = 0;
   int64_t split_stride = 0;
-  View<T> out;
+  View<T> out;               // element (m, n) at out.at(m, n - col0); columns below col0 dropped
+  int64_t col0 = 0;
   View<const T> gate;        // ptr null: no gate
   const T* bias = nullptr;   // null: no bias
   bool leaky = false;
@@ -59,7 +55,7 @@ struct GemmProblem {
 
 template <typename T>
 struct GemmBatch {  // problems of one launch (the weight gradients of all layers), blockIdx.z
-  GemmProblem<T> p[kCriticMaxLayers];
+  GemmProblem<T> p[2 * kCriticMaxLayers];
   int count = 0;
   int splits = 1;
 };
@@ -90,33 +86,21 @@ struct GemmSmem {
 
 // Copies the R x C tile at (r0, c0) of v into shared memory (row stride lds), zero-filling
 // everything outside [0, r_lim) x [0, c_lim). Consecutive threads take consecutive 16-byte
-// chunks (or elements) of a row: coalesced.
+// chunks of a row: coalesced. c0 is a multiple of 16 bytes' worth of elements.
 template <typename T, int R, int C, int kThreads>
 __device__ __forceinline__ void load_tile(T* s, int lds, const View<const T>& v, int64_t r0, int64_t c0,
                                           int64_t r_lim, int64_t c_lim) {
-  if (v.vec) {
-    constexpr int kV = 16 / static_cast<int>(sizeof(T));
-    constexpr int kCV = C / kV;
-    static_assert(R * kCV % kThreads == 0, "whole 16-byte chunks per thread");
+  constexpr int kV = 16 / static_cast<int>(sizeof(T));
+  constexpr int kCV = C / kV;
+  static_assert(R * kCV % kThreads == 0, "whole 16-byte chunks per thread");
 #pragma unroll
-    for (int it = 0; it < R * kCV / kThreads; ++it) {
-      const int i = threadIdx.x + it * kThreads;
-      const int r = i / kCV, cv = i % kCV;
-      const int64_t gr = r0 + r, gc = c0 + cv * kV;
-      int64_t n = gr < r_lim ? c_lim - gc : 0;
-      n = n < 0 ? 0 : (n > kV ? kV : n);
-      cp_async<16>(s + r * lds + cv * kV, n > 0 ? v.at(gr, gc) : v.ptr, static_cast<int>(n * sizeof(T)));
-    }
-  } else {
-    static_assert(R * C % kThreads == 0, "whole elements per thread");
-#pragma unroll 4
-    for (int it = 0; it < R * C / kThreads; ++it) {
-      const int i = threadIdx.x + it * kThreads;
-      const int r = i / C, c = i % C;
-      const int64_t gr = r0 + r, gc = c0 + c;
-      const bool ok = gr < r_lim && gc < c_lim;
-      cp_async<sizeof(T)>(s + r * lds + c, ok ? v.at(gr, gc) : v.ptr, ok ? static_cast<int>(sizeof(T)) : 0);
-    }
+  for (int it = 0; it < R * kCV / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads;
+    const int r = i / kCV, cv = i % kCV;
+    const int64_t gr = r0 + r, gc = c0 + cv * kV;
+    int64_t n = gr < r_lim ? c_lim - gc : 0;
+    n = n < 0 ? 0 : (n > kV ? kV : n);
+    cp_async<16>(s + r * lds + cv * kV, n > 0 ? v.at(gr, gc) : v.ptr, static_cast<int>(n * sizeof(T)));
   }
 }
 
@@ -202,7 +186,7 @@ __global__ void __launch_bounds__(GemmShape<T>::kThreads, GemmShape<T>::kMinBloc
           if (p.bias != nullptr) v += p.bias[n];
           if (p.leaky) v = v > T(0) ? v : v * p.slope;
           if (p.gate.ptr != nullptr) v *= *p.gate.at(m, n) > T(0) ? T(1) : p.slope;
-          out[(m + (m >= p.out.split ? p.out.gap : 0)) * p.out.ld + n] = v;
+          if (n >= p.col0) out[m * p.out.ld + (n - p.col0)] = v;
         }
       }
       __syncwarp();
@@ -244,6 +228,9 @@ cudaError_t launch_gemm(const GemmBatch<T>& batch, Operands ops, MathMode mode, 
     nt = b > nt ? b : nt;
   }
   if (mt == 0 || nt == 0) return cudaSuccess;  // nothing to compute (a z block of width 0)
+  for (int i = 0; i < batch.count; ++i)
+    if (!rows_aligned(batch.p[i].a.ptr, batch.p[i].a.ld) || !rows_aligned(batch.p[i].b.ptr, batch.p[i].b.ld))
+      return cudaErrorInvalidValue;
   if (mt > INT32_MAX || nt > 65535 || static_cast<int64_t>(batch.count) * batch.splits > 65535)
     return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(mt), static_cast<unsigned>(nt), static_cast<unsigned>(batch.count * batch.splits));
@@ -326,8 +313,30 @@ __global__ void __launch_bounds__(kThreads) critic_prep_kernel(const PrepArgs<T>
 }
 
 template <typename T>
+struct PadJob {
+  const T* src;  // (rows, cols) contiguous
+  int64_t rows;
+  int cols;
+  View<T> dst;  // 16-byte aligned rows
+};
+
+template <typename T>
+struct PadArgs {
+  PadJob<T> jobs[kCriticMaxLayers];
+};
+
+// Weights with odd widths copied to rows cp.async can read; one job per blockIdx.y.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) critic_pad_kernel(const __grid_constant__ PadArgs<T> a) {
+  const PadJob<T>& job = a.jobs[blockIdx.y];
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < job.rows * job.cols;
+       e += static_cast<int64_t>(gridDim.x) * kThreads)
+    *job.dst.at(e / job.cols, e % job.cols) = job.src[e];
+}
+
+template <typename T>
 struct HeadArgs {
-  View<const T> u;  // u_{L-1}, rows in stacked order
+  View<const T> u;  // u_{L-1}
   int64_t rows, batch;
   int k;
   const T* w;  // w_L (k)
@@ -387,36 +396,35 @@ struct ColSumJob {
   View<const T> src;
   int64_t rows;
   int cols;
-  bool kind_weights;  // rows weighted -1/B, 1/B, 1 by kind (dw_L); otherwise 1 (db_l)
-  T* partial;         // (c_splits, cols)
+  bool real_fake;  // rows [0, B) weighted -1/B and [B, 2B) +1/B (dw_L); otherwise weight 1
+  T* partial;      // (splits, cols)
 };
 
 template <typename T>
 struct ColSumArgs {
-  ColSumJob<T> jobs[kCriticMaxLayers];
-  int count;
-  int64_t chunk, batch;
+  ColSumJob<T> jobs[kCriticMaxLayers + 1];
+  int64_t batch;
 };
 
-// partial[s, c] = weighted sum of column c over row chunk s; one thread per column.
+// partial[s, c] = weighted sum of column c over row chunk s of the job (rows split evenly over
+// gridDim.y chunks); one thread per column, consecutive threads on consecutive columns.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) critic_colsum_kernel(const __grid_constant__ ColSumArgs<T> a) {
   const ColSumJob<T>& job = a.jobs[blockIdx.z];
   const int c = blockIdx.x * kThreads + threadIdx.x;
   if (c >= job.cols) return;
-  const int64_t r0 = blockIdx.y * a.chunk;
-  const int64_t r1 = job.rows < r0 + a.chunk ? job.rows : r0 + a.chunk;
+  const int64_t chunk = (job.rows + gridDim.y - 1) / gridDim.y;
+  const int64_t r0 = blockIdx.y * chunk;
+  const int64_t r1 = job.rows < r0 + chunk ? job.rows : r0 + chunk;
   auto sum = [&](int64_t lo, int64_t hi) {
     T s = T(0);
     for (int64_t r = lo; r < hi; ++r) s += *job.src.at(r, c);
     return s;
   };
   T out;
-  if (job.kind_weights) {  // sum each kind's rows apart, then weight: -1/B real, 1/B fake, 1 interpolated
-    const int64_t B = a.batch;
-    auto clip = [&](int64_t x) { return x < r0 ? r0 : (x > r1 ? r1 : x); };
-    const T real = sum(r0, clip(B)), fake = sum(clip(B), clip(2 * B)), interp = sum(clip(2 * B), r1);
-    out = (fake - real) / static_cast<T>(B) + interp;
+  if (job.real_fake) {  // each kind's rows summed apart, then weighted
+    const int64_t mid = a.batch < r0 ? r0 : (a.batch > r1 ? r1 : a.batch);
+    out = (sum(mid, r1) - sum(r0, mid)) / static_cast<T>(a.batch);
   } else {
     out = sum(r0, r1);
   }
@@ -510,40 +518,62 @@ MathMode main_mode(const CriticGpParams<T>& p) {
 }
 
 // Where TF32 is not enough, 3xTF32: the forward, whose signs pick s'(a) for every later sweep
-// (a pre-activation that TF32 flips changes its row's gradients by about 1/sqrt(width)), and
-// g_0 = D_1 W_1, whose norm enters the penalty as |g_0| - 1. The forward is 1 of the 10
-// hidden-width GEMMs of a 3-layer critic step and g_0 has the input width, so this costs
-// about a fifth more tensor-core work than TF32 throughout.
+// (a pre-activation that TF32 flips changes its row's gradients by about 1/sqrt(width): about
+// 2e-2 relative error against 5e-4 with this), and g_0 = D_1 W_1, whose norm enters the penalty
+// as |g_0| - 1. The forward is 1 of the 10 hidden-width GEMMs of a 3-layer critic step and g_0
+// has the input width, so this costs about a fifth more tensor-core work than TF32 throughout.
 MathMode accurate_mode(MathMode mode) { return mode == MathMode::kTf32 ? MathMode::kTf32x3 : mode; }
 
-#define LSDM_TRY(expr)                          \
-  do {                                          \
-    const cudaError_t err_ = (expr);            \
-    if (err_ != cudaSuccess) return err_;       \
+#define LSDM_TRY(expr)                    \
+  do {                                    \
+    const cudaError_t err_ = (expr);      \
+    if (err_ != cudaSuccess) return err_; \
   } while (0)
 
+// The GEMM operand of W_{l+1} (l = 0..L-2): the weights themselves when their rows suit
+// cp.async, otherwise their copy in the scratch (made by pad_weights).
+template <typename T>
+View<const T> weight_view(const CriticGpParams<T>& p, const CriticGpLayout& lay, int l) {
+  if (rows_aligned(p.W[l], p.widths[l])) return make_view(p.W[l], p.widths[l]);
+  return make_view<const T>(p.scratch + lay.wpad[l], lay.ld[l]);
+}
+
+template <typename T>
+cudaError_t pad_weights(const CriticGpParams<T>& p, const CriticGpLayout& lay, cudaStream_t stream) {
+  PadArgs<T> pa{};
+  unsigned jobs = 0;
+  int64_t most = 1;
+  for (int l = 0; l + 1 < p.n_layers; ++l) {
+    if (rows_aligned(p.W[l], p.widths[l])) continue;
+    pa.jobs[jobs++] = {p.W[l], p.widths[l + 1], p.widths[l], make_view(p.scratch + lay.wpad[l], lay.ld[l])};
+    most = static_cast<int64_t>(p.widths[l + 1]) * p.widths[l] > most ? static_cast<int64_t>(p.widths[l + 1]) * p.widths[l] : most;
+  }
+  if (jobs == 0) return cudaSuccess;
+  LSDM_LAUNCH(critic_pad_kernel<T>, dim3(row_blocks(most, kThreads), jobs), kThreads, 0, stream, pa);
+  return cudaGetLastError();
+}
+
 // The shared first half of both ops: u_0, the forward, the head (f, D_{L-1}) and the backward
-// sweep down to D_1, over `rows` stacked rows.
+// sweep down to D_1, over the stacked rows (3B for a step, B for the score).
 template <typename T>
 cudaError_t forward_and_backward(const CriticGpParams<T>& p, const CriticGpLayout& lay, bool step, MathMode mode,
                                  cudaStream_t stream) {
   const int L = p.n_layers;
   const int* N = p.widths;
   const int64_t B = p.batch, rows = step ? 3 * B : B;
-  const int64_t split = step ? 2 * B : kNoSplit;  // stacked row -> V row: interpolated rows skip the r block
   T* S = p.scratch;
-  auto V = [&](int l) { return make_view(S + lay.v[l], lay.ld[l], split, B); };
-  auto cV = [&](int l) { return make_view<const T>(S + lay.v[l], lay.ld[l], split, B); };
+  auto V = [&](int l) { return make_view(S + lay.v[l], lay.ld[l]); };
   auto D = [&](int l) { return make_view(S + lay.d[l], lay.ld[l]); };
 
   PrepArgs<T> prep{p.x, p.z_real, step ? p.z_fake : nullptr, p.t, B, rows, p.dx, N[0], V(0)};
   LSDM_LAUNCH(critic_prep_kernel<T>, row_blocks(rows * N[0], kThreads), kThreads, 0, stream, prep);
   LSDM_TRY(cudaGetLastError());
+  LSDM_TRY(pad_weights(p, lay, stream));
 
   for (int l = 1; l < L; ++l) {  // U_l = s(U_{l-1} W_l^T + b_l)
     GemmProblem<T> g;
-    g.a = cV(l - 1);
-    g.b = make_view(p.W[l - 1], N[l - 1]);
+    g.a = make_view<const T>(S + lay.v[l - 1], lay.ld[l - 1]);
+    g.b = weight_view(p, lay, l - 1);
     g.m = rows;
     g.n = N[l];
     g.k = N[l - 1];
@@ -555,20 +585,21 @@ cudaError_t forward_and_backward(const CriticGpParams<T>& p, const CriticGpLayou
     LSDM_TRY(launch_gemm(single(g), Operands::kForward, accurate_mode(mode), stream));
   }
 
-  HeadArgs<T> head{cV(L - 1), rows, B, N[L - 1], p.W[L - 1], p.b[L - 1], p.slope, step, S + lay.f, D(L - 1)};
+  HeadArgs<T> head{make_view<const T>(S + lay.v[L - 1], lay.ld[L - 1]), rows, B, N[L - 1], p.W[L - 1], p.b[L - 1],
+                   p.slope, step, S + lay.f, D(L - 1)};
   LSDM_LAUNCH(critic_head_kernel<T>, row_blocks(rows, kWarps), kThreads, 0, stream, head);
   LSDM_TRY(cudaGetLastError());
 
   for (int l = L - 1; l >= 2; --l) {  // D_{l-1} = s'(u_{l-1}) (D_l W_l)
     GemmProblem<T> g;
     g.a = make_view<const T>(S + lay.d[l], lay.ld[l]);
-    g.b = make_view(p.W[l - 1], N[l - 1]);
+    g.b = weight_view(p, lay, l - 1);
     g.m = rows;
     g.n = N[l - 1];
     g.k = N[l];
     g.k_chunk = g.k;
     g.out = D(l - 1);
-    g.gate = cV(l - 1);
+    g.gate = make_view<const T>(S + lay.v[l - 1], lay.ld[l - 1]);
     g.slope = p.slope;
     LSDM_TRY(launch_gemm(single(g), Operands::kBackward, mode, stream));
   }
@@ -588,71 +619,75 @@ cudaError_t critic_gp_step(const CriticGpParams<T>& p, cudaStream_t stream) {
   const CriticGpLayout lay = critic_gp_layout(N, L, p.batch, true);
   const MathMode mode = main_mode(p);
   T* S = p.scratch;
-  auto Vrows = [&](int l, int64_t row0) { return S + lay.v[l] + row0 * lay.ld[l]; };
+  auto rows_of = [&](int l, int64_t row0) { return S + lay.v[l] + row0 * lay.ld[l]; };  // V_l from row0
 
   LSDM_TRY(forward_and_backward(p, lay, true, mode, stream));
 
   {  // g_0 of the interpolated rows into V_0's r rows, then |g_0| and r_0 in place
     GemmProblem<T> g;
     g.a = make_view<const T>(S + lay.d[1] + 2 * B * lay.ld[1], lay.ld[1]);
-    g.b = make_view(p.W[0], N[0]);
+    g.b = weight_view(p, lay, 0);
     g.m = B;
     g.n = N[0];
     g.k = N[1];
     g.k_chunk = g.k;
-    g.out = make_view(Vrows(0, 2 * B), lay.ld[0]);
+    g.out = make_view(rows_of(0, 3 * B), lay.ld[0]);
     LSDM_TRY(launch_gemm(single(g), Operands::kBackward, accurate_mode(mode), stream));
-    NormArgs<T> na{Vrows(0, 2 * B), lay.ld[0], B, N[0], p.latent ? p.dx : 0, p.gp_weight, S + lay.p};
+    NormArgs<T> na{rows_of(0, 3 * B), lay.ld[0], B, N[0], p.latent ? p.dx : 0, p.gp_weight, S + lay.p};
     LSDM_LAUNCH(critic_norm_kernel<T>, row_blocks(B, kWarps), kThreads, 0, stream, na);
     LSDM_TRY(cudaGetLastError());
   }
 
   for (int l = 1; l < L; ++l) {  // R_l = s'(u_l) (R_{l-1} W_l^T), interpolated rows
     GemmProblem<T> g;
-    g.a = make_view<const T>(Vrows(l - 1, 2 * B), lay.ld[l - 1]);
-    g.b = make_view(p.W[l - 1], N[l - 1]);
+    g.a = make_view<const T>(rows_of(l - 1, 3 * B), lay.ld[l - 1]);
+    g.b = weight_view(p, lay, l - 1);
     g.m = B;
     g.n = N[l];
     g.k = N[l - 1];
     g.k_chunk = g.k;
-    g.out = make_view(Vrows(l, 2 * B), lay.ld[l]);
-    g.gate = make_view<const T>(Vrows(l, 3 * B), lay.ld[l]);
+    g.out = make_view(rows_of(l, 3 * B), lay.ld[l]);
+    g.gate = make_view<const T>(rows_of(l, 2 * B), lay.ld[l]);
     g.slope = p.slope;
     LSDM_TRY(launch_gemm(single(g), Operands::kForward, mode, stream));
   }
 
-  {  // dW_l = D_l^T V_{l-1} over rows [0, 3B), l < L, in fixed row chunks
+  {  // dW_l = D_l^T V_{l-1}: real and fake rows against u, interpolated rows against r
     GemmBatch<T> wg;
-    wg.count = L - 1;
     wg.splits = lay.w_splits;
     for (int l = 1; l < L; ++l) {
-      GemmProblem<T>& g = wg.p[l - 1];
-      g.a = make_view<const T>(S + lay.d[l], lay.ld[l]);
-      g.b = make_view<const T>(S + lay.v[l - 1], lay.ld[l - 1]);
-      g.m = N[l];
-      g.n = N[l - 1];
-      g.k = 3 * B;
-      g.k_chunk = lay.w_chunk;
-      g.split_stride = static_cast<int64_t>(N[l]) * N[l - 1];
-      g.out = make_view(S + lay.wpart[l], N[l - 1]);
+      const int64_t size = static_cast<int64_t>(N[l]) * N[l - 1];
+      for (int part = 0; part < 2; ++part) {  // rows [0, 2B) with V rows [0, 2B); [2B, 3B) with [3B, 4B)
+        GemmProblem<T>& g = wg.p[wg.count++];
+        const int64_t rows = part == 0 ? 2 * B : B;
+        g.a = make_view<const T>(S + lay.d[l] + (part == 0 ? 0 : 2 * B) * lay.ld[l], lay.ld[l]);
+        g.b = make_view<const T>(rows_of(l - 1, part == 0 ? 0 : 3 * B), lay.ld[l - 1]);
+        g.m = N[l];
+        g.n = N[l - 1];
+        g.k = rows;
+        g.k_chunk = (rows + lay.w_splits - 1) / lay.w_splits;
+        g.k_chunk = (g.k_chunk + 31) / 32 * 32;  // whole k tiles
+        g.split_stride = size;
+        g.out = make_view(S + lay.wpart[l] + part * lay.w_splits * size, N[l - 1]);
+      }
     }
     LSDM_TRY(launch_gemm(wg, Operands::kWgrad, mode, stream));
   }
 
-  {  // db_l (real and fake rows of D_l) and dw_L (kind-weighted rows of V_{L-1})
+  {  // db_l (real and fake rows of D_l) and dw_L (real and fake rows of u_{L-1}, then r_{L-1})
     ColSumArgs<T> cs{};
-    cs.count = L;
-    cs.chunk = lay.c_chunk;
     cs.batch = B;
-    int max_cols = 0;
+    int jobs = 0, max_cols = N[L - 1];
     for (int l = 1; l < L; ++l) {
-      cs.jobs[l - 1] = {make_view<const T>(S + lay.d[l], lay.ld[l]), 2 * B, N[l], false, S + lay.cpart[l]};
+      cs.jobs[jobs++] = {make_view<const T>(S + lay.d[l], lay.ld[l]), 2 * B, N[l], false, S + lay.cpart[l]};
       max_cols = N[l] > max_cols ? N[l] : max_cols;
     }
-    cs.jobs[L - 1] = {make_view<const T>(S + lay.v[L - 1], lay.ld[L - 1]), 3 * B, N[L - 1], true, S + lay.cpart[L]};
-    max_cols = N[L - 1] > max_cols ? N[L - 1] : max_cols;
+    const View<const T> last = make_view<const T>(S + lay.v[L - 1], lay.ld[L - 1]);
+    cs.jobs[jobs++] = {last, 2 * B, N[L - 1], true, S + lay.cpart[L]};
+    cs.jobs[jobs++] = {make_view<const T>(rows_of(L - 1, 3 * B), lay.ld[L - 1]), B, N[L - 1], false,
+                       S + lay.cpart[L] + static_cast<size_t>(lay.c_splits) * N[L - 1]};
     const dim3 grid(static_cast<unsigned>(cdiv(max_cols, kThreads)), static_cast<unsigned>(lay.c_splits),
-                    static_cast<unsigned>(L));
+                    static_cast<unsigned>(jobs));
     LSDM_LAUNCH(critic_colsum_kernel<T>, grid, kThreads, 0, stream, cs);
     LSDM_TRY(cudaGetLastError());
   }
@@ -665,18 +700,18 @@ cudaError_t critic_gp_step(const CriticGpParams<T>& p, cudaStream_t stream) {
       max_n = n > max_n ? n : max_n;
     };
     for (int l = 1; l < L; ++l) {
-      job(S + lay.wpart[l], static_cast<int64_t>(N[l]) * N[l - 1], lay.w_splits, p.grad_w[l - 1]);
+      job(S + lay.wpart[l], static_cast<int64_t>(N[l]) * N[l - 1], 2 * lay.w_splits, p.grad_w[l - 1]);
       job(S + lay.cpart[l], N[l], lay.c_splits, p.grad_b[l - 1]);
     }
-    job(S + lay.cpart[L], N[L - 1], lay.c_splits, p.grad_w[L - 1]);
+    job(S + lay.cpart[L], N[L - 1], 2 * lay.c_splits, p.grad_w[L - 1]);
     job(nullptr, 1, 0, p.grad_b[L - 1]);  // db_L = 0
     fa.f = S + lay.f;
     fa.pen = S + lay.p;
     fa.batch = B;
     fa.gp_weight = p.gp_weight;
     fa.out3 = p.out3;
-    const dim3 grid(row_blocks(max_n, kThreads) > 1024 ? 1024 : row_blocks(max_n, kThreads),
-                    static_cast<unsigned>(fa.count + 1));
+    const unsigned blocks = row_blocks(max_n, kThreads);
+    const dim3 grid(blocks > 1024 ? 1024 : blocks, static_cast<unsigned>(fa.count + 1));
     LSDM_LAUNCH(critic_finalize_kernel<T>, grid, kThreads, 0, stream, fa);
     LSDM_TRY(cudaGetLastError());
   }
@@ -689,21 +724,21 @@ cudaError_t critic_score_grad(const CriticGpParams<T>& p, cudaStream_t stream) {
   const int* N = p.widths;
   const CriticGpLayout lay = critic_gp_layout(N, p.n_layers, p.batch, false);
   const MathMode mode = main_mode(p);
-  T* S = p.scratch;
   LSDM_TRY(forward_and_backward(p, lay, false, mode, stream));
-  {  // dz = D_1 W_1[:, dx:]
+  {  // dz = (D_1 W_1)[:, dx:], straight into dz
     GemmProblem<T> g;
-    g.a = make_view<const T>(S + lay.d[1], lay.ld[1]);
-    g.b = make_view(p.W[0] + p.dx, N[0]);
+    g.a = make_view<const T>(p.scratch + lay.d[1], lay.ld[1]);
+    g.b = weight_view(p, lay, 0);
     g.m = p.batch;
-    g.n = N[0] - p.dx;
+    g.n = N[0];
     g.k = N[1];
     g.k_chunk = g.k;
     g.out = make_view(p.dz, N[0] - p.dx);
+    g.col0 = p.dx;
     LSDM_TRY(launch_gemm(single(g), Operands::kBackward, accurate_mode(mode), stream));
   }
   FinalizeArgs<T> fa{};
-  fa.f = S + lay.f;
+  fa.f = p.scratch + lay.f;
   fa.batch = p.batch;
   fa.score = p.score;
   LSDM_LAUNCH(critic_finalize_kernel<T>, dim3(1, 1), kThreads, 0, stream, fa);

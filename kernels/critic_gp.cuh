@@ -12,23 +12,26 @@
 // s'(a_l) is read from the sign of the stored forward activation u_l (u_l > 0 exactly when
 // a_l > 0 for slope >= 0), so the backward sweeps reuse the forward's signs.
 //
-// Launches per critic step (3L + 4, all on the given stream, no host synchronisation and no
-// allocation: the caller passes one scratch buffer of critic_gp_layout(...).total elements):
+// Launches per critic step (3L + 4, one more for odd widths; all on the given stream, no host
+// synchronisation and no allocation: the caller passes one scratch buffer of
+// critic_gp_layout(...).total elements):
 //   prep     u_0 rows (x, z_real), (x, z_fake), (x, t z_real + (1 - t) z_fake)
+//   [pad     weights whose rows are not 16-byte aligned, into the scratch, for cp.async]
 //   forward  L-1 tile GEMMs U_l = s(U_{l-1} W_l^T + b_l)
 //   head     f = u_{L-1} . w_L + b_L and D_{L-1} = c s'(u_{L-1}) w_L (one warp per row)
 //   backward L-2 tile GEMMs D_{l-1} = s'(u_{l-1}) (D_l W_l)
-//   input    g_0 = D_1 W_1 for the interpolated rows (3xTF32 in the TF32 mode: the penalty
-//            needs |g_0| - 1 to float32 accuracy); norm: |g_0|, (|g_0| - 1)^2, r_0 (per row)
+//   input    g_0 = D_1 W_1 for the interpolated rows; norm: |g_0|, (|g_0| - 1)^2, r_0 (per row)
 //   r sweep  L-1 tile GEMMs R_l = s'(u_l) (R_{l-1} W_l^T) over the interpolated rows
-//   wgrad    one grouped launch: D_l^T V_{l-1} for l < L, the 3B rows split into fixed chunks
-//            whose partial products are summed in a fixed order by finalize (deterministic,
-//            no float atomics)
+//   wgrad    one grouped launch: D_l^T V_{l-1} for l < L over the real and fake rows and over the
+//            interpolated rows (against r), each split into fixed row chunks whose partial
+//            products finalize sums in a fixed order (deterministic, no float atomics)
 //   colsum   db_l and dw_L as column sums over fixed row chunks
 //   finalize the chunk sums in a fixed order, and loss / wasserstein / penalty
-// The GEMMs are 128x128 block tiles (8 warps of 64x32), operands staged through shared
-// memory with 16-byte cp.async in a 3-stage pipeline; TF32 (default), 3xTF32 or plain FMA
-// (float32 "ieee") for float, plain FMA for double.
+// The GEMMs are 128x128 block tiles, operands staged through shared memory with 16-byte
+// cp.async in a 3-stage pipeline. float32 math (CriticPrecision): TF32 for the backward, r-sweep
+// and weight-gradient GEMMs with 3xTF32 for the forward (its signs pick s'(a) for every later
+// sweep) and for g_0 (|g_0| - 1 needs float32 accuracy) by default; 3xTF32 or FMA ("ieee")
+// throughout on request. float64: FMA.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -44,22 +47,25 @@ enum class CriticPrecision : int { kIeee = 0, kTf32 = 1, kTf32x3 = 2 };
 
 // Scratch regions (offsets in elements, every region 128-byte aligned). Row strides ld[l] are
 // N_l rounded up to 4 so that rows are 16-byte aligned for cp.async.
-//   V_l (4B x ld[l]), l = 0..L-1: rows [0, B) real u_l, [B, 2B) fake u_l, [2B, 3B) r_l of the
-//       interpolated rows, [3B, 4B) u_l of the interpolated rows. Rows [0, 3B) are exactly the
-//       right-hand operand of dW_{l+1}. Score mode: B rows of u_l.
+//   V_l (4B x ld[l]), l = 0..L-1: rows [0, B) real u_l, [B, 2B) fake u_l, [2B, 3B) interpolated
+//       u_l, [3B, 4B) r_l of the interpolated rows. Score mode: B rows of u_l.
 //   D_l (3B x ld[l]), l = 1..L-1: c * delta_l for real, fake, interpolated rows.
+//   Wpad_l (N_{l+1} x ld[l]), l = 0..L-2: W_{l+1} copied with 16-byte aligned rows, for layers
+//       whose own rows are not (odd widths); untouched otherwise.
 //   F (3B): critic values. P (B): (|g_0| - 1)^2.
-//   wpart_l (w_splits x N_l x N_{l-1}), l = 1..L-1: partial dW_l of each row chunk.
-//   cpart_l (c_splits x N_l), l = 1..L-1: partial db_l; cpart_L (c_splits x N_{L-1}): dw_L.
+//   wpart_l (2 w_splits x N_l x N_{l-1}), l = 1..L-1: partial dW_l of each row chunk, the real and
+//       fake rows' chunks first, then the interpolated rows'.
+//   cpart_l (c_splits x N_l), l = 1..L-1: partial db_l; cpart_L (2 c_splits x N_{L-1}): partial
+//       dw_L, real and fake rows' chunks, then the interpolated rows'.
 struct CriticGpLayout {
   int64_t ld[kCriticMaxLayers];
   size_t v[kCriticMaxLayers];
-  size_t d[kCriticMaxLayers];  // d[l] is D_l (d[0] unused)
+  size_t d[kCriticMaxLayers];     // d[l] is D_l (d[0] unused)
+  size_t wpad[kCriticMaxLayers];  // wpad[l] holds W_{l+1}, l < L - 1
   size_t f, p;
-  size_t wpart[kCriticMaxLayers];  // wpart[l] for dW_l, l = 1..L-1
+  size_t wpart[kCriticMaxLayers];      // wpart[l] for dW_l, l = 1..L-1
   size_t cpart[kCriticMaxLayers + 1];  // cpart[l] for db_l (l < L) and cpart[L] for dw_L
-  int w_splits, c_splits;
-  int64_t w_chunk, c_chunk;  // rows per chunk
+  int w_splits, c_splits;              // row chunks of each weight-gradient / column-sum problem
   size_t total;
 };
 
@@ -80,23 +86,22 @@ inline CriticGpLayout critic_gp_layout(const int* widths, int n_layers, int batc
     lay.v[l] = take(static_cast<size_t>((step ? 4 * B : B) * lay.ld[l]));
   }
   for (int l = 1; l < n_layers; ++l) lay.d[l] = take(static_cast<size_t>(M * lay.ld[l]));
+  for (int l = 0; l + 1 < n_layers; ++l) lay.wpad[l] = take(static_cast<size_t>(widths[l + 1]) * lay.ld[l]);
   lay.f = take(static_cast<size_t>(M));
   lay.p = take(static_cast<size_t>(B));
-  // Row chunks: fixed by the shapes alone, so results are the same run to run. Enough
-  // chunks to fill the GPU at large batch, few enough that the partial sums stay small.
-  auto splits = [M](int64_t rows_per_chunk, int64_t cap) {
-    int64_t s = (M + rows_per_chunk - 1) / rows_per_chunk;
-    return static_cast<int>(s < 1 ? 1 : (s > cap ? cap : s));
-  };
-  lay.w_splits = step ? splits(2048, 16) : 0;
-  lay.c_splits = step ? splits(1024, 64) : 0;
   if (step) {
-    lay.w_chunk = ((M + lay.w_splits - 1) / lay.w_splits + 31) / 32 * 32;  // whole GEMM k-tiles
-    lay.c_chunk = (M + lay.c_splits - 1) / lay.c_splits;
+    // Row chunks: fixed by the shapes alone, so results are the same run to run. Enough chunks
+    // to fill the GPU at large batch, few enough that the partial sums stay small.
+    auto splits = [M](int64_t rows_per_chunk, int64_t cap) {
+      const int64_t s = (M + rows_per_chunk - 1) / rows_per_chunk;
+      return static_cast<int>(s < 1 ? 1 : (s > cap ? cap : s));
+    };
+    lay.w_splits = splits(4096, 16);
+    lay.c_splits = splits(2048, 32);
     for (int l = 1; l < n_layers; ++l)
-      lay.wpart[l] = take(static_cast<size_t>(lay.w_splits) * widths[l] * widths[l - 1]);
+      lay.wpart[l] = take(2 * static_cast<size_t>(lay.w_splits) * widths[l] * widths[l - 1]);
     for (int l = 1; l < n_layers; ++l) lay.cpart[l] = take(static_cast<size_t>(lay.c_splits) * widths[l]);
-    lay.cpart[n_layers] = take(static_cast<size_t>(lay.c_splits) * widths[n_layers - 1]);
+    lay.cpart[n_layers] = take(2 * static_cast<size_t>(lay.c_splits) * widths[n_layers - 1]);
   }
   lay.total = off;
   return lay;
