@@ -171,6 +171,7 @@ MLP_DTYPES = [(torch.float32, 1e-2), (torch.bfloat16, 3e-2), (torch.float16, 3e-
     (37, [130, 37, 64, 5], "silu", None),
     (70, [64, 130, 5, 37, 9], "leaky_relu", "sigmoid"),
     (7, [784, 49, 26], "relu", "sigmoid"),
+    (5, [512, 1024, 8], "leaky_relu", None),  # wide: 16-row tiles in TF32, 32 in bf16 / fp16
 ])
 def test_encode(lib, rng, dtype, tol, n, widths, act, out_act):
     lib.emu_set_order(int(rng.integers(0, 2)))

@@ -82,11 +82,13 @@ inline float as_float(__half v) { return __half2float(v); }
 template <int M, int N, int K, typename T, typename LA, typename LB>
 inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
                      const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
-  float out[M * N];
+  float fa[M * K], fb[K * N], out[M * N];
+  for (int i = 0; i < M * K; ++i) fa[i] = as_float(a.x[i]);
+  for (int i = 0; i < K * N; ++i) fb[i] = as_float(b.x[i]);
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
       float s = c.x[i * N + j];
-      for (int k = 0; k < K; ++k) s += as_float(a.x[i * K + k]) * as_float(b.x[k * N + j]);
+      for (int k = 0; k < K; ++k) s += fa[i * K + k] * fb[k * N + j];
       out[i * N + j] = s;
     }
   std::memcpy(d.x, out, sizeof(out));
