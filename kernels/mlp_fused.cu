@@ -20,9 +20,9 @@ using lsdm::cuda::WarpTile;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kBN = 128;    // output columns per chunk
-constexpr int kBK = 32;     // k per weight tile (the packing unit)
-constexpr int kStages = 3;  // weight tiles in flight
+constexpr int kBN = 128;       // output columns per chunk
+constexpr int kBK = 64;        // k per weight tile; widths are packed to 32, a last half tile is fine
+constexpr int kMaxStages = 3;  // weight tiles in flight: 3 where shared memory allows, else 2
 
 __host__ __device__ inline int pad32(int n) { return (n + 31) / 32 * 32; }
 
@@ -160,6 +160,7 @@ struct FusedArgs {
   void* out;
   int out_dtype;
   int ld0, ld1;  // row strides (elements) of the two activation buffers
+  int stages;    // 2 or 3
 };
 
 // Warps over a BM x 128 chunk: WM x WN warps of FM x FN 16x16 sub-tiles.
@@ -177,21 +178,49 @@ struct FusedSmem {
   static constexpr int kLdw = kBK + kPad;
   static constexpr int kStageElems = kBN * kLdw;
   static constexpr int kPatchBytes = kWarps * 16 * patch_ld<float>() * static_cast<int>(sizeof(float));
-  static int64_t bytes(int ld0, int ld1) {
-    return (static_cast<int64_t>(BM) * (ld0 + ld1) + kStages * kStageElems) * static_cast<int64_t>(sizeof(T)) +
+  static int64_t bytes(int ld0, int ld1, int stages) {
+    return (static_cast<int64_t>(BM) * (ld0 + ld1) + stages * kStageElems) * static_cast<int64_t>(sizeof(T)) +
            kPatchBytes;
   }
 };
 
-struct Cursor {  // (layer, column chunk, k tile) of the flattened tile sequence
-  int layer = 0, chunk = 0, kt = 0;
-  __device__ __forceinline__ void advance(const LsdmMLPDesc& m) {
-    if (++kt == pad32(m.dims[layer]) / kBK) {
+// Issues the weight tiles (kBN rows x kBK) of every layer, chunk and k tile in compute order, one
+// per call, so that the pipeline runs on across chunk and layer boundaries. Each thread copies
+// the same kChunks 16-byte pieces of every tile.
+template <typename T>
+struct WeightStream {
+  static constexpr int kV = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte piece
+  static constexpr int kCV = kBK / kV;                          // pieces per tile row
+  static constexpr int kChunks = kBN * kCV / kThreads;
+  int layer = -1, chunk = 0, kt = 0;
+  int kp = 0, np = 0, ktiles = 0, nchunks = 0;
+  const T* w = nullptr;
+
+  __device__ __forceinline__ void begin(const LsdmMLPDesc& m, int l) {
+    layer = l;
+    chunk = kt = 0;
+    if (l < m.num_layers) {
+      kp = pad32(m.dims[l]);
+      np = pad32(m.dims[l + 1]);
+      ktiles = cdiv(kp, kBK);
+      nchunks = cdiv(np, kBN);
+      w = static_cast<const T*>(m.weights[l]);
+    }
+  }
+
+  __device__ __forceinline__ void issue(const LsdmMLPDesc& m, T* stage, int ldw) {
+    if (layer >= m.num_layers) return;
+#pragma unroll
+    for (int it = 0; it < kChunks; ++it) {
+      const int i = threadIdx.x + it * kThreads;
+      const int r = i / kCV, cv = i % kCV;
+      const int n = chunk * kBN + r, k = kt * kBK + cv * kV;
+      const bool ok = n < np && k < kp;  // past the packed width or depth: zeros
+      cp_async<16>(stage + r * ldw + cv * kV, ok ? w + static_cast<int64_t>(n) * kp + k : w, ok ? 16 : 0);
+    }
+    if (++kt == ktiles) {
       kt = 0;
-      if (++chunk == cdiv(pad32(m.dims[layer + 1]), kBN)) {
-        chunk = 0;
-        ++layer;
-      }
+      if (++chunk == nchunks) begin(m, layer + 1);
     }
   }
 };
@@ -207,39 +236,18 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(const __grid_con
   T* const buf0 = reinterpret_cast<T*>(smem_raw);
   T* const buf1 = buf0 + BM * a.ld0;
   T* const stages = buf1 + BM * a.ld1;
-  float* const patch = reinterpret_cast<float*>(stages + kStages * Smem::kStageElems) + (threadIdx.x / 32) * 16 * kPld;
+  const int n_stages = a.stages;
+  float* const patch = reinterpret_cast<float*>(stages + n_stages * Smem::kStageElems) + (threadIdx.x / 32) * 16 * kPld;
   const int L = mlp.num_layers;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wm = warp / Shape::kWN, wn = warp % Shape::kWN;
 
-  // Weight tile (chunk rows x kBK) of a layer into a stage; rows past the packed width are zeros.
-  auto load_weights = [&](int stage, const Cursor& at) {
-    constexpr int kV = 16 / static_cast<int>(sizeof(T));
-    constexpr int kCV = kBK / kV;
-    const T* W = static_cast<const T*>(mlp.weights[at.layer]);
-    const int kp = pad32(mlp.dims[at.layer]), np = pad32(mlp.dims[at.layer + 1]);
-    T* s = stages + stage * Smem::kStageElems;
-#pragma unroll
-    for (int it = 0; it < kBN * kCV / kThreads; ++it) {
-      const int i = threadIdx.x + it * kThreads;
-      const int r = i / kCV, cv = i % kCV;
-      const int n = at.chunk * kBN + r;
-      const bool ok = n < np;
-      cp_async<16>(s + r * Smem::kLdw + cv * kV, ok ? W + static_cast<int64_t>(n) * kp + at.kt * kBK + cv * kV : W,
-                   ok ? 16 : 0);
-    }
-  };
-
-  int total = 0;
-  for (int l = 0; l < L; ++l) total += cdiv(pad32(mlp.dims[l + 1]), kBN) * (pad32(mlp.dims[l]) / kBK);
-  Cursor next_load;
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (next_load.layer < L) {
-      load_weights(s, next_load);
-      next_load.advance(mlp);
-    }
+  WeightStream<T> weights;
+  weights.begin(mlp, 0);
+  int load_stage = 0;
+  for (; load_stage < n_stages - 1; ++load_stage) {
+    weights.issue(mlp, stages + load_stage * Smem::kStageElems, Smem::kLdw);
     cp_async_commit();
   }
 
@@ -255,41 +263,47 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(const __grid_con
 
   Tile tile;
   tile.zero();
-  Cursor at;
-  for (int t = 0; t < total; ++t) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // weight tile t and the previous layer's output visible; stage (t-1) free
-    if (next_load.layer < L) {
-      load_weights((t + kStages - 1) % kStages, next_load);
-      next_load.advance(mlp);
-    }
-    cp_async_commit();
-
-    const int layer = at.layer;
-    const int np = pad32(mlp.dims[layer + 1]);
-    const bool odd = layer & 1;
-    const int lda = odd ? a.ld1 : a.ld0;
-    if (at.chunk * kBN + wn * Shape::kFN * 16 < np) {  // warp-uniform: columns past the layer skip the MMAs
-      const T* A = (odd ? buf1 : buf0) + wm * Shape::kFM * 16 * lda + at.kt * kBK;
-      const T* B = stages + (t % kStages) * Smem::kStageElems + wn * Shape::kFN * 16 * Smem::kLdw;
+  int stage = 0;
+  for (int l = 0; l < L; ++l) {
+    const int kp = pad32(mlp.dims[l]), ktiles = cdiv(kp, kBK), np = pad32(mlp.dims[l + 1]), N = mlp.dims[l + 1];
+    const bool odd = l & 1, last = l == L - 1;
+    const int lda = odd ? a.ld1 : a.ld0, ldd = odd ? a.ld0 : a.ld1;
+    const T* const A = (odd ? buf1 : buf0) + wm * Shape::kFM * 16 * lda;
+    T* const dst = odd ? buf0 : buf1;
+    const float* const bias = mlp.biases[l];
+    const int act = mlp.act[l];
+    const float slope = mlp.slope[l];
+    for (int chunk = 0; chunk * kBN < np; ++chunk) {
+      const int n_warp = chunk * kBN + wn * Shape::kFN * 16;  // the warp's first column
+      for (int kt = 0; kt < ktiles; ++kt) {
+        if (n_stages == 3) cp_async_wait<1>();
+        else cp_async_wait<0>();
+        __syncthreads();  // weight tile visible, the previous layer's output too; stage (t-1) free
+        weights.issue(mlp, stages + load_stage * Smem::kStageElems, Smem::kLdw);
+        cp_async_commit();
+        load_stage = load_stage == n_stages - 1 ? 0 : load_stage + 1;
+        if (n_warp < np) {  // warp-uniform: columns past the layer skip the MMAs
+          const T* B = stages + stage * Smem::kStageElems + wn * Shape::kFN * 16 * Smem::kLdw;
+          // One straight block per tile (the address arithmetic of the fragment loads is then
+          // shared by all k steps); the last tile of a 32-but-not-64 multiple is half full.
+          const T* a_tile = A + kt * kBK;
+          if (kp - kt * kBK >= kBK) {
 #pragma unroll
-      for (int kk = 0; kk < kBK; kk += Tile::kStep) tile.step(A + kk, lda, B + kk, Smem::kLdw);
-    }
-
-    if (at.kt == pad32(mlp.dims[layer]) / kBK - 1) {  // chunk done: bias, activation, store
-      const bool last = layer == L - 1;
-      const int N = mlp.dims[layer + 1];
-      const float* bias = mlp.biases[layer];
-      const int act = mlp.act[layer];
-      const float slope = mlp.slope[layer];
-      T* const dst = odd ? buf0 : buf1;
-      const int ldd = odd ? a.ld0 : a.ld1;
+            for (int kk = 0; kk < kBK; kk += Tile::kStep) tile.step(a_tile + kk, lda, B + kk, Smem::kLdw);
+          } else {
+#pragma unroll
+            for (int kk = 0; kk < kBK / 2; kk += Tile::kStep) tile.step(a_tile + kk, lda, B + kk, Smem::kLdw);
+          }
+        }
+        stage = stage == n_stages - 1 ? 0 : stage + 1;
+      }
+      // chunk done: bias, activation, store (the next layer's buffer, or the output)
 #pragma unroll
       for (int i = 0; i < Shape::kFM; ++i) {
 #pragma unroll
         for (int j = 0; j < Shape::kFN; ++j) {
           const int mb = wm * Shape::kFM * 16 + 16 * i;
-          const int nb = at.chunk * kBN + wn * Shape::kFN * 16 + 16 * j;
+          const int nb = n_warp + 16 * j;
           if (nb >= np) continue;  // warp-uniform
           tile.stage(i, j, patch, kPld);
           __syncwarp();
@@ -310,7 +324,6 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(const __grid_con
       }
       tile.zero();
     }
-    at.advance(mlp);
   }
 }
 
@@ -333,20 +346,34 @@ void buffer_strides(const LsdmMLPDesc& mlp, int elem_bytes, int* ld0, int* ld1) 
   *ld1 = w[1] > 0 ? w[1] + pad : 0;
 }
 
+// Rows per block and pipeline depth: the most rows that fit (fewer weight re-reads from L2),
+// with 3 weight stages where they fit too, else 2. rows = 0: even 16 rows do not fit.
+struct TileChoice {
+  int rows, stages;
+};
+
 template <typename T>
-int tile_rows_for(const LsdmMLPDesc& mlp, int max_smem) {
+TileChoice tile_choice(const LsdmMLPDesc& mlp, int max_smem) {
   int ld0, ld1;
   buffer_strides(mlp, sizeof(T), &ld0, &ld1);
-  if (FusedSmem<T, 128>::bytes(ld0, ld1) <= max_smem) return 128;
-  if (FusedSmem<T, 64>::bytes(ld0, ld1) <= max_smem) return 64;
-  if (FusedSmem<T, 32>::bytes(ld0, ld1) <= max_smem) return 32;
-  if (FusedSmem<T, 16>::bytes(ld0, ld1) <= max_smem) return 16;
-  return 0;
+  for (int stages = kMaxStages; stages >= 2; --stages) {
+    if (FusedSmem<T, 128>::bytes(ld0, ld1, stages) <= max_smem) return {128, stages};
+  }
+  for (int stages = kMaxStages; stages >= 2; --stages) {
+    if (FusedSmem<T, 64>::bytes(ld0, ld1, stages) <= max_smem) return {64, stages};
+  }
+  for (int stages = kMaxStages; stages >= 2; --stages) {
+    if (FusedSmem<T, 32>::bytes(ld0, ld1, stages) <= max_smem) return {32, stages};
+  }
+  for (int stages = kMaxStages; stages >= 2; --stages) {
+    if (FusedSmem<T, 16>::bytes(ld0, ld1, stages) <= max_smem) return {16, stages};
+  }
+  return {0, 0};
 }
 
 template <typename T, MathMode M, int BM>
 cudaError_t launch_rows(const FusedArgs& a, cudaStream_t stream) {
-  const int64_t smem = FusedSmem<T, BM>::bytes(a.ld0, a.ld1);
+  const int64_t smem = FusedSmem<T, BM>::bytes(a.ld0, a.ld1, a.stages);
   constexpr auto kernel = fused_mlp_kernel<T, M, BM>;
   const cudaError_t err = allow_max_dynamic_smem<kernel>();
   if (err != cudaSuccess) return err;
@@ -363,7 +390,9 @@ cudaError_t launch_math(FusedArgs& a, cudaStream_t stream) {
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (err != cudaSuccess) return err;
   buffer_strides(a.mlp, sizeof(T), &a.ld0, &a.ld1);
-  switch (tile_rows_for<T>(a.mlp, max_smem)) {
+  const TileChoice tile = tile_choice<T>(a.mlp, max_smem);
+  a.stages = tile.stages;
+  switch (tile.rows) {
     case 128: return launch_rows<T, M, 128>(a, stream);
     case 64: return launch_rows<T, M, 64>(a, stream);
     case 32: return launch_rows<T, M, 32>(a, stream);
@@ -399,9 +428,9 @@ cudaError_t launch(const LsdmMLPDesc& mlp, const InputSpec& in, int64_t n, void*
 int lsdm_mlp_tile_rows(const LsdmMLPDesc& mlp, int max_smem) {
   if (mlp.num_layers < 1 || mlp.num_layers > LSDM_MLP_MAX_LAYERS) return 0;
   switch (mlp.math) {
-    case LSDM_MATH_TF32: return tile_rows_for<float>(mlp, max_smem);
-    case LSDM_MATH_BF16: return tile_rows_for<__nv_bfloat16>(mlp, max_smem);
-    case LSDM_MATH_F16: return tile_rows_for<__half>(mlp, max_smem);
+    case LSDM_MATH_TF32: return tile_choice<float>(mlp, max_smem).rows;
+    case LSDM_MATH_BF16: return tile_choice<__nv_bfloat16>(mlp, max_smem).rows;
+    case LSDM_MATH_F16: return tile_choice<__half>(mlp, max_smem).rows;
     default: return 0;
   }
 }

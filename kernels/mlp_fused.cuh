@@ -5,8 +5,10 @@
 // One thread block per tile of BM rows runs every layer: the tile's activations stay in shared
 // memory (two buffers, in the operand type) from the input to the last layer, whose output is
 // written once, converted to the requested type. Each layer is a BM x N x K product computed in
-// column chunks of 128 outputs; weight tiles (128 x 32) stream from global memory (L2) through a
-// 3-stage cp.async pipeline that runs on across chunks and layers. Math: bf16 or fp16 operands
+// column chunks of 128 outputs; weight tiles (128 x 64) stream from global memory (L2) through a
+// 3-stage (2 where shared memory is short) cp.async pipeline that runs on across chunks and
+// layers. BM is the most rows (128, 64, 32, 16) whose buffers fit: every row tile reads all the
+// weights once from L2, so more rows mean less L2 traffic. Math: bf16 or fp16 operands
 // (wmma m16n16k16), or float32 operands rounded to TF32 (m16n16k8), always float accumulation;
 // bias and activation in float32, then rounded to the operand type for the next layer.
 //
