@@ -1,7 +1,8 @@
 // Building blocks shared by the critic GEMMs (critic_gp.cu) and the fused MLP (mlp_fused.cu):
 // cp.async global -> shared copies with zero fill, and a warp tile of FM x FN 16x16 output
-// sub-tiles computed on the tensor cores (nvcuda::wmma: TF32 m16n16k8, 3xTF32, bf16/fp16
-// m16n16k16, all with float accumulators) or with plain FMAs (float32 "ieee" and float64).
+// sub-tiles computed on the tensor cores (nvcuda::wmma TF32 m16n16k8 and 3xTF32; mma.sync
+// m16n8k16 with ldmatrix for bf16/fp16; float accumulators) or with plain FMAs (float32
+// "ieee" and float64).
 //
 // Every mode shares one contract, so that a kernel is written once for all of them:
 //   - operands sit in shared memory; A is M x K, B is K x N, each row- or column-major
@@ -13,7 +14,8 @@
 //     specified, so a __syncwarp() must separate stage() from reading the patch.
 //
 // LSDM_HOST_EMULATION builds these for the CPU test harness (tests/cuda_emu): cp.async becomes
-// a plain copy and wmma comes from the harness's own mma.h.
+// a plain copy, wmma comes from the harness's own mma.h, and ldmatrix / mma.sync are warp-
+// collective emulations of the PTX semantics quoted at MmaTile.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -122,11 +124,10 @@ struct MathTraits<MathMode::kHalf, T> {
 // B(k, n) = B_ROW ? b[k*ldb + n] : b[n*ldb + k]; pointers at the warp's (m, k) / (k, n) origin.
 template <MathMode M, typename T, int FM, int FN, bool A_ROW, bool B_ROW>
 struct WmmaTile {
-  static_assert(M != MathMode::kSimt, "WmmaTile is the tensor-core tile");
-  static_assert(M == MathMode::kHalf ? !std::is_same<T, float>::value : std::is_same<T, float>::value,
-                "TF32 modes take float operands, kHalf takes bf16 / fp16");
+  static_assert(M == MathMode::kTf32 || M == MathMode::kTf32x3, "WmmaTile is the TF32 tensor-core tile");
+  static_assert(std::is_same<T, float>::value, "TF32 modes take float operands");
   static constexpr int kStep = MathTraits<M, T>::kStep;
-  using Elem = typename std::conditional<M == MathMode::kHalf, T, nvcuda::wmma::precision::tf32>::type;
+  using Elem = nvcuda::wmma::precision::tf32;
   using ALayout = typename std::conditional<A_ROW, nvcuda::wmma::row_major, nvcuda::wmma::col_major>::type;
   using BLayout = typename std::conditional<B_ROW, nvcuda::wmma::row_major, nvcuda::wmma::col_major>::type;
   using FragA = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, kStep, Elem, ALayout>;
@@ -196,6 +197,91 @@ struct WmmaTile {
   }
 };
 
+// bf16 / fp16 on mma.sync.m16n8k16 with ldmatrix.x4 fragment loads (wmma's bf16 loads compile
+// to generic 32-bit loads with per-lane address arithmetic at every k step; ldmatrix takes one
+// instruction per 16x16 operand tile from a shared address). Operand ownership, lane l, g = l/4,
+// t = l%4 (PTX ISA, "Matrix fragments for mma.m16n8k16"): A register r holds row g + 8 (r % 2),
+// k pair t + 4 (r / 2); B register r holds column g, k pair t + 4 r; D register r is row
+// g + 8 (r / 2), column 2 t + r % 2. ldmatrix.x4: lane 8 j + i gives the address of row i of
+// 8x8 matrix j and receives, for every j, the k pair (l % 4) of row (l / 4). Only A row-major
+// ([m][k]) with B column-major ([n][k]), as the fused MLP stores them.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+#ifdef LSDM_HOST_EMULATION
+  lsdm_emu_ldmatrix_x4(r, row);
+#else
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  static_assert(std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value, "bf16 or fp16");
+#ifdef LSDM_HOST_EMULATION
+  lsdm_emu_mma_16816(d, a, b0, b1, std::is_same<T, __nv_bfloat16>::value);
+#else
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#endif
+}
+
+template <typename T, int FM, int FN, bool A_ROW, bool B_ROW>
+struct MmaTile {
+  static_assert(A_ROW && !B_ROW, "MmaTile takes A row-major and B column-major");
+  static constexpr int kStep = 16;
+  float acc[FM][2 * FN][4];  // sub-tile (i, j) is the n8 tiles 2j and 2j + 1
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < 2 * FN; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+  }
+
+  __device__ __forceinline__ void step(const T* a, int lda, const T* b, int ldb) {
+    const int lane = threadIdx.x % kWarpSize;
+    // A: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15)
+    const T* a_row = a + (lane & 15) * lda + (lane >> 4) * 8;
+    // B: matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
+    const T* b_row = b + ((lane >> 4) * 8 + (lane & 7)) * ldb + ((lane >> 3) & 1) * 8;
+    uint32_t fb[FN][4];
+#pragma unroll
+    for (int j = 0; j < FN; ++j) ldmatrix_x4(fb[j], b_row + 16 * j * ldb);
+#pragma unroll
+    for (int i = 0; i < FM; ++i) {
+      uint32_t fa[4];
+      ldmatrix_x4(fa, a_row + 16 * i * lda);
+#pragma unroll
+      for (int j = 0; j < FN; ++j) {
+        mma_16816<T>(acc[i][2 * j], fa, fb[j][0], fb[j][1]);
+        mma_16816<T>(acc[i][2 * j + 1], fa, fb[j][2], fb[j][3]);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void stage(int i, int j, float* patch, int ldp) const {
+    const int lane = threadIdx.x % kWarpSize;
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) patch[(g + 8 * (r >> 1)) * ldp + 8 * h + 2 * t + (r & 1)] = acc[i][2 * j + h][r];
+  }
+};
+
 // The same contract on the FMA units: lane l owns row l/2 and 8 consecutive columns
 // 8*(l%2) .. 8*(l%2)+7 of every sub-tile; accumulation in T (float32 or float64).
 template <typename T, int FM, int FN, bool A_ROW, bool B_ROW>
@@ -246,8 +332,10 @@ struct SimtTile {
 };
 
 template <MathMode M, typename T, int FM, int FN, bool A_ROW, bool B_ROW>
-using WarpTile = typename std::conditional<M == MathMode::kSimt, SimtTile<T, FM, FN, A_ROW, B_ROW>,
-                                           WmmaTile<M, T, FM, FN, A_ROW, B_ROW>>::type;
+using WarpTile = typename std::conditional<
+    M == MathMode::kSimt, SimtTile<T, FM, FN, A_ROW, B_ROW>,
+    typename std::conditional<M == MathMode::kHalf, MmaTile<T, FM, FN, A_ROW, B_ROW>,
+                              WmmaTile<M, T, FM, FN, A_ROW, B_ROW>>::type>::type;
 
 // Row stride (elements) of a 16x16 epilogue patch: 16 plus a 16-byte skew against bank conflicts.
 template <typename Acc>

@@ -6,6 +6,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+
+#include "include/cuda_bf16.h"
+#include "include/cuda_fp16.h"
 #include <map>
 #include <memory>
 #include <vector>
@@ -168,6 +171,17 @@ void exchange(const void* in, void* out, size_t bytes, int src_lane) {
   sync_warp();
 }
 
+void all_gather(const void* in, void* out, size_t bytes) {
+  const int w = static_cast<int>(current->tid / 32), lane = static_cast<int>(current->tid % 32);
+  std::vector<unsigned char>& slots = warp_slots[w];
+  if (slots.size() < 32 * bytes) slots.resize(32 * bytes);
+  sync_warp();  // slots may still be read by a previous collective
+  std::memcpy(&slots[lane * bytes], in, bytes);
+  sync_warp();
+  std::memcpy(out, slots.data(), 32 * bytes);
+  sync_warp();
+}
+
 void set_error(cudaError_t e) { last_error = e; }
 cudaError_t take_error() {
   const cudaError_t e = last_error;
@@ -187,4 +201,61 @@ void lsdm_emu_cp_async(void* smem, const void* gmem, int bytes, int src_bytes) {
   }
   std::memcpy(smem, gmem, static_cast<size_t>(src_bytes));
   std::memset(static_cast<char*>(smem) + src_bytes, 0, static_cast<size_t>(bytes - src_bytes));
+}
+
+void lsdm_emu_ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  const void* rows[32];
+  lsdm_emu::all_gather(&row, rows, sizeof(row));
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  for (int j = 0; j < 4; ++j) {
+    const unsigned char* src = static_cast<const unsigned char*>(rows[8 * j + lane / 4]);
+    if (reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+      std::fprintf(stderr, "ldmatrix: row address %p is not 16-byte aligned\n", static_cast<const void*>(src));
+      std::abort();
+    }
+    std::memcpy(&r[j], src + 4 * (lane % 4), 4);  // the k pair (lane % 4) of row (lane / 4)
+  }
+}
+
+namespace {
+float half_bits_to_float(uint16_t h, bool bf16) {
+  if (bf16) {
+    __nv_bfloat16 v;
+    v.bits = h;
+    return __bfloat162float(v);
+  }
+  __half v;
+  v.bits = h;
+  return __half2float(v);
+}
+}  // namespace
+
+void lsdm_emu_mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16) {
+  struct Frag {
+    uint32_t a[4], b[2];
+    float c[4];
+  } mine{{a[0], a[1], a[2], a[3]}, {b0, b1}, {d[0], d[1], d[2], d[3]}}, all[32];
+  lsdm_emu::all_gather(&mine, all, sizeof(Frag));
+  float A[16][16], B[16][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t = l % 4;
+    for (int r = 0; r < 4; ++r) {  // A register r: row g + 8 (r % 2), k pair t + 4 (r / 2)
+      const int row = g + 8 * (r % 2), k = 2 * (t + 4 * (r / 2));
+      A[row][k] = half_bits_to_float(static_cast<uint16_t>(all[l].a[r] & 0xffffu), bf16);
+      A[row][k + 1] = half_bits_to_float(static_cast<uint16_t>(all[l].a[r] >> 16), bf16);
+      C[g + 8 * (r / 2)][2 * t + r % 2] = all[l].c[r];  // D / C register r: row g + 8 (r / 2), col 2 t + r % 2
+    }
+    for (int r = 0; r < 2; ++r) {  // B register r: column g, k pair t + 4 r
+      const int k = 2 * (t + 4 * r);
+      B[k][g] = half_bits_to_float(static_cast<uint16_t>(all[l].b[r] & 0xffffu), bf16);
+      B[k + 1][g] = half_bits_to_float(static_cast<uint16_t>(all[l].b[r] >> 16), bf16);
+    }
+  }
+  const int lane = static_cast<int>(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float s = C[row][col];
+    for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+    d[r] = s;
+  }
 }

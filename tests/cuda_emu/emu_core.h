@@ -55,6 +55,7 @@ unsigned char* dynamic_smem();
 void sync_block();
 void sync_warp();
 void exchange(const void* in, void* out, size_t bytes, int src_lane);  // warp-collective
+void all_gather(const void* in, void* out, size_t bytes);  // warp-collective: out[lane] = lane's in
 void set_error(cudaError_t e);
 cudaError_t take_error();
 void set_func_smem(const void* kernel, int bytes);
@@ -111,6 +112,12 @@ using std::sqrt;
 
 // cp.async: the copy happens at once; checks the alignment the hardware requires.
 void lsdm_emu_cp_async(void* smem, const void* gmem, int bytes, int src_bytes);
+
+// Warp-collective ldmatrix.sync.aligned.m8n8.x4.shared.b16 and
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32, from the PTX ISA's
+// operand ownership (every lane must call them, as on the hardware).
+void lsdm_emu_ldmatrix_x4(uint32_t (&r)[4], const void* row);
+void lsdm_emu_mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16);
 
 // CUDA's cospi (glibc has none before 2.41): cos(pi x), accurate to a few ulps like the device's.
 inline double cospi(double x) { return std::cos(3.141592653589793 * x); }
