@@ -2,10 +2,10 @@
 (csrc/cuda/encode_generate_cuda.cpp). One kernel launch per call, on the tensor cores.
 
 What runs where:
-- bf16 / fp16 weights: the fused kernel with bf16 / fp16 tensor-core MMAs, float32 accumulation,
-  activations rounded to the weight dtype between layers (as eager bf16 does).
+- bf16 / fp16 weights: the fused kernel on mma.sync.m16n8k16 (ldmatrix fragment loads), float32
+  accumulation, activations rounded to the weight dtype between layers (as eager bf16 does).
 - float32 weights with precision "tf32" (argument, or LSDM_CUDA_FP32_PRECISION=tf32): the fused
-  kernel on TF32 tensor cores (about 1e-3 relative error).
+  kernel on TF32 tensor cores (wmma m16n16k8; about 1e-3 relative error).
 - float32 weights with precision "ieee" (the default: parity 1e-4 with float64) and float64
   weights: eager PyTorch (cuBLAS), the same code as the "torch" backend. A fused kernel on the
   FMA units would not beat cuBLAS's float32 GEMMs (estimate from the instruction mix; no GPU
