@@ -12,7 +12,7 @@
 // s'(a_l) is read from the sign of the stored forward activation u_l (u_l > 0 exactly when
 // a_l > 0 for slope >= 0), so the backward sweeps reuse the forward's signs.
 //
-// Launches per critic step (3L + 4, one more for odd widths; all on the given stream, no host
+// Launches per critic step (3L + 3, one more for odd widths; all on the given stream, no host
 // synchronisation and no allocation: the caller passes one scratch buffer of
 // critic_gp_layout(...).total elements):
 //   prep     u_0 rows (x, z_real), (x, z_fake), (x, t z_real + (1 - t) z_fake)
