@@ -1,9 +1,9 @@
 """CUDA backend of the fused WGAN-GP critic step: kernels/critic_gp.cu through the extension
 `lsdm_fast._C_cuda` (csrc/cuda/critic_gp_cuda.cpp).
 
-A critic step is 3L + 3 launches (L linear layers; one more for odd widths): tile GEMMs on the tensor cores for the
-forward, the backward sweep, the penalty's r sweep and the weight gradients, plus small row
-kernels; reductions go over fixed row chunks in a fixed order (deterministic, no atomics). No
+A critic step is 3L + 3 launches (L linear layers; one more for odd widths): tile GEMMs on
+the tensor cores for the forward, the backward sweep, the penalty's r sweep and the weight
+gradients, plus small row kernels; reductions go over fixed row chunks in a fixed order (deterministic, no atomics). No
 host synchronisation and no allocation outside torch's caching allocator, so the step can be
 captured in a CUDA graph.
 
