@@ -237,24 +237,39 @@ def run_triton_subprocess(specs: list[str], timeout: int = 1500) -> list[KernelR
 
 # ------------------------------------------------------------------------------ CUDA
 
+# What setup.py passes nvcc for the extension (besides the -gencode list), so that the kernels
+# checked here are the kernels built there.
+NVCC_FLAGS = ("-std=c++17", "-O3", "--use_fast_math")
+
+
+def demangle(names: list[str]) -> list[str]:
+    """C++ names as c++filt prints them; unchanged where c++filt is missing."""
+    filt = shutil.which("c++filt")
+    if not filt or not names:
+        return names
+    out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return out if len(out) == len(names) else names
+
+
 def compile_cuda(path: str, tmp: str, extra: tuple = ()) -> list[KernelReport]:
-    """nvcc -cubin -arch=sm_90 -Xptxas -v on one .cu file: one report per kernel (mangled name)."""
+    """nvcc -cubin -arch=sm_90 -Xptxas -v on one .cu file: one report per kernel, named by its
+    demangled signature (the mangled name in config["mangled"])."""
     nvcc = tool("nvcc")
     cubin = os.path.join(tmp, os.path.basename(path) + ".cubin")
-    proc = subprocess.run([nvcc, "-cubin", "-std=c++17", "-arch=sm_90", "-O3", "-Xptxas", "-v",
+    proc = subprocess.run([nvcc, "-cubin", "-arch=sm_90", *NVCC_FLAGS, "-Xptxas", "-v",
                            "-I", os.path.join(ROOT, "kernels"), *extra, path, "-o", cubin],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         return [KernelReport(name=os.path.basename(path), error=proc.stderr[-4000:])]
     ptx = _ptxas_report(proc.stdout + proc.stderr)
     sass = _sass_stats(cubin)
     reports = []
-    for name, s in sass.items():
-        p = ptx.get(name, {})
-        reports.append(KernelReport(name=name, registers=p.get("registers", -1), spill_stores=p.get("spill_stores", 0),
-                                    spill_loads=p.get("spill_loads", 0), stack=p.get("stack", 0),
-                                    shared=p.get("shared", 0), local=s["local"], sass_tensor_core=sorted(s["tc"]),
-                                    sass_ffma=s["ffma"]))
+    for name, readable in zip(sass, demangle(list(sass))):
+        s, p = sass[name], ptx.get(name, {})
+        reports.append(KernelReport(name=readable, config={"mangled": name}, registers=p.get("registers", -1),
+                                    spill_stores=p.get("spill_stores", 0), spill_loads=p.get("spill_loads", 0),
+                                    stack=p.get("stack", 0), shared=p.get("shared", 0), local=s["local"],
+                                    sass_tensor_core=sorted(s["tc"]), sass_ffma=s["ffma"]))
     return reports
 
 
@@ -265,7 +280,7 @@ def cuda_sources() -> list[str]:
 def format_table(reports: list[KernelReport]) -> str:
     rows = ["kernel | config | regs | spill st/ld | stack | local | smem | tensor cores (SASS) | FFMA | error"]
     for r in reports:
-        cfg = ",".join(f"{k}={v}" for k, v in r.config.items())
+        cfg = ",".join(f"{k}={v}" for k, v in r.config.items() if k != "mangled")
         rows.append(f"{r.name} | {cfg} | {r.registers} | {r.spill_stores}/{r.spill_loads} | {r.stack} | {r.local} | "
                     f"{r.shared} | {'/'.join(r.sass_tensor_core) or '-'} | {r.sass_ffma} | "
                     f"{(r.error or '').splitlines()[0][:80] if r.error else ''}")

@@ -1,16 +1,34 @@
 """CUDA backend of the fused WGAN-GP critic step: kernels/critic_gp.cu through the extension
-`lsdm_fast._C_cuda` (csrc/cuda/critic_gp_cuda.cpp). Two launches per critic step (rows kernel +
-weight-gradient kernel, which also reduces the scalars), two for the score gradient.
-float32 and float64 natively (float accumulation for float32); other dtypes are upcast to
-float32 and the results cast back."""
+`lsdm_fast._C_cuda` (csrc/cuda/critic_gp_cuda.cpp).
+
+A critic step is 3L + 3 launches (L linear layers; one more for odd widths): tile GEMMs on
+the tensor cores for the forward, the backward sweep, the penalty's r sweep and the weight
+gradients, plus small row kernels; reductions go over fixed row chunks in a fixed order (deterministic, no atomics). No
+host synchronisation and no allocation outside torch's caching allocator, so the step can be
+captured in a CUDA graph.
+
+Precision (float32 inputs; `input_precision=` or LSDM_CUDA_PRECISION, default "tf32"):
+  "tf32"   TF32 tensor cores with float32 accumulation for the backward, r-sweep and weight-
+           gradient GEMMs; 3xTF32 for the forward (whose activation signs every later sweep
+           reuses: a sign flipped by TF32 rounding changes its row's gradients by about
+           1/sqrt(width)) and for g_0 = dL/du_0 (the penalty needs |g_0| - 1 to float32
+           accuracy). Relative error about 5e-4 against float64 (CPU emulation of the kernels).
+  "tf32x3" 3xTF32 everywhere: about float32 accuracy on the tensor cores.
+  "ieee"   float32 FMA units throughout (parity path).
+float64 runs on the FMA units in float64; float16/bfloat16 inputs are upcast to float32 and
+the results cast back. Critics outside 2..4 linear layers run the PyTorch reference (one
+warning): the kernels' per-layer arrays are fixed at 4.
+"""
 from __future__ import annotations
 
-import torch
+import os
 
-from .._ext import cuda_extension, load_error
+from .._ext import cuda_extension, load_error, warn_once
 from ._registry import register
-from .critic_gp import CriticStepOutput
+from .critic_gp import CriticStepOutput, critic_gradient_penalty_torch, critic_score_grad_torch
 from .mlp import hidden_slope, work_dtype
+
+PRECISIONS = ("ieee", "tf32", "tf32x3")  # codes 0, 1, 2 in csrc/cuda/critic_gp_cuda.cpp
 
 
 def _has(name: str) -> bool:
@@ -29,20 +47,41 @@ def _avail(fn_name: str):
     return lambda device: device.type == "cuda" and _has(fn_name)
 
 
-def _prep(critic, dtype):
-    slope = hidden_slope(critic)
+def _precision_code(input_precision: str | None) -> int:
+    p = input_precision or os.environ.get("LSDM_CUDA_PRECISION", "tf32")
+    if p not in PRECISIONS:
+        raise ValueError(f"input_precision must be one of {PRECISIONS}, got {p!r}")
+    return PRECISIONS.index(p)
+
+
+def _fits(critic) -> bool:
+    limit = cuda_extension().critic_max_layers
+    if 2 <= len(critic.weights) <= limit:
+        return True
+    warn_once(f"critic_cuda_layers:{len(critic.weights)}",
+              f"lsdm_fast: the CUDA critic kernels take 2 to {limit} linear layers, this critic has "
+              f"{len(critic.weights)}; running the PyTorch reference instead")
+    return False
+
+
+def _params(critic, dtype):
     ws = [w.detach().to(dtype) for w in critic.weights]
     bs = [b.detach().to(dtype) for b in critic.biases]
-    return ws, bs, slope
+    return ws, bs
 
 
 @register("critic_gradient_penalty", "cuda", available=_avail("critic_gp_step"), why_unavailable=_why_unavailable)
-def critic_gradient_penalty_cuda(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over):
+def critic_gradient_penalty_cuda(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over,
+                                 input_precision: str | None = None):
+    code = _precision_code(input_precision)
+    if not _fits(critic):
+        return critic_gradient_penalty_torch(critic, x, z_real, z_fake, t, gp_weight=gp_weight,
+                                             penalty_over=penalty_over)
     dtype = work_dtype(x)
-    ws, bs, slope = _prep(critic, dtype)
+    ws, bs = _params(critic, dtype)
     loss, wass, pen, gw, gb = cuda_extension().critic_gp_step(
         ws, bs, x.detach().to(dtype), z_real.detach().to(dtype), z_fake.detach().to(dtype),
-        t.detach().reshape(-1).to(dtype), slope, float(gp_weight), penalty_over == "latent")
+        t.detach().reshape(-1).to(dtype), hidden_slope(critic), float(gp_weight), penalty_over == "latent", code)
     if dtype != x.dtype:
         loss, wass, pen = (v.to(x.dtype) for v in (loss, wass, pen))
         gw = [g.to(x.dtype) for g in gw]
@@ -51,8 +90,12 @@ def critic_gradient_penalty_cuda(critic, x, z_real, z_fake, t, *, gp_weight, pen
 
 
 @register("critic_score_grad", "cuda", available=_avail("critic_score_grad"), why_unavailable=_why_unavailable)
-def critic_score_grad_cuda(critic, x, z):
+def critic_score_grad_cuda(critic, x, z, *, input_precision: str | None = None):
+    code = _precision_code(input_precision)
+    if not _fits(critic):
+        return critic_score_grad_torch(critic, x, z)
     dtype = work_dtype(x)
-    ws, bs, slope = _prep(critic, dtype)
-    score, dz = cuda_extension().critic_score_grad(ws, bs, x.detach().to(dtype), z.detach().to(dtype), slope)
+    ws, bs = _params(critic, dtype)
+    score, dz = cuda_extension().critic_score_grad(ws, bs, x.detach().to(dtype), z.detach().to(dtype),
+                                                   hidden_slope(critic), code)
     return score.to(x.dtype), dz.to(x.dtype)
