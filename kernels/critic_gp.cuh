@@ -1,4 +1,4 @@
-// Fused WGAN-GP critic step (DESIGN.md section 3), CUDA C++ with no torch headers.
+// Fused WGAN-GP critic step (docs/design.md §3), CUDA C++ with no torch headers.
 //
 // Critic: L = 2..4 linear layers, LeakyReLU(slope) hidden layers (ReLU: slope 0), one output.
 // The real, fake and interpolated batches are stacked as M = 3B rows (kind k = 0, 1, 2) with
@@ -41,7 +41,7 @@
 namespace lsdm {
 namespace cuda {
 
-constexpr int kCriticMaxLayers = 4;  // linear layers; the Python side falls back beyond this
+constexpr int kCriticMaxLayers = 4;  // linear layers; = MAX_LAYERS in lsdm_fast/ops/critic_gp_cuda.py (registry limit)
 
 enum class CriticPrecision : int { kIeee = 0, kTf32 = 1, kTf32x3 = 2 };
 

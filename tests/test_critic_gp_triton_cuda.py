@@ -256,9 +256,11 @@ def test_cuda_backend_registered_or_explains():
 
 
 @needs_gpu
+@pytest.mark.parametrize("precision, tol", [("tf32", 1e-2), ("ieee", 1e-4)])  # tf32: the CUDA default
 @pytest.mark.parametrize("cfg", CONFIGS, ids=CFG_IDS)
-def test_cuda_step_float32(cfg, rng):
-    _check_step("cuda", cfg, rng, torch.float32, 1e-4)
+def test_cuda_step_float32(cfg, rng, precision, tol, monkeypatch):
+    monkeypatch.setenv("LSDM_CUDA_PRECISION", precision)
+    _check_step("cuda", cfg, rng, torch.float32, tol)
 
 
 @needs_gpu
@@ -269,11 +271,13 @@ def test_cuda_step_float64(cfg, rng):
 
 @needs_gpu
 @pytest.mark.parametrize("cfg", CONFIGS, ids=CFG_IDS)
-def test_cuda_score_grad(cfg, rng):
-    _check_score("cuda", cfg, rng, torch.float32, 1e-4)
+def test_cuda_score_grad(cfg, rng, monkeypatch):
+    _check_score("cuda", cfg, rng, torch.float32, 1e-2)  # default: TF32
     _check_score("cuda", cfg, rng, torch.float64, 1e-10)
+    monkeypatch.setenv("LSDM_CUDA_PRECISION", "ieee")
+    _check_score("cuda", cfg, rng, torch.float32, 1e-4)
 
 
 @needs_gpu
 def test_cuda_step_large_batch(rng):
-    _check_step("cuda", (1000, [42, 512, 512, 1], 10, "joint", 0.2), rng, torch.float32, 1e-4)
+    _check_step("cuda", (1000, [42, 512, 512, 1], 10, "joint", 0.2), rng, torch.float32, 1e-2)  # default: TF32

@@ -104,3 +104,13 @@ def test_tensor_core_kernels_use_tensor_cores(builds, name):
 def test_glue_parses_against_torch_headers(builds, name):
     err = builds[1][name]
     assert err is None, f"{name} does not parse as C++ against torch's headers:\n{err}"
+
+
+def test_python_side_knows_the_kernels_layer_limit():
+    """MAX_LAYERS in lsdm_fast/ops/critic_gp_cuda.py is the registry limit; kCriticMaxLayers sizes the kernels'
+    per-layer arrays. They must agree (checked without a GPU: the header is plain text)."""
+    import re
+
+    from lsdm_fast.ops.critic_gp_cuda import MAX_LAYERS
+    header = open(os.path.join(ROOT, "kernels", "critic_gp.cuh")).read()
+    assert int(re.search(r"constexpr int kCriticMaxLayers = (\d+);", header).group(1)) == MAX_LAYERS

@@ -24,10 +24,11 @@ from .._ext import warn_once
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 # CPU: the C++ kernels (measured 1.5-2.2x eager, bench/RESULTS.md). CUDA: no GPU timing exists
 # yet (bench/RESULTS.md), so the order rests on offline evidence, the sm_90 compile reports of
-# tests/sm90.py (2026-11-26): the Triton critic kernels run their GEMMs on tensor cores (HGMMA
-# in the SASS of every TF32 kernel, no spills; tests/test_sm90_critic.py), while
-# kernels/critic_gp.cu on main is FMA-only (no HMMA/HGMMA) with a 120-byte stack. Re-rank from
-# bench/bench_critic_step.py once it has run on a GPU.
+# tests/sm90.py (2026-11-26): both compiled backends run their GEMMs on tensor cores with no spills
+# or stack, the Triton kernels through Hopper's wgmma (HGMMA in the SASS; tests/test_sm90_*.py),
+# the CUDA kernels through WMMA/mma.sync (HMMA; tests/test_cuda_compile.py), which on an H100 is
+# the slower path; the Triton critic step is also fewer launches (7 vs 12 for a 3-layer critic).
+# Re-rank from bench/bench_critic_step.py and bench_encode_generate.py once they have run on a GPU.
 AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 
 

@@ -15,20 +15,21 @@ Precision (float32 inputs; `input_precision=` or LSDM_CUDA_PRECISION, default "t
            accuracy). Relative error about 5e-4 against float64 (CPU emulation of the kernels).
   "tf32x3" 3xTF32 everywhere: about float32 accuracy on the tensor cores.
   "ieee"   float32 FMA units throughout (parity path).
-float64 runs on the FMA units in float64; float16/bfloat16 inputs are upcast to float32 and
-the results cast back. Critics outside 2..4 linear layers run the PyTorch reference (one
-warning): the kernels' per-layer arrays are fixed at 4.
+float64 runs on the FMA units in float64 (the entry point hands every backend float32 or
+float64). The kernels take critics of 2 to MAX_LAYERS linear layers (their per-layer arrays
+are fixed): a registry limit, so "auto" passes over this backend for deeper critics.
 """
 from __future__ import annotations
 
 import os
 
-from .._ext import cuda_extension, load_error, warn_once
+from .._ext import cuda_extension, load_error
 from ._registry import register
-from .critic_gp import CriticStepOutput, critic_gradient_penalty_torch, critic_score_grad_torch
+from .critic_gp import CriticStepOutput, layer_limits
 from .mlp import hidden_slope, work_dtype
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")  # codes 0, 1, 2 in csrc/cuda/critic_gp_cuda.cpp
+MAX_LAYERS = 4  # = critic_max_layers of the extension (kernels/critic_gp.cuh)
 
 
 def _has(name: str) -> bool:
@@ -54,29 +55,17 @@ def _precision_code(input_precision: str | None) -> int:
     return PRECISIONS.index(p)
 
 
-def _fits(critic) -> bool:
-    limit = cuda_extension().critic_max_layers
-    if 2 <= len(critic.weights) <= limit:
-        return True
-    warn_once(f"critic_cuda_layers:{len(critic.weights)}",
-              f"lsdm_fast: the CUDA critic kernels take 2 to {limit} linear layers, this critic has "
-              f"{len(critic.weights)}; running the PyTorch reference instead")
-    return False
-
-
 def _params(critic, dtype):
     ws = [w.detach().to(dtype) for w in critic.weights]
     bs = [b.detach().to(dtype) for b in critic.biases]
     return ws, bs
 
 
-@register("critic_gradient_penalty", "cuda", available=_avail("critic_gp_step"), why_unavailable=_why_unavailable)
+@register("critic_gradient_penalty", "cuda", available=_avail("critic_gp_step"), why_unavailable=_why_unavailable,
+          limits=layer_limits(2, MAX_LAYERS))
 def critic_gradient_penalty_cuda(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over,
                                  input_precision: str | None = None):
     code = _precision_code(input_precision)
-    if not _fits(critic):
-        return critic_gradient_penalty_torch(critic, x, z_real, z_fake, t, gp_weight=gp_weight,
-                                             penalty_over=penalty_over)
     dtype = work_dtype(x)
     ws, bs = _params(critic, dtype)
     loss, wass, pen, gw, gb = cuda_extension().critic_gp_step(
@@ -89,11 +78,10 @@ def critic_gradient_penalty_cuda(critic, x, z_real, z_fake, t, *, gp_weight, pen
     return CriticStepOutput(loss, wass, pen, list(gw), list(gb), backend="cuda")
 
 
-@register("critic_score_grad", "cuda", available=_avail("critic_score_grad"), why_unavailable=_why_unavailable)
+@register("critic_score_grad", "cuda", available=_avail("critic_score_grad"), why_unavailable=_why_unavailable,
+          limits=layer_limits(2, MAX_LAYERS))
 def critic_score_grad_cuda(critic, x, z, *, input_precision: str | None = None):
     code = _precision_code(input_precision)
-    if not _fits(critic):
-        return critic_score_grad_torch(critic, x, z)
     dtype = work_dtype(x)
     ws, bs = _params(critic, dtype)
     score, dz = cuda_extension().critic_score_grad(ws, bs, x.detach().to(dtype), z.detach().to(dtype),
