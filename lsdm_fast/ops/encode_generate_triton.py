@@ -94,23 +94,27 @@ def _activate(v, slope, CODE: tl.constexpr):
 
 
 @triton.jit
-def _dense_layer(src, src_stride, src_rows, src_mask, dst, dst_stride, dst_rows, dst_mask, w_ptr, b_ptr, slope, z,
+def _dense_layer(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z,
                  K_LOAD: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_STORE: tl.constexpr,
                  ACT: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                  NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """dst[r, :N_STORE] = act(src[r, :K] @ W^T + b) for the BM rows of a tile.
+    """dst[r, :N_STORE] = act(src[r, :K] @ W^T + b) for the BM rows r of a tile.
 
     W is (N, K) row-major in the compute dtype (N, K padded to multiples of 16, padding zero),
-    b float32 (N,). src row r lives at src + src_rows[r] * src_stride and has K_LOAD <= K valid
-    columns (the rest read as 0); dst row r at dst + dst_rows[r] * dst_stride."""
-    rk0 = tl.arange(0, BK) + z
+    b float32 (N,). Row r of the tile lives at src + r * src_stride (K_LOAD <= K valid columns,
+    the rest read as 0; rows outside src_mask read as 0) and dst + r * dst_stride (rows outside
+    dst_mask are not stored). `z` is 0 at run time, opaque to the compiler: index vectors that
+    depend on it are not hoisted out of the tile and column loops, where they would hold
+    registers across every layer (see _fused_mlp_kernel)."""
+    r = tl.arange(0, BM)
     rn0 = tl.arange(0, BN) + z
     for n0 in range(0, N, BN):
         rn = n0 + rn0
+        rk0 = tl.arange(0, BK) + tl.multiple_of(n0 * z, 16)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for k0 in tl.range(0, K, BK, num_stages=NUM_STAGES):
             rk = k0 + rk0
-            a = tl.load(src + src_rows[:, None] * src_stride + rk[None, :],
+            a = tl.load(src + r[:, None] * src_stride + rk[None, :],
                         mask=src_mask[:, None] & (rk < K_LOAD)[None, :], other=0.0)
             w_ptrs = w_ptr + rn[:, None] * K + rk[None, :]
             if (K % BK != 0) or (N % BN != 0):
@@ -131,41 +135,43 @@ def _dense_layer(src, src_stride, src_rows, src_mask, dst, dst_stride, dst_rows,
             # round half to even as torch.round: x + 2^23 - 2^23 in float32 for 0 <= x <= 255
             v = tl.minimum(tl.maximum(v * 255.0, 0.0), 255.0)
             v = (v + 8388608.0) - 8388608.0
-        tl.store(dst + dst_rows[:, None] * dst_stride + rn[None, :], v.to(dst.dtype.element_ty),
+        tl.store(dst + r[:, None] * dst_stride + rn[None, :], v.to(dst.dtype.element_ty),
                  mask=dst_mask[:, None] & (rn < N_STORE)[None, :])
 
 
 @triton.jit
-def _generator_input(in_ptr, in_stride, cond_ptr, cond_stride, dst, rows, row_mask, local, seed, row_offset,
+def _generator_input(in_tile, in_stride, cond_tile, cond_stride, dst, row_mask, first_row, seed,
                      SW: tl.constexpr, NOISE: tl.constexpr, COND: tl.constexpr, WIDTH: tl.constexpr,
-                     MODE: tl.constexpr, LABELS: tl.constexpr, BK: tl.constexpr):
-    """dst[local, :WIDTH] = cat(eta, x, zero padding) for the rows of a tile."""
+                     MODE: tl.constexpr, LABELS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    """dst[r, :WIDTH] = cat(eta, x, zero padding) for the BM rows r of a tile; first_row is the
+    global index (with the op's offset) of row 0, the Philox row of the noise."""
+    r = tl.arange(0, BM)
     rc0 = tl.arange(0, BK)
     if LABELS:
-        lab = tl.load(cond_ptr + rows * cond_stride, mask=row_mask, other=-1).to(tl.int64)
+        lab = tl.load(cond_tile + r * cond_stride, mask=row_mask, other=-1).to(tl.int32)
     for c0 in range(0, WIDTH, BK):
         cols = c0 + rc0
         is_noise = cols < NOISE
         is_cond = (cols >= NOISE) & (cols < NOISE + COND)
         if MODE == 1:
-            eta = tl.randn(seed, (row_offset + rows)[:, None] * NOISE + cols[None, :].to(tl.int64))
+            eta = tl.randn(seed, (first_row + r.to(tl.int64))[:, None] * NOISE + cols[None, :].to(tl.int64))
         else:
-            eta = tl.load(in_ptr + rows[:, None] * in_stride + cols[None, :],
+            eta = tl.load(in_tile + r[:, None] * in_stride + cols[None, :],
                           mask=row_mask[:, None] & is_noise[None, :], other=0.0).to(tl.float32)
-        ccol = (cols - NOISE).to(tl.int64)
+        ccol = cols - NOISE
         if LABELS:
             x = (ccol[None, :] == lab[:, None]).to(tl.float32)
         else:
-            x = tl.load(cond_ptr + rows[:, None] * cond_stride + ccol[None, :],
+            x = tl.load(cond_tile + r[:, None] * cond_stride + ccol[None, :],
                         mask=row_mask[:, None] & is_cond[None, :], other=0.0).to(tl.float32)
         v = tl.where(is_noise[None, :], eta, tl.where(is_cond[None, :], x, 0.0))
-        tl.store(dst + local[:, None] * SW + cols[None, :], v.to(dst.dtype.element_ty),
-                 mask=(local >= 0)[:, None] & (cols < WIDTH)[None, :])
+        tl.store(dst + r[:, None] * SW + cols[None, :], v.to(dst.dtype.element_ty),
+                 mask=(r >= 0)[:, None] & (cols < WIDTH)[None, :])
 
 
-@triton.jit(do_not_specialize=["M", "seed", "row_offset", "tile_zero"])
+@triton.jit(do_not_specialize=["M", "seed", "row_offset", "zero"])
 def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_stride, w_ptr, b_ptr, slope_ptr,
-                      scratch_ptr, M, seed, row_offset, tile_zero,
+                      scratch_ptr, M, seed, row_offset, zero,
                       NL: tl.constexpr, DIMS: tl.constexpr, IN_DIM: tl.constexpr, OUT_DIM: tl.constexpr,
                       W_OFF: tl.constexpr, B_OFF: tl.constexpr, ACTS: tl.constexpr, BNS: tl.constexpr,
                       BKS: tl.constexpr, SW: tl.constexpr, MODE: tl.constexpr, NOISE: tl.constexpr,
@@ -173,21 +179,27 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
                       NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """MODE 0: encode (layer 0 reads IN_DIM columns of in_ptr). MODE 1: generate with in-kernel
     noise. MODE 2: generate with eta loaded from in_ptr. Layer l maps DIMS[l] -> DIMS[l + 1]
-    (padded widths); the last layer stores OUT_DIM columns."""
+    (padded widths); the last layer stores OUT_DIM columns.
+
+    Registers: every address is a 64-bit tile base plus 32-bit offsets within the tile, and the
+    index vectors of each layer depend on `z = tile * zero` (zero is 0, passed at run time), so
+    the compiler cannot hoist them out of the tile loop: hoisted, the fully unrolled K loops of
+    all layers would keep their addresses live for the whole kernel and spill."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BM * SW)
     buf1 = buf0 + BM * SW
-    local = tl.arange(0, BM)
-    all_rows = local >= 0
+    r = tl.arange(0, BM)
+    all_rows = r >= 0
     for tile in range(pid, tl.cdiv(M, BM), nprog):
-        rows = local.to(tl.int64) + tile * BM
-        row_mask = rows < M
-        z = tl.multiple_of(tile * tile_zero, 16)
+        row0 = tile.to(tl.int64) * BM
+        row_mask = r < M - row0
+        z = tl.multiple_of(tile * zero, 16)
+        out_tile = out_ptr + row0 * out_stride
         if MODE != 0:
             # 16 columns at a time: Philox state for wider chunks costs registers the layers need
-            _generator_input(in_ptr, in_stride, cond_ptr, cond_stride, buf1, rows, row_mask, local, seed,
-                             row_offset, SW, NOISE, COND, DIMS[0], MODE, LABELS, 16)
+            _generator_input(in_ptr + row0 * in_stride, in_stride, cond_ptr + row0 * cond_stride, cond_stride, buf1,
+                             row_mask, row_offset + row0, seed, SW, NOISE, COND, DIMS[0], MODE, LABELS, BM, 16)
             tl.debug_barrier()
         for l in tl.static_range(NL):
             w_l = w_ptr + W_OFF[l]
@@ -200,18 +212,18 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
                 s_src = buf0
                 s_dst = buf1
             if l == 0 and MODE == 0:
-                src, src_stride, src_rows, src_mask, k_load = in_ptr, in_stride, rows, row_mask, IN_DIM
+                src, src_stride, src_mask, k_load = in_ptr + row0 * in_stride, in_stride, row_mask, IN_DIM
             else:
-                src, src_stride, src_rows, src_mask, k_load = s_src, SW, local, all_rows, DIMS[l]
+                src, src_stride, src_mask, k_load = s_src, SW, all_rows, DIMS[l]
             if l == NL - 1:
-                _dense_layer(src, src_stride, src_rows, src_mask, out_ptr, out_stride, rows, row_mask, w_l, b_l,
-                             slope, z, k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8, BM, BNS[l], BKS[l],
+                _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_l, b_l, slope, z,
+                             k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8, BM, BNS[l], BKS[l],
                              NUM_STAGES, PRECISION, UPCAST)
             else:
                 # rows past M read zeros (or noise) and are never stored
-                _dense_layer(src, src_stride, src_rows, src_mask, s_dst, SW, local, all_rows, w_l, b_l,
-                             slope, z, k_load, DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l],
-                             BKS[l], NUM_STAGES, PRECISION, UPCAST)
+                _dense_layer(src, src_stride, src_mask, s_dst, SW, all_rows, w_l, b_l, slope, z,
+                             k_load, DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l], BKS[l],
+                             NUM_STAGES, PRECISION, UPCAST)
             tl.debug_barrier()
 
 
@@ -229,10 +241,11 @@ class _Config(NamedTuple):
 def _config(dtype: torch.dtype, precision: str) -> _Config:
     if _interpreting():  # every program and every op is Python: few, fat tiles
         return _Config(32, 64, 64, 4, 1, precision)
+    # two stages: with three, ptxas spills in the 5-6 layer generate kernels (tests/test_sm90_mlp.py)
     if dtype in _HALF:
-        return _Config(128, 128, 64, 8, 3, precision)
+        return _Config(128, 128, 64, 8, 2, precision)
     if precision == "tf32":
-        return _Config(128, 128, 32, 8, 3, precision)
+        return _Config(128, 128, 32, 8, 2, precision)
     return _Config(64, 64, 16, 4, 2, precision)  # ieee fp32 FMA path: register-bound, small tiles
 
 
