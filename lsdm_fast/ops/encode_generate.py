@@ -102,7 +102,7 @@ def _observed_range(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _observed_range_outside_capture(t: torch.Tensor) -> tuple[int, int]:
-    if torch.cuda.is_current_stream_capturing():
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
         raise RuntimeError("labels on CUDA must be checked before CUDA-graph capture: call "
                            "lsdm_fast.ops.encode_generate.validate_labels(labels, num_classes) "
                            "on them (or on the tensor they are a view of) before capturing")
@@ -112,22 +112,27 @@ def _observed_range_outside_capture(t: torch.Tensor) -> tuple[int, int]:
 _LABEL_RANGES = DerivedCache(maxsize=64)
 
 
+def _label_range(labels: torch.Tensor, num_classes: int, cache: bool) -> tuple[int, int]:
+    """(min, max) of labels; with `cache`, read once per version of the tensor labels views (or of
+    labels itself) and shared by all its views."""
+    if not cache:
+        return _observed_range(labels)
+    base = labels._base
+    root = base if base is not None and base.dtype == labels.dtype else labels
+    if root.is_inference():  # no version counter to key a cache on
+        return _observed_range(labels)
+    lo, hi = _LABEL_RANGES.get([root], "range", lambda: _observed_range_outside_capture(root))
+    if (lo < 0 or hi >= num_classes) and root is not labels:
+        return _observed_range(labels)  # the view may be valid where the tensor it views is not
+    return lo, hi
+
+
 def validate_labels(labels: torch.Tensor, num_classes: int) -> None:
     """Raise ValueError unless every label is in [0, num_classes); see the module docstring."""
     num_classes = _int("num_classes", num_classes, 1)
     if labels.numel() == 0:
         return
-    if labels.device.type == "cpu":
-        lo, hi = _observed_range(labels)
-    else:
-        base = labels._base
-        root = base if base is not None and base.dtype == labels.dtype else labels
-        if root.is_inference():  # no version counter to key a cache on
-            lo, hi = _observed_range(labels)
-        else:
-            lo, hi = _LABEL_RANGES.get([root], "range", lambda: _observed_range_outside_capture(root))
-            if (lo < 0 or hi >= num_classes) and root is not labels:
-                lo, hi = _observed_range(labels)  # the view may be valid where its base is not
+    lo, hi = _label_range(labels, num_classes, cache=labels.device.type != "cpu")
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"labels must be in [0, {num_classes}), got range [{lo}, {hi}]")
 

@@ -64,6 +64,7 @@ LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 _HALF = (torch.bfloat16, torch.float16)
 PRECISIONS = ("ieee", "tf32")
 _L2_SHARE = 0.5  # fraction of the L2 the scratch of the whole grid may take
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 def _interpreting() -> bool:
@@ -97,10 +98,10 @@ def _activate(v, slope, CODE: tl.constexpr):
 def _dense_layer(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z,
                  K_LOAD: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_STORE: tl.constexpr,
                  ACT: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                 NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """dst[r, :N_STORE] = act(src[r, :K] @ W^T + b) for the BM rows r of a tile.
 
-    W is (N, K) row-major in the compute dtype (N, K padded to multiples of 16, padding zero),
+    W is (N, K) row-major in the dots' operand dtype DOT (N, K padded to multiples of 16, padding zero),
     b float32 (N,). Row r of the tile lives at src + r * src_stride (K_LOAD <= K valid columns,
     the rest read as 0; rows outside src_mask read as 0) and dst + r * dst_stride (rows outside
     dst_mask are not stored). `z` is 0 at run time, opaque to the compiler: index vectors that
@@ -122,10 +123,10 @@ def _dense_layer(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_
             else:
                 w = tl.load(w_ptrs)
             if UPCAST:  # interpreter: its tl.dot mishandles bf16, so dot the (exact) fp32 upcasts
-                acc = tl.dot(a.to(w.dtype).to(tl.float32), tl.trans(w.to(tl.float32)), acc,
+                acc = tl.dot(a.to(DOT).to(tl.float32), tl.trans(w.to(DOT).to(tl.float32)), acc,
                              input_precision=PRECISION)
             else:
-                acc = tl.dot(a.to(w.dtype), tl.trans(w), acc, input_precision=PRECISION)
+                acc = tl.dot(a.to(DOT), tl.trans(w.to(DOT)), acc, input_precision=PRECISION)
         if N % BN != 0:
             bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0)
         else:
@@ -176,7 +177,7 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
                       W_OFF: tl.constexpr, B_OFF: tl.constexpr, ACTS: tl.constexpr, BNS: tl.constexpr,
                       BKS: tl.constexpr, SW: tl.constexpr, MODE: tl.constexpr, NOISE: tl.constexpr,
                       COND: tl.constexpr, LABELS: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr,
-                      NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                      NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """MODE 0: encode (layer 0 reads IN_DIM columns of in_ptr). MODE 1: generate with in-kernel
     noise. MODE 2: generate with eta loaded from in_ptr. Layer l maps DIMS[l] -> DIMS[l + 1]
     (padded widths); the last layer stores OUT_DIM columns.
@@ -192,7 +193,7 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
     r = tl.arange(0, BM)
     all_rows = r >= 0
     for tile in range(pid, tl.cdiv(M, BM), nprog):
-        row0 = tile.to(tl.int64) * BM
+        row0 = tl.cast(tile, tl.int64) * BM
         row_mask = r < M - row0
         z = tl.multiple_of(tile * zero, 16)
         out_tile = out_ptr + row0 * out_stride
@@ -218,12 +219,12 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
             if l == NL - 1:
                 _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_l, b_l, slope, z,
                              k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8, BM, BNS[l], BKS[l],
-                             NUM_STAGES, PRECISION, UPCAST)
+                             NUM_STAGES, DOT, PRECISION, UPCAST)
             else:
                 # rows past M read zeros (or noise) and are never stored
                 _dense_layer(src, src_stride, src_mask, s_dst, SW, all_rows, w_l, b_l, slope, z,
                              k_load, DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l], BKS[l],
-                             NUM_STAGES, PRECISION, UPCAST)
+                             NUM_STAGES, DOT, PRECISION, UPCAST)
             tl.debug_barrier()
 
 
@@ -357,7 +358,8 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
         NL=nl, DIMS=pk.dims, IN_DIM=int(layers[0][0].shape[1]), OUT_DIM=int(layers[-1][0].shape[0]),
         W_OFF=pk.w_off, B_OFF=pk.b_off, ACTS=pk.acts, BNS=bns, BKS=bks, SW=sw, MODE=mode,
         NOISE=int(noise_dim), COND=int(cond_dim), LABELS=bool(labels), TO_UINT8=out.dtype == torch.uint8,
-        BM=cfg.bm, NUM_STAGES=cfg.stages, PRECISION=cfg.precision, UPCAST=_interpreting(),
+        BM=cfg.bm, NUM_STAGES=cfg.stages, DOT=_TL_DTYPES[compute_dtype], PRECISION=cfg.precision,
+        UPCAST=_interpreting(),
         num_warps=cfg.warps,
     )
     return out
