@@ -16,11 +16,16 @@ Structure (FullyFusedMLP idea):
 - A persistent grid (one program per SM on a GPU) walks row tiles of BM rows and runs all
   layers of a tile back to back. Between layers the tile's activations ping-pong through a
   per-program scratch (2 x BM x scratch width, compute dtype) that only this program touches;
-  the grid is capped so that the whole scratch fits in about half of the L2 (`_L2_SHARE`),
-  so it never goes to DRAM. The last layer writes the output exactly once, in its dtype.
-- Each layer is an (N / BN) x (K / BK) tile loop: per layer the host picks BN (the widest of
-  BN_MAX, BN_MAX/2, ... that pads N by at most a sixth) and BK (BK_MAX, or the width when
-  narrower), so a 784-wide output uses 128-wide tiles and a 32-wide latent 32-wide tiles.
+  the grid is capped so that the whole scratch takes at most `_L2_SHARE` of the L2 and stays
+  there. The last layer writes the output exactly once, in its dtype.
+- Each layer is a loop over BN-wide column tiles, each a pipelined loop over BK-wide K steps;
+  per layer the host picks power-of-two blocks up to BN_MAX / BK_MAX and one narrower tail
+  tile / step for what is left (`_blocks`: 784 = 6 x 128 + 16, 208 = 3 x 64 + 16), so no
+  padded column beyond the 16-grid is computed.
+- L2 traffic (what bounds the speed of this design, untimed): per 128-row tile every weight is
+  read once and each layer's input N / BN times; for 26->512->512->32->512->512->784 in bf16
+  that is about 4 MB per tile, 33 GB for 2^20 samples. BN = 256 would cut it by a quarter but
+  spills 24-40 bytes in the silu/relu variants (ptxas, sm_90), so BN_MAX is 128.
 - generate: a prologue builds the generator input cat(eta, x) for the tile: eta from
   `tl.randn(seed, (row_offset + i) * noise_dim + j)` as int64 (exactly
   lsdm_fast.ops.philox.philox_normal, so noise is independent of tiling and of batch splits),
@@ -63,7 +68,7 @@ from .mlp import ACT_CODE, MLPParams
 LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 _HALF = (torch.bfloat16, torch.float16)
 PRECISIONS = ("ieee", "tf32")
-_L2_SHARE = 0.5  # fraction of the L2 the scratch of the whole grid may take
+_L2_SHARE = 0.75  # fraction of the L2 the scratch of the whole grid may take (untimed choice)
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -95,58 +100,90 @@ def _activate(v, slope, CODE: tl.constexpr):
 
 
 @triton.jit
-def _dense_layer(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z,
-                 K_LOAD: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_STORE: tl.constexpr,
-                 ACT: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """dst[r, :N_STORE] = act(src[r, :K] @ W^T + b) for the BM rows r of a tile.
-
-    W is (N, K) row-major in the dots' operand dtype DOT (N, K padded to multiples of 16, padding zero),
-    b float32 (N,). Row r of the tile lives at src + r * src_stride (K_LOAD <= K valid columns,
-    the rest read as 0; rows outside src_mask read as 0) and dst + r * dst_stride (rows outside
-    dst_mask are not stored). `z` is 0 at run time, opaque to the compiler: index vectors that
-    depend on it are not hoisted out of the tile and column loops, where they would hold
-    registers across every layer (see _fused_mlp_kernel)."""
-    r = tl.arange(0, BM)
-    rn0 = tl.arange(0, BN) + z
-    for n0 in range(0, N, BN):
-        rn = n0 + rn0
-        rk0 = tl.arange(0, BK) + tl.multiple_of(n0 * z, 16)
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in tl.range(0, K, BK, num_stages=NUM_STAGES):
-            rk = k0 + rk0
-            a = tl.load(src + r[:, None] * src_stride + rk[None, :],
-                        mask=src_mask[:, None] & (rk < K_LOAD)[None, :], other=0.0)
-            w_ptrs = w_ptr + rn[:, None] * K + rk[None, :]
-            if (K % BK != 0) or (N % BN != 0):
-                w = tl.load(w_ptrs, mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0)
-            else:
-                w = tl.load(w_ptrs)
-            if UPCAST:  # interpreter: its tl.dot mishandles bf16, so dot the (exact) fp32 upcasts
-                acc = tl.dot(a.to(DOT).to(tl.float32), tl.trans(w.to(DOT).to(tl.float32)), acc,
-                             input_precision=PRECISION)
-            else:
-                acc = tl.dot(a.to(DOT), tl.trans(w.to(DOT)), acc, input_precision=PRECISION)
-        if N % BN != 0:
-            bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0)
-        else:
-            bias = tl.load(b_ptr + rn)
-        v = _activate(acc + bias[None, :], slope, ACT)
-        if TO_UINT8:
-            # round half to even as torch.round: x + 2^23 - 2^23 in float32 for 0 <= x <= 255
-            v = tl.minimum(tl.maximum(v * 255.0, 0.0), 255.0)
-            v = (v + 8388608.0) - 8388608.0
-        tl.store(dst + r[:, None] * dst_stride + rn[None, :], v.to(dst.dtype.element_ty),
-                 mask=dst_mask[:, None] & (rn < N_STORE)[None, :])
+def _mma_step(acc, src, src_stride, src_mask, r, w_ptr, rn, rk, K_LOAD: tl.constexpr, K: tl.constexpr,
+              N: tl.constexpr, MASK_W: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+              UPCAST: tl.constexpr):
+    """acc += src[r, rk] @ W[rn, rk]^T for the rows r of a tile (W is (N, K) row-major)."""
+    a = tl.load(src + r[:, None] * src_stride + rk[None, :], mask=src_mask[:, None] & (rk < K_LOAD)[None, :],
+                other=0.0)
+    w_ptrs = w_ptr + rn[:, None] * K + rk[None, :]
+    if MASK_W:
+        w = tl.load(w_ptrs, mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0)
+    else:
+        w = tl.load(w_ptrs)
+    if UPCAST:  # interpreter: its tl.dot mishandles bf16, so dot the (exact) fp32 upcasts
+        acc = tl.dot(a.to(DOT).to(tl.float32), tl.trans(w.to(DOT).to(tl.float32)), acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(a.to(DOT), tl.trans(w.to(DOT)), acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
-def _generator_input(in_tile, in_stride, cond_tile, cond_stride, dst, row_mask, first_row, seed,
+def _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z, n0,
+                K_LOAD: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_STORE: tl.constexpr, ACT: tl.constexpr,
+                TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, MASK_N: tl.constexpr, BK: tl.constexpr,
+                BK_TAIL: tl.constexpr, NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+                UPCAST: tl.constexpr):
+    """Output columns n0 .. n0 + BN of one layer for the BM rows of a tile: full BK steps through
+    K (software-pipelined), then one BK_TAIL step for the rest, then bias, activation, store."""
+    r = tl.arange(0, BM) + z
+    rn = n0 + tl.arange(0, BN) + z
+    k_shift = tl.multiple_of(n0 * z, 16)  # 0, but not hoistable out of the column loop
+    K_FULL: tl.constexpr = K // BK * BK
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in tl.range(0, K_FULL, BK, num_stages=NUM_STAGES):
+        acc = _mma_step(acc, src, src_stride, src_mask, r, w_ptr, rn, k0 + tl.arange(0, BK) + k_shift, K_LOAD, K,
+                        N, MASK_N, DOT, PRECISION, UPCAST)
+    if BK_TAIL > 0:
+        MASK_TAIL: tl.constexpr = MASK_N or (K_FULL + BK_TAIL > K)
+        acc = _mma_step(acc, src, src_stride, src_mask, r, w_ptr, rn, K_FULL + tl.arange(0, BK_TAIL) + k_shift,
+                        K_LOAD, K, N, MASK_TAIL, DOT, PRECISION, UPCAST)
+    if MASK_N:
+        bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0)
+    else:
+        bias = tl.load(b_ptr + rn)
+    v = _activate(acc + bias[None, :], slope, ACT)
+    if TO_UINT8:
+        # round half to even as torch.round: x + 2^23 - 2^23 in float32 for 0 <= x <= 255
+        v = tl.minimum(tl.maximum(v * 255.0, 0.0), 255.0)
+        v = (v + 8388608.0) - 8388608.0
+    tl.store(dst + r[:, None] * dst_stride + rn[None, :], v.to(dst.dtype.element_ty),
+             mask=dst_mask[:, None] & (rn < N_STORE)[None, :])
+
+
+@triton.jit
+def _dense_layer(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z,
+                 K_LOAD: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_STORE: tl.constexpr,
+                 ACT: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                 BN_TAIL: tl.constexpr, BK: tl.constexpr, BK_TAIL: tl.constexpr, NUM_STAGES: tl.constexpr,
+                 DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """dst[r, :N_STORE] = act(src[r, :K] @ W^T + b) for the BM rows r of a tile.
+
+    W is (N, K) row-major in the dots' operand dtype DOT (N, K padded to multiples of 16, padding
+    zero), b float32 (N,). Row r of the tile lives at src + r * src_stride (K_LOAD <= K valid
+    columns, the rest read as 0; rows outside src_mask read as 0) and dst + r * dst_stride (rows
+    outside dst_mask are not stored). Full BN-wide column tiles, then one BN_TAIL-wide tile for the
+    rest (784 = 3 x 256 + 16: no padded columns computed). `z` is 0 at run time, opaque to the
+    compiler: index vectors that depend on it are not hoisted out of the tile and column loops,
+    where they would hold registers across every layer (see _fused_mlp_kernel)."""
+    N_FULL: tl.constexpr = N // BN * BN
+    for n0 in range(0, N_FULL, BN):
+        _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z, n0, K_LOAD, K, N,
+                    N_STORE, ACT, TO_UINT8, BM, BN, False, BK, BK_TAIL, NUM_STAGES, DOT, PRECISION, UPCAST)
+    if BN_TAIL > 0:
+        MASK_TAIL: tl.constexpr = N_FULL + BN_TAIL > N
+        _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z, N_FULL, K_LOAD, K,
+                    N, N_STORE, ACT, TO_UINT8, BM, BN_TAIL, MASK_TAIL, BK, BK_TAIL, NUM_STAGES, DOT, PRECISION,
+                    UPCAST)
+
+
+@triton.jit
+def _generator_input(in_tile, in_stride, cond_tile, cond_stride, dst, row_mask, first_row, seed, z,
                      SW: tl.constexpr, NOISE: tl.constexpr, COND: tl.constexpr, WIDTH: tl.constexpr,
                      MODE: tl.constexpr, LABELS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
     """dst[r, :WIDTH] = cat(eta, x, zero padding) for the BM rows r of a tile; first_row is the
     global index (with the op's offset) of row 0, the Philox row of the noise."""
-    r = tl.arange(0, BM)
+    r = tl.arange(0, BM) + z
     rc0 = tl.arange(0, BK)
     if LABELS:
         lab = tl.load(cond_tile + r * cond_stride, mask=row_mask, other=-1).to(tl.int32)
@@ -175,7 +212,7 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
                       scratch_ptr, M, seed, row_offset, zero,
                       NL: tl.constexpr, DIMS: tl.constexpr, IN_DIM: tl.constexpr, OUT_DIM: tl.constexpr,
                       W_OFF: tl.constexpr, B_OFF: tl.constexpr, ACTS: tl.constexpr, BNS: tl.constexpr,
-                      BKS: tl.constexpr, SW: tl.constexpr, MODE: tl.constexpr, NOISE: tl.constexpr,
+                      BN_TAILS: tl.constexpr, BKS: tl.constexpr, BK_TAILS: tl.constexpr, SW: tl.constexpr, MODE: tl.constexpr, NOISE: tl.constexpr,
                       COND: tl.constexpr, LABELS: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr,
                       NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """MODE 0: encode (layer 0 reads IN_DIM columns of in_ptr). MODE 1: generate with in-kernel
@@ -200,7 +237,7 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
         if MODE != 0:
             # 16 columns at a time: Philox state for wider chunks costs registers the layers need
             _generator_input(in_ptr + row0 * in_stride, in_stride, cond_ptr + row0 * cond_stride, cond_stride, buf1,
-                             row_mask, row_offset + row0, seed, SW, NOISE, COND, DIMS[0], MODE, LABELS, BM, 16)
+                             row_mask, row_offset + row0, seed, z, SW, NOISE, COND, DIMS[0], MODE, LABELS, BM, 16)
             tl.debug_barrier()
         for l in tl.static_range(NL):
             w_l = w_ptr + W_OFF[l]
@@ -218,13 +255,13 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
                 src, src_stride, src_mask, k_load = s_src, SW, all_rows, DIMS[l]
             if l == NL - 1:
                 _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_l, b_l, slope, z,
-                             k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8, BM, BNS[l], BKS[l],
-                             NUM_STAGES, DOT, PRECISION, UPCAST)
+                             k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8, BM, BNS[l], BN_TAILS[l],
+                             BKS[l], BK_TAILS[l], NUM_STAGES, DOT, PRECISION, UPCAST)
             else:
                 # rows past M read zeros (or noise) and are never stored
                 _dense_layer(src, src_stride, src_mask, s_dst, SW, all_rows, w_l, b_l, slope, z,
-                             k_load, DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l], BKS[l],
-                             NUM_STAGES, DOT, PRECISION, UPCAST)
+                             k_load, DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l], BN_TAILS[l],
+                             BKS[l], BK_TAILS[l], NUM_STAGES, DOT, PRECISION, UPCAST)
             tl.debug_barrier()
 
 
@@ -237,29 +274,36 @@ class _Config(NamedTuple):
     warps: int
     stages: int
     precision: str
+    maxnreg: int | None = None
 
 
 def _config(dtype: torch.dtype, precision: str) -> _Config:
     if _interpreting():  # every program and every op is Python: few, fat tiles
         return _Config(32, 64, 64, 4, 1, precision)
-    # two stages: with three, ptxas spills in the 5-6 layer generate kernels (tests/test_sm90_mlp.py)
+    # two stages, BN_MAX 128: deeper pipelines or wider tiles spill in the 5-6 layer generate
+    # kernels (ptxas for sm_90, tests/test_sm90_mlp.py)
     if dtype in _HALF:
         return _Config(128, 128, 64, 8, 2, precision)
     if precision == "tf32":
         return _Config(128, 128, 32, 8, 2, precision)
-    return _Config(64, 64, 16, 4, 2, precision)  # ieee fp32 FMA path: register-bound, small tiles
+    # ieee fp32 FMA path: register-bound, small tiles; 255 registers because one program per SM
+    # leaves no occupancy to trade them for (ptxas otherwise caps at 168 and spills)
+    return _Config(64, 64, 16, 4, 2, precision, maxnreg=255)
 
 
 def _pad16(n: int) -> int:
     return (n + 15) // 16 * 16
 
 
-def _block_n(n: int, bn_max: int) -> int:
-    """The widest power-of-two tile <= bn_max covering n (a multiple of 16) with at most n / 6 padding."""
-    bn = min(bn_max, triton.next_power_of_2(n))
-    while bn > 16 and triton.cdiv(n, bn) * bn - n > n // 6:
-        bn //= 2
-    return bn
+def _blocks(width: int, block_max: int) -> tuple[int, int]:
+    """(block, tail) for a width that is a multiple of 16: full power-of-two blocks, as wide as
+    possible up to block_max, then one power-of-two tail (0 if none) at most half a block wide, so
+    that width = k * block + rest, rest <= tail < block (784 = 6 x 128 + 16, 208 = 3 x 64 + 16)."""
+    block = min(block_max, 1 << (width.bit_length() - 1))
+    while width % block and triton.next_power_of_2(width % block) > block // 2:
+        block //= 2
+    rest = width % block
+    return block, (triton.next_power_of_2(rest) if rest else 0)
 
 
 class _Packed(NamedTuple):
@@ -338,8 +382,8 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
     pk = _pack(layers, compute_dtype, device)
     cfg = _config(compute_dtype, _precision(compute_dtype, precision))
     nl = len(layers)
-    bns = tuple(_block_n(n, cfg.bn_max) for n in pk.dims[1:])
-    bks = tuple(min(cfg.bk_max, triton.next_power_of_2(k)) for k in pk.dims[:-1])
+    bns, bn_tails = zip(*(_blocks(n, cfg.bn_max) for n in pk.dims[1:]))
+    bks, bk_tails = zip(*(_blocks(k, cfg.bk_max) for k in pk.dims[:-1]))
     # scratch: the generator input (generate) and every hidden activation
     sw = max(pk.dims[1:-1] + ((pk.dims[0],) if mode != 0 else ()), default=16)
     elt = torch.tensor([], dtype=compute_dtype).element_size()
@@ -356,11 +400,12 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
         in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), pk.w, pk.b, pk.slopes, scratch,
         M, int(seed), int(row_offset), 0,
         NL=nl, DIMS=pk.dims, IN_DIM=int(layers[0][0].shape[1]), OUT_DIM=int(layers[-1][0].shape[0]),
-        W_OFF=pk.w_off, B_OFF=pk.b_off, ACTS=pk.acts, BNS=bns, BKS=bks, SW=sw, MODE=mode,
+        W_OFF=pk.w_off, B_OFF=pk.b_off, ACTS=pk.acts, BNS=bns, BN_TAILS=bn_tails, BKS=bks, BK_TAILS=bk_tails,
+        SW=sw, MODE=mode,
         NOISE=int(noise_dim), COND=int(cond_dim), LABELS=bool(labels), TO_UINT8=out.dtype == torch.uint8,
         BM=cfg.bm, NUM_STAGES=cfg.stages, DOT=_TL_DTYPES[compute_dtype], PRECISION=cfg.precision,
         UPCAST=_interpreting(),
-        num_warps=cfg.warps,
+        num_warps=cfg.warps, maxnreg=cfg.maxnreg,
     )
     return out
 
