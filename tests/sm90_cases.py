@@ -55,7 +55,8 @@ def encode_generate_cases():
     constexpr branch its host code picks: MODE 0 (encode), 1 (in-kernel noise) and 2 (eta given), each
     with labels and with a float condition (super-resolution, 49 or 196 wide); hidden activations
     leaky_relu/relu/silu, output none/sigmoid; output float32/uint8/half/float64; per-layer tiles
-    BN 16..128 and BK 16..64; widths off the 16 grid (26, 42, 81, 196) and up to 1024."""
+    BN 16..128 and BK 16..64 with exact and masked tails (784 = 6 x 128 + 16, 176 = 128 + 48 in a
+    64-wide tail); widths off the 16 grid (26, 42, 81, 196) and up to 1024."""
     from lsdm_fast.ops import encode_generate_triton as et
 
     def encode(sizes, dtype, prec, act):
@@ -82,7 +83,7 @@ def encode_generate_cases():
             generate(mnist_gen, mnist_dec, 16, "labels", dtype, prec, "leaky_relu", torch.uint8, eta=False),
             generate(wide_gen, wide_dec, 32, "labels", dtype, prec, "silu", torch.float32, eta=True),
             generate(sr_gen, sr_dec, 32, "tensor", dtype, prec, "leaky_relu", half, eta=False),
-            generate([32 + 49, 256, 32], [32, 512, 784], 32, "tensor", dtype, prec, "relu", torch.float32, eta=True),
+            generate([32 + 49, 176, 32], [32, 512, 784], 32, "tensor", dtype, prec, "relu", torch.float32, eta=True),
         ]
     cases += [encode([784, 512, 256, 16], torch.float16, None, "leaky_relu"),
               generate(mnist_gen, mnist_dec, 16, "labels", torch.float16, None, "leaky_relu", torch.uint8, eta=False)]

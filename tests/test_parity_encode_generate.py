@@ -59,6 +59,7 @@ ENC_GRID = [
     (37, [130, 37, 64, 5], "silu", None),
     (37, [64, 130, 5, 37, 9], "leaky_relu", "sigmoid"),
     (7, [5, 5, 130, 37], "silu", "sigmoid"),
+    (9, [176, 176, 48], "relu", None),  # 176 = 128 + a 64-wide tail holding 48 columns
 ]
 
 

@@ -71,6 +71,9 @@ def test_cases_cover_every_configuration_and_branch(reports):
     assert {True, False} <= {c["TO_UINT8"] for c in cfgs}
     assert {b for c in cfgs for b in _tuple(c["BNS"])} == {16, 32, 64, 128}
     assert {b for c in cfgs for b in _tuple(c["BKS"])} == {16, 32, 64}
+    n_tails = {(n % bn, t) for c in cfgs for n, bn, t in zip(_tuple(c["DIMS"])[1:], _tuple(c["BNS"]), _tuple(c["BN_TAILS"]))}
+    assert (0, 0) in n_tails and any(0 < rest == t for rest, t in n_tails) and any(0 < rest < t for rest, t in n_tails)
+    assert {0, 16, 32} <= {t for c in cfgs for t in _tuple(c["BK_TAILS"])}
 
 
 def _tuple(text) -> tuple:
