@@ -94,6 +94,19 @@ def test_encode_half(rng, case, dtype, n, widths, act, out_act):
 
 @pytest.mark.parity
 @pytest.mark.parametrize("case", ENC_CASES, ids=lambda c: "-".join(c))
+@pytest.mark.parametrize("w_dtype,y_dtype,tol", [(torch.bfloat16, torch.float32, 3e-2), (torch.float32, torch.float16, 1e-4),
+                                                 (torch.float16, torch.bfloat16, 3e-2)])
+def test_encode_input_dtype_unlike_the_weights(rng, case, w_dtype, y_dtype, tol):
+    backend, device = case
+    _skip_if_unavailable(backend, device, "encode")
+    enc = _mlp(rng, [37, 130, 5])
+    y = torch.from_numpy(rng.standard_normal((9, 37))).to(y_dtype)
+    ref = encode(enc, y.double(), backend="torch")  # the input as given, in float64
+    assert _rel(encode(_cast(enc, w_dtype, device), y.to(device), backend=backend), ref) < tol
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("case", ENC_CASES, ids=lambda c: "-".join(c))
 def test_encode_batch_size_and_strided_input(rng, case):
     backend, device = case
     _skip_if_unavailable(backend, device, "encode")

@@ -383,7 +383,10 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
     cfg = _config(compute_dtype, _precision(compute_dtype, precision))
     nl = len(layers)
     bns, bn_tails = zip(*(_blocks(n, cfg.bn_max) for n in pk.dims[1:]))
-    bks, bk_tails = zip(*(_blocks(k, cfg.bk_max) for k in pk.dims[:-1]))
+    bk_max = [cfg.bk_max] * nl
+    if mode == 0 and in_t.dtype != compute_dtype:  # converted in registers on the way in: narrower K steps
+        bk_max[0] = max(16, cfg.bk_max // 2)
+    bks, bk_tails = zip(*(_blocks(k, b) for k, b in zip(pk.dims[:-1], bk_max)))
     # scratch: the generator input (generate) and every hidden activation
     sw = max(pk.dims[1:-1] + ((pk.dims[0],) if mode != 0 else ()), default=16)
     elt = torch.tensor([], dtype=compute_dtype).element_size()
@@ -419,8 +422,10 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
 def encode_triton(encoder: MLPParams, y: torch.Tensor, *, batch_size=None, precision: str | None = None):
     if y.dtype == torch.float64 or any(w.dtype == torch.float64 for w in encoder.weights):
         return encode_torch(encoder, y, batch_size=batch_size)  # float64 stays on the reference
-    compute = y.dtype if y.dtype in _HALF else torch.float32
-    y = _row_major(y.to(compute))
+    # the weights' dtype sets the dots' (as in generate); y is read in its own dtype and converted
+    # tile by tile, never copied
+    compute = encoder.weights[0].dtype if encoder.weights[0].dtype in _HALF else torch.float32
+    y = _row_major(y)
     layers = _layers(encoder)
     out = torch.empty((y.shape[0], encoder.out_features), dtype=torch.float32, device=y.device)
     step = y.shape[0] if batch_size is None else min(int(batch_size), max(y.shape[0], 1))
