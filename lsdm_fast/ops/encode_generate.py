@@ -37,14 +37,24 @@ backend) checks:
   - out_dtype: one of OUT_DTYPES.
 A backend's function (registered under "encode" / "generate") may assume all of the above and
 must not check again. It receives the tensors as given (any strides, any of the dtypes above),
-seed and offset as Python ints, and returns a new tensor on the input's device: encode
-(N, encoder.out_features) float32 (float64 when the weights are float64); generate
-(N, decoder.out_features) of out_dtype. It must not read a device value on the host (no
-.item(), int(t), .tolist(), .cpu() of data, no data-dependent Python branch), so that a call
-never synchronises and can be captured in a CUDA graph (after a warm-up call that builds any
-cached weight layouts); labels outside [0, num_classes) must not fault (a one-hot built by
-comparison, never by indexing, gives a zero row). float64 work may be delegated to the
-reference functions below. N = 0 returns an empty tensor without launching anything.
+batch_size, noise_dim, seed and offset as Python ints (batch_size may be None), and returns a
+new tensor on the input's device: encode (N, encoder.out_features) float32 (float64 when the
+weights are float64); generate (N, decoder.out_features) of out_dtype. It must:
+  - not read a device value on the host (no .item(), int(t), .tolist(), .cpu() of data, no
+    data-dependent Python branch), so that a call never synchronises and can be captured in a
+    CUDA graph after one warm-up call;
+  - keep anything derived from weights (packed, converted, padded copies) in a
+    lsdm_fast.ops._weight_cache.DerivedCache (identity + version, held weakly), never keyed on
+    data_ptr;
+  - not fault on labels outside [0, num_classes) (build the one-hot by comparison, never by
+    indexing: such a row gets a zero one-hot);
+  - draw eta as lsdm_fast.ops.philox.philox_normal(seed, offset, N, noise_dim) does;
+  - produce uint8 as rint(min(max(float32(y * 255), 0), 255)), ties to even (no fused
+    multiply-add into the rounding);
+  - return an empty tensor for N = 0 without launching anything.
+float64 work may be delegated to the reference functions below. backend="auto" takes the
+first available of _registry.AUTO_ORDER for the device: on the CPU that is the torch
+reference (no C++ kernel is registered for these ops), so any floating dtype works there.
 
 Labels. validate_labels raises ValueError("labels must be in [0, C), got range [lo, hi]").
 CPU labels are checked on every call (host memory: no transfer). CUDA labels cost one
