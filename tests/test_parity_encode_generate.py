@@ -662,3 +662,23 @@ def test_empty_batches_and_float16_on_cpu(backend):
     ref = generate(_cast(_GEN, torch.float64), _cast(_DEC, torch.float64), _LABELS, noise_dim=10, num_classes=3,
                    seed=2, out_dtype=torch.float64, backend="torch")
     assert out.dtype == torch.float16 and _rel(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("case", GEN_CASES, ids=lambda c: "-".join(c))
+def test_inference_mode_tensors(rng, case):
+    """Tensors made under torch.inference_mode have no version counter: nothing may be cached on
+    them, and every call still follows their values."""
+    backend, device = case
+    _skip_if_unavailable(backend, device, "generate")
+    g, d, cond, _ = _gen_setup(rng, *GEN_GRID[0])
+    with torch.inference_mode():
+        g32, d32 = _cast(g, torch.float32, device), _cast(d, torch.float32, device)
+        labels = cond.to(device)
+        first = generate(g32, d32, labels, noise_dim=3, num_classes=10, seed=1, backend=backend)
+        g32.weights[0].mul_(2.0)
+        second = generate(g32, d32, labels, noise_dim=3, num_classes=10, seed=1, backend=backend)
+        z = encode(d32, torch.rand(4, d32.in_features, device=device), backend=backend)
+    assert not torch.allclose(first, second) and z.shape == (4, d32.out_features)
+    ref = generate(_cast(g32, torch.float64, "cpu"), _cast(d32, torch.float64, "cpu"), cond, noise_dim=3,
+                   num_classes=10, seed=1, backend="torch")
+    assert _rel(second, ref) < 1e-4
