@@ -389,7 +389,7 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
     bks, bk_tails = zip(*(_blocks(k, b) for k, b in zip(pk.dims[:-1], bk_max)))
     # scratch: the generator input (generate) and every hidden activation
     sw = max(pk.dims[1:-1] + ((pk.dims[0],) if mode != 0 else ()), default=16)
-    elt = torch.tensor([], dtype=compute_dtype).element_size()
+    elt = compute_dtype.itemsize
     tiles = triton.cdiv(M, cfg.bm)
     if _interpreting():
         nprog = min(tiles, 4)
@@ -414,7 +414,9 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
 
 
 def _row_major(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dim() == 2 and (t.shape[1] <= 1 or t.stride(1) == 1) else t.contiguous()
+    """t itself when its rows are contiguous and a tile's row offsets (< 128 * stride) fit in int32."""
+    ok = (t.dim() == 1 or t.shape[1] <= 1 or t.stride(1) == 1) and t.stride(0) < 2**31 // 128
+    return t if ok else t.contiguous()
 
 
 @register("encode", "triton", available=_available, why_unavailable=_why_unavailable)
@@ -445,7 +447,7 @@ def generate_triton(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor
     wdt = generator.weights[0].dtype
     compute = wdt if wdt in _HALF else torch.float32
     labels = cond.dtype in LABEL_DTYPES
-    cond_t = cond if labels else _row_major(cond)
+    cond_t = _row_major(cond)
     cond_dim = int(num_classes) if labels else int(cond.shape[1])
     out = torch.empty((cond.shape[0], decoder.out_features), dtype=out_dtype, device=cond.device)
     mode, in_t = (1, None) if eta is None else (2, _row_major(eta))
