@@ -1,20 +1,31 @@
-"""Benchmarks (pytest-benchmark) for fused encoding and one-step generation (issue 6).
+"""Benchmarks (pytest-benchmark) for fused encoding and one-step generation (issues 6 and 11).
 
-    pytest bench/bench_encode_generate.py --benchmark-only            # GPU: full sizes
-    LSDM_BENCH_SMALL=1 pytest bench/bench_encode_generate.py -s      # CPU smoke run, tiny sizes
+    pytest bench/bench_encode_generate.py --benchmark-only --benchmark-json=eg.json   # GPU: full sizes
+    python bench/report.py eg.json --baseline eager-bf16
+    OMP_NUM_THREADS=1 pytest bench/bench_encode_generate.py --benchmark-only -q       # CPU: smoke run
 
-Models (the issue's): generator 26->512->512->32 (16 noise + 10 classes), decoder
-32->512->512->784 with sigmoid, encoder 784->512->512->32, LeakyReLU(0.2).
-Sizes: generation 2^16 and 2^20 samples, encoding 60000 and 2^20 images (LSDM_BENCH_SMALL=1:
-256 and 1024 rows; the Triton interpreter on CPU gets 64 rows only, since it is a correctness
-tool, not a fast path). Per workload: every available lsdm backend (bf16 weights, and fp32) vs
-eager PyTorch fp32, eager PyTorch under bf16 autocast and torch.compile (bf16 autocast).
-extra_info: samples_per_s and tflops (2 * rows * sum(in*out) matmul FLOPs / mean time).
+Models (issue 11's): generator 26->512->512->32 (16 noise + 10 classes), decoder 32->512->512->784
+with a sigmoid, encoder 784->512->512->32, LeakyReLU(0.2).
+Sizes: N = 2^16 and 2^20 rows on a GPU; 256 and 1024 on the CPU (or with LSDM_BENCH_SMALL=1), and
+64 rows for Triton under the CPU interpreter (a correctness tool there, not a fast path).
 
-"one-step vs 50-step": LSDM's one-step sampler y = D(G(eta, x)) against a STAND-IN COST MODEL of a
-50-step latent sampler: 50 iterations of an MLP the size of the generator (32->512->512->32 on the
-latent, z <- z + MLP(z)) then the same decoder. It models the cost of an iterative latent sampler
-(e.g. a diffusion/flow model in latent space), not any particular published method.
+Variants per op and size (group "generate-N" / "encode-N"), all in one process:
+  eager-fp32       plain PyTorch, float32 weights and inputs (what a user writes)
+  eager-bf16       the same with bfloat16 weights and inputs
+  compile-bf16     torch.compile of eager-bf16 (CUDA; on CPU only with LSDM_BENCH_COMPILE=1)
+  cudagraph-bf16   eager-bf16 captured once in a CUDA graph and replayed (CUDA only)
+  lsdm-B-fp32 / lsdm-B-bf16   lsdm_fast.ops.encode / generate with backend B, for every backend
+                   available on the device; lsdm-triton-tf32 too on CUDA (fp32 on TF32 tensor cores)
+extra_info: rows, samples_per_s, tflops (2 * rows * sum(in * out) matmul FLOPs / mean time).
+
+Group "sampler-one-step-vs-50-step" (2^16 rows on a GPU, 256 on the CPU): the same decoder and
+latent size (32) behind two samplers:
+  lsdm-one-step-eager / lsdm-one-step-B   y = D(G(eta, x)): generator + decoder once
+  latent-diffusion-50-step                 z ~ N(0, I), then 50 deterministic DDIM steps of the
+      conditional denoiser of lsdm_fast.baselines (Denoiser: cat(z, one-hot x, 64-wide time
+      embedding) -> 512 -> 512 -> 512 -> 32, SiLU; the update rule of
+      LatentDiffusion.sample_latent, on the device), then the decoder
+Eager variants run under bfloat16 autocast on CUDA and in float32 on the CPU.
 """
 from __future__ import annotations
 
@@ -28,49 +39,55 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from lsdm_fast.baselines import Denoiser, cosine_alpha_bar  # noqa: E402
 from lsdm_fast.ops import MLPParams, available_backends, encode, generate  # noqa: E402
 
+# the Triton interpreter warns on every loop with a run-time bound
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-SMALL = os.environ.get("LSDM_BENCH_SMALL") == "1" or DEVICE.type == "cpu"
-NOISE, CLASSES = 16, 10
-GEN_W, DEC_W, ENC_W = [26, 512, 512, 32], [32, 512, 512, 784], [784, 512, 512, 32]
-GEN_SIZES = [256, 1024] if SMALL else [2**16, 2**20]
-ENC_SIZES = [256, 1024] if SMALL else [60000, 2**20]
+CUDA = DEVICE.type == "cuda"
+SMALL = os.environ.get("LSDM_BENCH_SMALL") == "1" or not CUDA
+NOISE, CLASSES, LATENT = 16, 10, 32
+GEN_W, DEC_W, ENC_W = [NOISE + CLASSES, 512, 512, LATENT], [LATENT, 512, 512, 784], [784, 512, 512, LATENT]
+SIZES = [256, 1024] if SMALL else [2**16, 2**20]
+SAMPLER_ROWS = 256 if SMALL else 2**16
+DIFFUSION_STEPS, DIFFUSION_T = 50, 1000
 INTERP_ROWS = 64
-NO_COMPILE = os.environ.get("LSDM_BENCH_NO_COMPILE") == "1"
+COMPILE = CUDA or os.environ.get("LSDM_BENCH_COMPILE") == "1"
 
 
-def _mlp(widths, out_act=None, dtype=torch.float32):
+def _mlp(widths, out_act=None, dtype=torch.float32) -> MLPParams:
     g = torch.Generator().manual_seed(sum(widths))
     ws = [(torch.randn(o, i, generator=g) / i**0.5).to(DEVICE, dtype) for i, o in zip(widths[:-1], widths[1:])]
     bs = [(torch.randn(o, generator=g) * 0.1).to(DEVICE, dtype) for o in widths[1:]]
     return MLPParams(ws, bs, "leaky_relu", 0.2, out_act)
 
 
-def _flops(rows, *widths_lists):
+def _flops(rows, *widths_lists) -> int:
     return 2 * rows * sum(a * b for w in widths_lists for a, b in zip(w[:-1], w[1:]))
 
 
 def _sync():
-    if DEVICE.type == "cuda":
+    if CUDA:
         torch.cuda.synchronize()
 
 
-def _run(benchmark, fn, rows, flops, interpreted=False):
+def _run(benchmark, fn, rows, flops, group, quick=False):
     def call():
         r = fn()
         _sync()
         return r
 
-    call()  # warm-up / compile
-    if interpreted or SMALL:
-        benchmark.pedantic(call, rounds=1 if interpreted else 3, iterations=1)
+    benchmark.group = group
+    call()  # warm-up: compilation, weight packing, label check
+    if quick or SMALL:
+        benchmark.pedantic(call, rounds=1 if quick else 3, iterations=1)
     else:
         benchmark(call)
     mean = benchmark.stats.stats.mean
-    benchmark.extra_info.update(device=str(torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"),
-                                torch=torch.__version__, rows=rows, samples_per_s=rows / mean,
-                                tflops=flops / mean / 1e12)
+    benchmark.extra_info.update(device=torch.cuda.get_device_name() if CUDA else "cpu", torch=torch.__version__,
+                                rows=rows, samples_per_s=rows / mean, tflops=flops / mean / 1e12)
 
 
 def _eager_forward(p: MLPParams, u):
@@ -82,110 +99,157 @@ def _eager_forward(p: MLPParams, u):
     return torch.sigmoid(u) if p.output_activation == "sigmoid" else u
 
 
-def _eager_generate(gen, dec, labels):
-    eta = torch.randn(labels.shape[0], NOISE, device=DEVICE)
-    x = F.one_hot(labels, CLASSES).float()
+def _eager_generate(gen: MLPParams, dec: MLPParams, labels):
+    dtype = gen.weights[0].dtype
+    eta = torch.randn(labels.shape[0], NOISE, device=labels.device, dtype=dtype)
+    x = F.one_hot(labels, CLASSES).to(dtype)
     return _eager_forward(dec, _eager_forward(gen, torch.cat([eta, x], 1)))
 
 
+def _cuda_graph(fn):
+    """fn captured once in a CUDA graph; the returned callable replays it (same output tensor)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay():
+        graph.replay()
+        return out
+    return replay
+
+
 def _variants(op):
-    """(name, kind, dtype): kind 'lsdm:<backend>', 'eager', 'autocast', 'compile'."""
-    out = [("eager-fp32", "eager", torch.float32), ("eager-bf16-autocast", "autocast", torch.float32)]
-    if not NO_COMPILE:
-        out.append(("torch.compile-bf16-autocast", "compile", torch.float32))
+    out = ["eager-fp32", "eager-bf16", "compile-bf16", "cudagraph-bf16"]
     for b in available_backends(op, DEVICE):
-        out.append((f"lsdm-{b}-fp32", f"lsdm:{b}", torch.float32))
-        if b != "torch":
-            out.append((f"lsdm-{b}-bf16", f"lsdm:{b}", torch.bfloat16))
+        out += [f"lsdm-{b}-fp32"] + ([f"lsdm-{b}-bf16"] if b != "torch" else [])
+        if b == "triton" and CUDA:
+            out.append("lsdm-triton-tf32")
     return out
 
 
-def _is_interpreted(kind):
-    return kind == "lsdm:triton" and DEVICE.type == "cpu"
+def _prepare(variant):
+    """(dtype of weights and inputs, lsdm backend or None, quick) for a variant; skips what cannot run here."""
+    if variant == "compile-bf16" and not COMPILE:
+        pytest.skip("torch.compile runs on CUDA (on the CPU only with LSDM_BENCH_COMPILE=1)")
+    if variant == "cudagraph-bf16" and not CUDA:
+        pytest.skip("CUDA graphs need a GPU")
+    dtype = torch.float32 if variant.endswith(("fp32", "tf32")) else torch.bfloat16
+    backend = variant.split("-")[1] if variant.startswith("lsdm-") else None
+    return dtype, backend, backend == "triton" and not CUDA
 
 
-def _autocast():
-    return torch.autocast(DEVICE.type, dtype=torch.bfloat16)
+def _wrap(variant, body):
+    if variant == "compile-bf16":
+        return torch.compile(body)
+    if variant == "cudagraph-bf16":
+        return _cuda_graph(body)
+    return body
 
 
-@pytest.mark.parametrize("rows", GEN_SIZES)
-@pytest.mark.parametrize("name,kind,dtype", _variants("generate"), ids=[v[0] for v in _variants("generate")])
+@pytest.mark.parametrize("rows", SIZES)
+@pytest.mark.parametrize("variant", _variants("generate"))
 @torch.no_grad()
-def test_bench_generate(benchmark, rows, name, kind, dtype):
-    if _is_interpreted(kind):
-        rows = min(rows, INTERP_ROWS)
+def test_bench_generate(benchmark, rows, variant, monkeypatch):
+    dtype, backend, quick = _prepare(variant)
+    rows = min(rows, INTERP_ROWS) if quick else rows
     gen, dec = _mlp(GEN_W, dtype=dtype), _mlp(DEC_W, "sigmoid", dtype=dtype)
     labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
-    if kind.startswith("lsdm:"):
-        backend = kind.split(":")[1]
-        out_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    if backend is not None:
+        if variant == "lsdm-triton-tf32":
+            monkeypatch.setenv("LSDM_TRITON_FP32_PRECISION", "tf32")
         fn = lambda: generate(gen, dec, labels, noise_dim=NOISE, num_classes=CLASSES, seed=1,  # noqa: E731
-                              out_dtype=out_dtype, backend=backend)
-    elif kind == "eager":
-        fn = lambda: _eager_generate(gen, dec, labels)  # noqa: E731
+                              out_dtype=dtype, backend=backend)
     else:
-        body = torch.compile(_eager_generate) if kind == "compile" else _eager_generate
-
-        def fn():
-            with _autocast():
-                return body(gen, dec, labels)
-    benchmark.group = f"generate-{rows}"
-    _run(benchmark, fn, rows, _flops(rows, GEN_W, DEC_W), _is_interpreted(kind))
+        fn = _wrap(variant, lambda: _eager_generate(gen, dec, labels))
+    _run(benchmark, fn, rows, _flops(rows, GEN_W, DEC_W), f"generate-{rows}", quick)
 
 
-@pytest.mark.parametrize("rows", ENC_SIZES)
-@pytest.mark.parametrize("name,kind,dtype", _variants("encode"), ids=[v[0] for v in _variants("encode")])
+@pytest.mark.parametrize("rows", SIZES)
+@pytest.mark.parametrize("variant", _variants("encode"))
 @torch.no_grad()
-def test_bench_encode(benchmark, rows, name, kind, dtype):
-    if _is_interpreted(kind):
-        rows = min(rows, INTERP_ROWS)
+def test_bench_encode(benchmark, rows, variant, monkeypatch):
+    dtype, backend, quick = _prepare(variant)
+    rows = min(rows, INTERP_ROWS) if quick else rows
     enc = _mlp(ENC_W, dtype=dtype)
     y = torch.rand(rows, 784, device=DEVICE, dtype=dtype)
-    if kind.startswith("lsdm:"):
-        backend = kind.split(":")[1]
+    if backend is not None:
+        if variant == "lsdm-triton-tf32":
+            monkeypatch.setenv("LSDM_TRITON_FP32_PRECISION", "tf32")
         fn = lambda: encode(enc, y, backend=backend)  # noqa: E731
-    elif kind == "eager":
-        fn = lambda: _eager_forward(enc, y)  # noqa: E731
     else:
-        body = torch.compile(_eager_forward) if kind == "compile" else _eager_forward
+        fn = _wrap(variant, lambda: _eager_forward(enc, y))
+    _run(benchmark, fn, rows, _flops(rows, ENC_W), f"encode-{rows}", quick)
 
-        def fn():
-            with _autocast():
-                return body(enc, y)
-    benchmark.group = f"encode-{rows}"
-    _run(benchmark, fn, rows, _flops(rows, ENC_W), _is_interpreted(kind))
+
+# ------------------------------------------------------------------ one step vs latent diffusion
+
+def _autocast():
+    return torch.autocast("cuda", dtype=torch.bfloat16) if CUDA else torch.autocast("cpu", enabled=False)
+
+
+def _diffusion_sampler(dec: MLPParams, labels):
+    """50 DDIM steps (eta = 0) of a conditional latent denoiser, then the decoder; and the
+    denoiser's layer widths."""
+    torch.manual_seed(0)
+    den = Denoiser(LATENT, CLASSES, (512, 512, 512)).to(DEVICE).eval()
+    widths = [m.in_features for m in den.net if isinstance(m, torch.nn.Linear)] + [LATENT]
+    ts = torch.linspace(DIFFUSION_T, 0, DIFFUSION_STEPS + 1).round().long().tolist()
+    alpha_bar = cosine_alpha_bar(torch.arange(DIFFUSION_T + 1, dtype=torch.float64) / DIFFUSION_T).clamp(1e-5, 1.0)
+    # per step: the time embedding (the same for every row) and the DDIM coefficients, computed once
+    steps = []
+    for t_now, t_next in zip(ts[:-1], ts[1:]):
+        ab, ab_next = float(alpha_bar[t_now]), float(alpha_bar[t_next])
+        emb = den.embed(torch.full((1,), t_now / DIFFUSION_T)).to(DEVICE)
+        steps.append((emb, ab**0.5, (1 - ab) ** 0.5, ab_next**0.5, (1 - ab_next) ** 0.5, t_next > 0))
+    x = F.one_hot(labels, CLASSES).float()
+
+    def sample():
+        with _autocast():
+            z = torch.randn(labels.shape[0], LATENT, device=DEVICE)
+            for emb, s, c, s_next, c_next, more in steps:
+                v = den.net(torch.cat([z, x, emb.expand(z.shape[0], -1)], 1)).float()
+                z0 = (s * z - c * v).clamp(-8, 8)
+                z = s_next * z0 + c_next * (c * z + s * v) if more else z0
+            return _eager_forward(dec, z)
+    return sample, widths
 
 
 def _sampler_backend():
-    avail = available_backends("generate", DEVICE)
-    for b in ("cuda", "triton"):
-        if b in avail and not (b == "triton" and DEVICE.type == "cpu"):
+    for b in ("triton", "cuda"):
+        if CUDA and b in available_backends("generate", DEVICE):
             return b
     return "torch"
 
 
-@pytest.mark.parametrize("steps", [1, 50], ids=["lsdm-one-step", "stand-in-50-step-latent-sampler"])
+SAMPLERS = ["lsdm-one-step-eager", f"lsdm-one-step-{_sampler_backend()}", f"latent-diffusion-{DIFFUSION_STEPS}-step"]
+
+
+@pytest.mark.parametrize("variant", SAMPLERS)
 @torch.no_grad()
-def test_bench_one_step_vs_50_step(benchmark, steps):
-    """One-step LSDM sampling vs a 50-step latent sampler STAND-IN COST MODEL (see module docstring)."""
-    rows = GEN_SIZES[0]
+def test_bench_one_step_vs_50_step(benchmark, variant):
+    rows = SAMPLER_ROWS
     gen, dec = _mlp(GEN_W), _mlp(DEC_W, "sigmoid")
-    step_mlp = _mlp([32, 512, 512, 32])
     labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
-    backend = _sampler_backend()
-    if steps == 1:
+    if variant == "lsdm-one-step-eager":
+        def fn():
+            with _autocast():
+                return _eager_generate(gen, dec, labels)
+        flops = _flops(rows, GEN_W, DEC_W)
+    elif variant.startswith("lsdm-one-step-"):
+        backend = variant.rsplit("-", 1)[1]
+        if CUDA and backend != "torch":
+            gen, dec = _mlp(GEN_W, dtype=torch.bfloat16), _mlp(DEC_W, "sigmoid", dtype=torch.bfloat16)
         fn = lambda: generate(gen, dec, labels, noise_dim=NOISE, num_classes=CLASSES, seed=1,  # noqa: E731
-                              backend=backend)
+                              out_dtype=gen.weights[0].dtype, backend=backend)
         flops = _flops(rows, GEN_W, DEC_W)
     else:
-        def fn():
-            with _autocast() if DEVICE.type == "cuda" else torch.autocast("cpu", enabled=False):
-                z = torch.randn(rows, 32, device=DEVICE)
-                for _ in range(steps):
-                    z = z + _eager_forward(step_mlp, z)
-                return _eager_forward(dec, z)
-        flops = steps * _flops(rows, [32, 512, 512, 32]) + _flops(rows, DEC_W)
-    benchmark.group = "sampler-one-step-vs-50-step-stand-in"
-    benchmark.extra_info["sampler"] = "lsdm one-step (backend=%s)" % backend if steps == 1 else \
-        "STAND-IN cost model: 50 x MLP(32->512->512->32) + decoder, eager"
-    _run(benchmark, fn, rows, flops)
+        fn, den_w = _diffusion_sampler(dec, labels)
+        flops = DIFFUSION_STEPS * _flops(rows, den_w) + _flops(rows, DEC_W)
+    benchmark.extra_info["latent_dim"] = LATENT
+    _run(benchmark, fn, rows, flops, "sampler-one-step-vs-50-step")

@@ -4,6 +4,9 @@ memory-mapped .npy file.
 Chunk k covers rows [k * chunk_size, (k + 1) * chunk_size) and is generated with Philox row
 offset `offset + k * chunk_size`, so the result equals one big `generate` call with the same
 seed (the noise of a row depends only on the seed and the row's global index).
+
+Labels are checked once for the whole batch; the chunks are views of the checked tensor, so on
+CUDA no chunk reads anything back to the host (lsdm_fast.ops.encode_generate.validate_labels).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import os
 import numpy as np
 import torch
 
-from .ops.encode_generate import OUT_DTYPES, generate
+from .ops.encode_generate import LABEL_DTYPES, OUT_DTYPES, generate, validate_labels
 from .ops.mlp import MLPParams, check_mlp
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
@@ -50,6 +53,10 @@ def generate_chunked(generator: MLPParams, decoder: MLPParams, cond: torch.Tenso
         raise ValueError(f"offset must be >= 0, got {offset}")
     if out is not None and path is not None:
         raise ValueError("give either `out` or `path`, not both")
+    if cond.dtype in LABEL_DTYPES and num_classes is not None:
+        if cond.device.type != "cpu" and cond._base is not None:
+            cond = cond.clone()  # a tensor of its own: its range is checked (and cached) once
+        validate_labels(cond, num_classes)
     n, width = int(cond.shape[0]), decoder.out_features
 
     target = out

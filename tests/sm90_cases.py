@@ -57,24 +57,43 @@ def critic_cases():
 
 
 def encode_generate_cases():
+    """Every dtype/precision configuration of the Triton encode/generate kernel, and across them every
+    constexpr branch its host code picks: MODE 0 (encode), 1 (in-kernel noise) and 2 (eta given), each
+    with labels and with a float condition (super-resolution, 49 or 196 wide); hidden activations
+    leaky_relu/relu/silu, output none/sigmoid; output float32/uint8/half/float64; inputs (y, condition)
+    in a dtype other than the weights' (read and converted in the kernel); per-layer tiles
+    BN 16..128 and BK 16..64 with exact and masked tails (784 = 6 x 128 + 16, 176 = 128 + 48 in a
+    64-wide tail); widths off the 16 grid (26, 42, 81, 196) and up to 1024."""
     from lsdm_fast.ops import encode_generate_triton as et
 
+    def encode(sizes, dtype, prec, act, y_dtype=None):
+        enc = _mlp(sizes, dtype, act)
+        return lambda: et.encode_triton(enc, torch.rand(B, sizes[0], dtype=y_dtype or dtype), precision=prec)
+
+    def generate(gen_sizes, dec_sizes, noise, cond, dtype, prec, act, out_dtype, eta, cond_dtype=torch.float32):
+        gen, dec = _mlp(gen_sizes, dtype, act), _mlp(dec_sizes, dtype, act, "sigmoid")
+        labels = cond == "labels"
+        c = (torch.randint(0, 10, (B,), dtype=torch.int32) if labels
+             else torch.rand(B, gen_sizes[0] - noise, dtype=cond_dtype))
+        e = torch.randn(B, noise, dtype=dtype) if eta else None
+        return lambda: et.generate_triton(gen, dec, c, noise_dim=noise, num_classes=10 if labels else None, seed=3,
+                                          offset=5, eta=e, out_dtype=out_dtype, precision=prec)
+
+    mnist_gen, mnist_dec = [26, 256, 256, 16], [16, 256, 512, 784]  # d = 16, 10 classes
+    wide_gen, wide_dec = [42, 512, 512, 32], [32, 512, 1024, 784]  # d = 32, 10 classes
+    sr_gen, sr_dec = [81, 512, 512, 32], [32, 512, 196]  # 7x7 -> 14x14, d = 32
     cases = []
-    for dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, None), (torch.float16, None)):
-        for hidden, d in (((512, 256), 16), ((1024, 512), 32)):
-            enc = _mlp([784, *hidden, d], dtype)
-            dec = _mlp([d, *reversed(hidden), 784], dtype, out_act="sigmoid")
-            gen = _mlp([d + 10, 256, 256, d], dtype)
-
-            def encode(enc=enc, dtype=dtype, prec=prec):
-                et.encode_triton(enc, torch.rand(B, 784, dtype=dtype), precision=prec)
-
-            def generate(gen=gen, dec=dec, d=d, prec=prec, out_dtype=torch.float32):
-                et.generate_triton(gen, dec, torch.randint(0, 10, (B,)), noise_dim=d, num_classes=10, seed=1,
-                                   offset=0, eta=None, out_dtype=out_dtype, precision=prec)
-
-            def generate_u8(gen=gen, dec=dec, d=d, prec=prec):
-                generate(gen, dec, d, prec, torch.uint8)
-
-            cases += [encode, generate, generate_u8]
+    for dtype, prec in ((torch.bfloat16, None), (torch.float32, "tf32"), (torch.float32, "ieee")):
+        other = torch.float16 if dtype == torch.bfloat16 else torch.float64  # an input dtype unlike the weights'
+        cases += [
+            encode([784, 512, 256, 16], dtype, prec, "leaky_relu"),
+            encode([784, 1024, 512, 32], dtype, prec, "relu", y_dtype=torch.float32 if dtype != torch.float32
+                   else torch.float16),
+            generate(mnist_gen, mnist_dec, 16, "labels", dtype, prec, "leaky_relu", torch.uint8, eta=False),
+            generate(wide_gen, wide_dec, 32, "labels", dtype, prec, "silu", torch.float32, eta=True),
+            generate(sr_gen, sr_dec, 32, "tensor", dtype, prec, "leaky_relu", other, eta=False, cond_dtype=other),
+            generate([32 + 49, 176, 32], [32, 512, 784], 32, "tensor", dtype, prec, "relu", torch.float32, eta=True),
+        ]
+    cases += [encode([784, 512, 256, 16], torch.float16, None, "leaky_relu"),
+              generate(mnist_gen, mnist_dec, 16, "labels", torch.float16, None, "leaky_relu", torch.uint8, eta=False)]
     return cases

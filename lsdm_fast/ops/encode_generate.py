@@ -6,52 +6,212 @@ Public entry points (backend="auto" | "torch" | "triton" | "cuda"):
 - generate(generator, decoder, cond, ...): eta ~ N(0, I) drawn from counter-based Philox
   (lsdm_fast.ops.philox, identical to Triton's tl.randn) unless `eta` is given; generator
   input is cat(eta, x); x is a one-hot built from integer labels, or a float condition tensor.
+- validate_labels(labels, num_classes): the one label-range check (see below).
 
 MLPs are described by MLPParams. Outputs are float32 unless `out_dtype` says otherwise
-(torch.uint8 maps [0, 1] to 0..255, rounding to nearest).
+(torch.uint8 maps [0, 1] to 0..255: round(clamp(y, 0, 1) * 255) computed in float32 (float64
+for float64 weights) and rounded half to even, as torch.round; every backend follows this rule).
+
+Contract between the entry points and the backends
+--------------------------------------------------
+The entry points validate every argument once, before dispatch, so that a bad call gets the
+same exception type and message whatever the backend (TypeError for a wrong type, ValueError
+for a wrong value, shape, dtype or device). None of these checks reads a CUDA tensor's values
+on the host, except the label range (below).
+
+encode(encoder, y, *, batch_size, backend) checks:
+  - encoder: check_mlp; floating weights and biases, all on y's device;
+  - y: a 2-D floating tensor (N, encoder.in_features), N >= 0 (float16, bfloat16, float32, float64);
+  - batch_size: None or an int >= 1.
+generate(generator, decoder, cond, *, noise_dim, num_classes, seed, offset, eta, out_dtype,
+backend) checks:
+  - generator, decoder: check_mlp; floating weights and biases on cond's device;
+    generator.out_features == decoder.in_features;
+  - noise_dim: an int >= 0;
+  - cond: integer labels (N,) of a dtype in LABEL_DTYPES with num_classes an int >= 1, every
+    label in [0, num_classes) (validate_labels); or a 2-D floating tensor (N, cond_dim);
+    noise_dim + (num_classes or cond_dim) == generator.in_features;
+  - eta: None, or a floating tensor (N, noise_dim) on cond's device;
+  - seed: an int in [0, 2^64); offset: an int >= 0 with (offset + N) * noise_dim < 2^63 (the
+    int64 Philox counter of the last element);
+  - out_dtype: one of OUT_DTYPES.
+A backend's function (registered under "encode" / "generate") may assume all of the above and
+must not check again. It receives the tensors as given (any strides, any of the dtypes above),
+batch_size, noise_dim, seed and offset as Python ints (batch_size may be None), and returns a
+new tensor on the input's device: encode (N, encoder.out_features) float32 (float64 when the
+weights are float64); generate (N, decoder.out_features) of out_dtype. It must:
+  - not read a device value on the host (no .item(), int(t), .tolist(), .cpu() of data, no
+    data-dependent Python branch), so that a call never synchronises and can be captured in a
+    CUDA graph after one warm-up call;
+  - keep anything derived from weights (packed, converted, padded copies) in a
+    lsdm_fast.ops._weight_cache.DerivedCache (identity + version, held weakly), never keyed on
+    data_ptr;
+  - not fault on labels outside [0, num_classes) (build the one-hot by comparison, never by
+    indexing: such a row gets a zero one-hot);
+  - draw eta as lsdm_fast.ops.philox.philox_normal(seed, offset, N, noise_dim) does;
+  - produce uint8 as rint(min(max(float32(y * 255), 0), 255)), ties to even (no fused
+    multiply-add into the rounding);
+  - return an empty tensor for N = 0 without launching anything.
+float64 work may be delegated to the reference functions below. backend="auto" takes the
+first available of _registry.AUTO_ORDER for the device: on the CPU that is the torch
+reference (no C++ kernel is registered for these ops), so any floating dtype works there.
+
+Labels. validate_labels raises ValueError("labels must be in [0, C), got range [lo, hi]").
+CPU labels are checked on every call (host memory: no transfer). CUDA labels cost one
+device-to-host read the first time a tensor is seen; the observed range is then cached on the
+tensor (or the tensor it is a view of) while its version counter is unchanged, held weakly
+(DerivedCache), so repeated calls, and slices of a tensor checked once (generate_chunked), read
+nothing. Inside CUDA-graph capture an unchecked label tensor is refused with a RuntimeError
+that says to call validate_labels(labels, num_classes) before capturing.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
-import torch.nn.functional as F
 
 from ._registry import register, resolve
+from ._weight_cache import DerivedCache
 from .mlp import MLPParams, check_mlp, mlp_forward_reference
 from .philox import philox_normal
 
 OUT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.uint8)
+LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
+_MAX_COUNTER = 2**63  # Philox counters are computed in int64
 
 
-def _as_float(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+# ---------------------------------------------------------------- validation (one home)
 
+def _int(name: str, value, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = operator.index(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_params(p: MLPParams, name: str, device: torch.device) -> None:
+    check_mlp(p, name)
+    for l, (w, b) in enumerate(zip(p.weights, p.biases)):
+        for what, t in (("weight", w), ("bias", b)):
+            if not t.dtype.is_floating_point:
+                raise ValueError(f"{name}: layer {l} {what} must be floating point, got {t.dtype}")
+            if t.device != device:
+                raise ValueError(f"{name}: layer {l} {what} is on {t.device} but the input is on {device}")
+
+
+def _check_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _observed_range(t: torch.Tensor) -> tuple[int, int]:
+    lo, hi = torch.aminmax(t)
+    return tuple(torch.stack([lo.long(), hi.long()]).tolist())  # one transfer
+
+
+def _observed_range_outside_capture(t: torch.Tensor) -> tuple[int, int]:
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("labels on CUDA must be checked before CUDA-graph capture: call "
+                           "lsdm_fast.ops.encode_generate.validate_labels(labels, num_classes) "
+                           "on them (or on the tensor they are a view of) before capturing")
+    return _observed_range(t)
+
+
+_LABEL_RANGES = DerivedCache(maxsize=64)
+
+
+def _label_range(labels: torch.Tensor, num_classes: int, cache: bool) -> tuple[int, int]:
+    """(min, max) of labels; with `cache`, read once per version of the tensor labels views (or of
+    labels itself) and shared by all its views."""
+    if not cache:
+        return _observed_range(labels)
+    base = labels._base
+    root = base if base is not None and base.dtype == labels.dtype else labels
+    if root.is_inference():  # no version counter to key a cache on
+        return _observed_range(labels)
+    lo, hi = _LABEL_RANGES.get([root], "range", lambda: _observed_range_outside_capture(root))
+    if (lo < 0 or hi >= num_classes) and root is not labels:
+        return _observed_range(labels)  # the view may be valid where the tensor it views is not
+    return lo, hi
+
+
+def validate_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Raise ValueError unless every label is in [0, num_classes); see the module docstring."""
+    num_classes = _int("num_classes", num_classes, 1)
+    if labels.numel() == 0:
+        return
+    lo, hi = _label_range(labels, num_classes, cache=labels.device.type != "cpu")
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes}), got range [{lo}, {hi}]")
+
+
+def _check_encode(encoder: MLPParams, y, batch_size) -> None:
+    _check_tensor("y", y)
+    _check_params(encoder, "encoder", y.device)
+    if y.dim() != 2 or y.shape[1] != encoder.in_features:
+        raise ValueError(f"encode: y must be (N, {encoder.in_features}), got shape {tuple(y.shape)}")
+    if not y.dtype.is_floating_point:
+        raise ValueError(f"encode: y must be floating point, got {y.dtype}")
+    if batch_size is not None:
+        _int("batch_size", batch_size, 1)
+
+
+def _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offset, eta, out_dtype):
+    _check_tensor("cond", cond)
+    _check_params(generator, "generator", cond.device)
+    _check_params(decoder, "decoder", cond.device)
+    if generator.out_features != decoder.in_features:
+        raise ValueError(f"generator gives {generator.out_features} latents, decoder takes {decoder.in_features}")
+    noise_dim = _int("noise_dim", noise_dim, 0)
+    if cond.dtype in LABEL_DTYPES:
+        if cond.dim() != 1:
+            raise ValueError(f"labels must be 1-D (N,), got shape {tuple(cond.shape)}")
+        if num_classes is None:
+            raise ValueError("integer labels given but num_classes is None")
+        cond_dim = _int("num_classes", num_classes, 1)
+    elif cond.dtype.is_floating_point:
+        if cond.dim() != 2:
+            raise ValueError(f"a condition tensor must be 2-D (N, cond_dim), got shape {tuple(cond.shape)}")
+        cond_dim = int(cond.shape[1])
+    else:
+        raise ValueError(f"cond must be integer labels ({', '.join(str(d) for d in LABEL_DTYPES)}) or a floating "
+                         f"condition tensor, got {cond.dtype}")
+    if noise_dim + cond_dim != generator.in_features:
+        raise ValueError(f"generator takes {generator.in_features} inputs but noise_dim ({noise_dim}) + "
+                         f"condition ({cond_dim}) give {noise_dim + cond_dim}")
+    n = int(cond.shape[0])
+    if eta is not None:
+        _check_tensor("eta", eta)
+        if eta.dim() != 2 or tuple(eta.shape) != (n, noise_dim):
+            raise ValueError(f"eta must be ({n}, {noise_dim}), got shape {tuple(eta.shape)}")
+        if not eta.dtype.is_floating_point:
+            raise ValueError(f"eta must be floating point, got {eta.dtype}")
+        if eta.device != cond.device:
+            raise ValueError(f"eta is on {eta.device} but cond is on {cond.device}")
+    seed = _int("seed", seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2^64), got {seed}")
+    offset = _int("offset", offset, 0)
+    if (offset + n) * noise_dim >= _MAX_COUNTER:
+        raise ValueError(f"offset {offset} + {n} rows times noise_dim {noise_dim} reaches 2^63: "
+                         "the Philox counter would overflow")
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    if cond.dtype in LABEL_DTYPES:
+        validate_labels(cond, cond_dim)
+    return noise_dim, seed, offset
+
+
+# ---------------------------------------------------------------- entry points
 
 def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None,
            backend: str = "auto") -> torch.Tensor:
     """encoder(y) without autograd, accumulating in float32 (float64 stays float64)."""
-    check_mlp(encoder, "encoder")
-    if y.dim() != 2 or y.shape[1] != encoder.in_features:
-        raise ValueError(f"encode: y must be (N, {encoder.in_features}), got {tuple(y.shape)}")
-    if not y.dtype.is_floating_point:
-        raise ValueError(f"encode: y must be floating point, got {y.dtype}")
+    _check_encode(encoder, y, batch_size)
     _, fn = resolve("encode", backend, y.device)
-    return fn(encoder, y, batch_size=batch_size)
-
-
-def condition_tensor(cond: torch.Tensor, num_classes: int | None, dtype: torch.dtype) -> torch.Tensor:
-    """Labels -> one-hot; float conditions pass through."""
-    if cond.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        if num_classes is None:
-            raise ValueError("integer labels given but num_classes is None")
-        if cond.dim() != 1:
-            raise ValueError(f"labels must be 1-D, got shape {tuple(cond.shape)}")
-        if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= num_classes):
-            raise ValueError(f"labels must be in [0, {num_classes}), got range "
-                             f"[{int(cond.min())}, {int(cond.max())}]")
-        return F.one_hot(cond.long(), num_classes).to(dtype)
-    if cond.dim() != 2:
-        raise ValueError(f"condition tensor must be 2-D (N, cond_dim), got {tuple(cond.shape)}")
-    return cond.to(dtype)
+    return fn(encoder, y, batch_size=None if batch_size is None else operator.index(batch_size))
 
 
 def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, noise_dim: int,
@@ -63,24 +223,30 @@ def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, no
     Row i uses noise row `offset + i` of the stream `seed`, so a batch split into pieces with
     matching offsets gives the same samples as the whole batch.
     """
-    check_mlp(generator, "generator")
-    check_mlp(decoder, "decoder")
-    if generator.out_features != decoder.in_features:
-        raise ValueError(f"generator gives {generator.out_features} latents, decoder takes {decoder.in_features}")
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
-    is_labels = not cond.dtype.is_floating_point
-    cond_dim = num_classes if is_labels else (cond.shape[1] if cond.dim() == 2 else -1)
-    if is_labels and cond.dim() != 1:
-        raise ValueError(f"labels must be 1-D, got shape {tuple(cond.shape)}")
-    if noise_dim + (cond_dim or 0) != generator.in_features:
-        raise ValueError(f"generator takes {generator.in_features} inputs but noise_dim ({noise_dim}) + "
-                         f"condition ({cond_dim}) give {noise_dim + (cond_dim or 0)}")
-    if eta is not None and (eta.dim() != 2 or eta.shape != (cond.shape[0], noise_dim)):
-        raise ValueError(f"eta must be ({cond.shape[0]}, {noise_dim}), got {tuple(eta.shape)}")
+    noise_dim, seed, offset = _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offset, eta,
+                                              out_dtype)
     _, fn = resolve("generate", backend, cond.device)
-    return fn(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=int(seed),
-              offset=int(offset), eta=eta, out_dtype=out_dtype)
+    return fn(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed, offset=offset,
+              eta=eta, out_dtype=out_dtype)
+
+
+def _one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    # by comparison: no device assert, no sync; an out-of-range label gives a zero row
+    return (labels.long()[:, None] == torch.arange(num_classes, device=labels.device)).to(dtype)
+
+
+def condition_tensor(cond: torch.Tensor, num_classes: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """Labels -> one-hot (checked with validate_labels); float conditions pass through."""
+    if not cond.dtype.is_floating_point:
+        if num_classes is None:
+            raise ValueError("integer labels given but num_classes is None")
+        if cond.dim() != 1:
+            raise ValueError(f"labels must be 1-D, got shape {tuple(cond.shape)}")
+        validate_labels(cond, num_classes)
+        return _one_hot(cond, num_classes, dtype)
+    if cond.dim() != 2:
+        raise ValueError(f"condition tensor must be 2-D (N, cond_dim), got {tuple(cond.shape)}")
+    return cond.to(dtype)
 
 
 def to_out_dtype(y: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -90,6 +256,10 @@ def to_out_dtype(y: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- reference (pure PyTorch)
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
 
 @register("encode", "torch")
 @torch.no_grad()
@@ -107,7 +277,7 @@ def encode_torch(encoder, y, *, batch_size=None):
 @torch.no_grad()
 def generate_torch(generator, decoder, cond, *, noise_dim, num_classes, seed, offset, eta, out_dtype):
     dtype = generator.weights[0].dtype if generator.weights[0].dtype in (torch.float32, torch.float64) else torch.float32
-    x = condition_tensor(cond, num_classes, dtype)
+    x = _one_hot(cond, num_classes, dtype) if cond.dtype in LABEL_DTYPES else cond.to(dtype)
     if eta is None:
         eta = philox_normal(seed, offset, cond.shape[0], noise_dim, device=cond.device, dtype=dtype)
     g = generator._replace(weights=[w.to(dtype) for w in generator.weights], biases=[b.to(dtype) for b in generator.biases])

@@ -1,57 +1,83 @@
-"""Triton backend for `encode` and `generate` (DESIGN.md sections 3-4, issue 6).
+"""Triton backend for `encode` and `generate` (DESIGN.md sections 3-4, issues 6 and 11).
 
 One kernel, `_fused_mlp_kernel`, serves both ops; each call is ONE Triton launch (plus, the
-first time a given set of weights is seen, a few torch ops that pack them into one flat
-buffer; the packing is cached on the tensors' identity and version counter).
+first time a given set of weights is seen, a few torch ops that pack them; the packing is
+cached in a DerivedCache: the weights' identity and version, held weakly).
+
+The entry points in encode_generate.py validate every argument before dispatch (see the
+contract there); nothing here reads a device value on the host, so a call never synchronises
+and can be captured in a CUDA graph once the weights are packed (one warm-up call).
 
 Structure (FullyFusedMLP idea):
-- A persistent grid: each program walks row tiles of BM rows. For every tile it runs all
-  layers back to back. Between layers the tile's activations live in a per-program scratch
-  tile (2 x BM x max_width, ping-pong) that only this program touches: it is never re-read
-  by another launch, stays L2-resident on a GPU (a few MB in total for the whole grid), and
-  the final layer writes the output exactly once, already converted to the requested dtype.
-  Each layer is a K/N-chunked GEMM (BN output columns x BK input columns per step), so any
-  width up to 1024 (and beyond) works and non-multiples of the block are masked.
-- generate: a prologue builds the generator input cat(eta, x) for the tile inside the kernel:
-  eta from `tl.randn(seed, offsets)` with offsets = (row_offset + i) * noise_dim + j as int64
-  (exactly lsdm_fast.ops.philox.philox_normal, so noise is independent of tiling and of batch
-  splits), or loaded when `eta` is given; x a one-hot built from integer labels or the loaded
-  condition tensor. Generator and decoder layers follow in the same launch.
+- Every width is padded to a multiple of 16 (zero weights and biases, so padded activations
+  are exactly 0) and passed as a constexpr, with the weight offsets, activations and block
+  sizes of each layer: all loads have provable 16-byte alignment and bounds, and each layer's
+  K loop is software-pipelined (cp.async, NUM_STAGES deep) into the dot.
+- A persistent grid (one program per SM on a GPU) walks row tiles of BM rows and runs all
+  layers of a tile back to back. Between layers the tile's activations ping-pong through a
+  per-program scratch (2 x BM x scratch width, compute dtype) that only this program touches;
+  the grid is capped so that the whole scratch takes at most `_L2_SHARE` of the L2 and stays
+  there. The last layer writes the output exactly once, in its dtype.
+- Each layer is a loop over BN-wide column tiles, each a pipelined loop over BK-wide K steps;
+  per layer the host picks power-of-two blocks up to BN_MAX / BK_MAX and one narrower tail
+  tile / step for what is left (`_blocks`: 784 = 6 x 128 + 16, 208 = 3 x 64 + 16), so no
+  padded column beyond the 16-grid is computed.
+- L2 traffic (what bounds the speed of this design, untimed): per 128-row tile every weight is
+  read once and each layer's input N / BN times; for 26->512->512->32->512->512->784 in bf16
+  that is about 4 MB per tile, 33 GB for 2^20 samples. BN = 256 would cut it by a quarter but
+  spills 24-40 bytes in the silu/relu variants (ptxas, sm_90), so BN_MAX is 128.
+- generate: a prologue builds the generator input cat(eta, x) for the tile: eta from
+  `tl.randn(seed, (row_offset + i) * noise_dim + j)` as int64 (exactly
+  lsdm_fast.ops.philox.philox_normal, so noise is independent of tiling and of batch splits),
+  or loaded when `eta` is given; x a one-hot built from integer labels (the entry point has
+  checked their range) or the loaded condition tensor.
+- uint8 output: clamp(y * 255, 0, 255) rounded half to even (adding and subtracting 2^23 in
+  float32), the rule of torch.round in the reference; the clamp sits between the multiply and
+  the add so that no fused multiply-add changes the rounding.
 
-Precision: float32 weights/inputs use `tl.dot(..., input_precision="ieee")` (true fp32 FMA
-path, parity < 1e-4 against float64). Set LSDM_TRITON_FP32_PRECISION=tf32 (or pass
-`precision="tf32"` to the launch helpers) to use TF32 tensor cores for float32 instead
-(about 1e-3 relative error). bf16/fp16 inputs run on the tensor cores in that dtype with
-float32 accumulation; activations are rounded to the input dtype between layers (about
-1e-2 relative error against float64); under the interpreter (whose tl.dot mishandles bf16)
-the bf16/fp16 operands are upcast exactly to float32 before the dot, so CPU tests check the
-rounding of weights/activations but not the tensor-core instruction itself. float64 inputs/weights are served by the torch
-reference (Triton float64 dots are not what this backend is for).
+Precision: float32 weights use `tl.dot(..., input_precision="ieee")` by default (the fp32 FMA
+path, parity < 1e-4 against float64); LSDM_TRITON_FP32_PRECISION=tf32 (or `precision="tf32"`)
+selects TF32 tensor cores (wgmma) instead. bf16/fp16 weights run on the tensor cores in that
+dtype (wgmma) with float32 accumulation; activations are rounded to that dtype between layers.
+Under the interpreter (whose tl.dot mishandles bf16) the half operands are upcast exactly to
+float32 before the dot, so CPU tests check the rounding of weights and activations, not the
+tensor-core instruction. float64 weights or inputs are served by the torch reference.
 
 Availability: CUDA tensors, or CPU tensors when TRITON_INTERPRET=1 (the interpreter; each
-program costs tens of milliseconds there, so keep grids small).
+program costs tens of milliseconds there, so its grid is small).
 
-Performance note: the scratch tile is global memory (L2) rather than registers/shared memory;
-a register/SMEM-resident variant for narrow widths and block-size tuning are GPU work.
+Verified without a GPU: interpreter parity (tests/test_parity_encode_generate.py) and sm_90
+compilation of every configuration the host code can pick (tests/test_sm90_mlp.py: no spills,
+wgmma/HGMMA for bf16, fp16 and tf32). Block sizes, stages and the L2 share are untimed choices.
 """
 from __future__ import annotations
 
+import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ._registry import register
+from ._weight_cache import DerivedCache
 from .encode_generate import encode_torch, generate_torch
 from .mlp import ACT_CODE, MLPParams
 
-_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
-_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
+_HALF = (torch.bfloat16, torch.float16)
+PRECISIONS = ("ieee", "tf32")
+_L2_SHARE = 0.75  # fraction of the L2 the scratch of the whole grid may take (untimed choice)
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _available(device: torch.device) -> bool:
-    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    return device.type == "cuda" or (device.type == "cpu" and _interpreting())
 
 
 def _why_unavailable() -> str:
@@ -74,210 +100,323 @@ def _activate(v, slope, CODE: tl.constexpr):
 
 
 @triton.jit
-def _dense_layer(src, src_stride, src_rows, dst, dst_stride, dst_rows, w_ptr, b_ptr, K, N, slope, row_mask,
-                 ACT: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                 BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """dst[r, :N] = act(src[r, :K] @ W^T + b) for the BM rows of a tile, chunked over N and K.
-
-    src row r lives at src + src_rows[r] * src_stride, dst row r at dst + dst_rows[r] * dst_stride
-    (the row index within the tile for scratch, the global row for the op's input/output). W is (N, K) row-major in
-    the compute dtype, b float32."""
-    rk0 = tl.arange(0, BK)
-    rn0 = tl.arange(0, BN)
-    for n0 in range(0, N, BN):
-        rn = n0 + rn0
-        n_mask = rn < N
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            rk = k0 + rk0
-            k_mask = rk < K
-            a = tl.load(src + src_rows[:, None] * src_stride + rk[None, :],
-                        mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            wt = tl.load(w_ptr + rn[None, :] * K + rk[:, None],
-                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-            if UPCAST:  # interpreter: its tl.dot mishandles bf16, so dot the (exact) fp32 upcasts
-                acc = tl.dot(a.to(wt.dtype).to(tl.float32), wt.to(tl.float32), acc, input_precision=PRECISION)
-            else:
-                acc = tl.dot(a.to(wt.dtype), wt, acc, input_precision=PRECISION)
-        bias = tl.load(b_ptr + rn, mask=n_mask, other=0.0)
-        v = _activate(acc + bias[None, :], slope, ACT)
-        if TO_UINT8:
-            v = tl.minimum(tl.maximum(v, 0.0), 1.0)
-            v = tl.floor(v * 255.0 + 0.5)
-        tl.store(dst + dst_rows[:, None] * dst_stride + rn[None, :], v.to(dst.dtype.element_ty),
-                 mask=row_mask[:, None] & n_mask[None, :])
+def _mma_step(acc, src, src_stride, src_mask, r, w_ptr, rn, rk, K_LOAD: tl.constexpr, K: tl.constexpr,
+              N: tl.constexpr, MASK_W: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+              UPCAST: tl.constexpr):
+    """acc += src[r, rk] @ W[rn, rk]^T for the rows r of a tile (W is (N, K) row-major)."""
+    a = tl.load(src + r[:, None] * src_stride + rk[None, :], mask=src_mask[:, None] & (rk < K_LOAD)[None, :],
+                other=0.0)
+    w_ptrs = w_ptr + rn[:, None] * K + rk[None, :]
+    if MASK_W:
+        w = tl.load(w_ptrs, mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0)
+    else:
+        w = tl.load(w_ptrs)
+    if UPCAST:  # interpreter: its tl.dot mishandles bf16, so dot the (exact) fp32 upcasts
+        acc = tl.dot(a.to(DOT).to(tl.float32), tl.trans(w.to(DOT).to(tl.float32)), acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(a.to(DOT), tl.trans(w.to(DOT)), acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
-def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_stride,
-                      w_ptr, b_ptr, meta_ptr, slope_ptr, scratch_ptr, smax,
-                      M, seed, row_offset, noise_dim, cond_dim,
-                      NL: tl.constexpr, ACTS: tl.constexpr, MODE: tl.constexpr, LABELS: tl.constexpr,
-                      TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                      PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """MODE 0: encode (layer 0 reads in_ptr). MODE 1: generate with in-kernel noise. MODE 2:
-    generate with eta loaded from in_ptr. meta = [dims (NL+1), weight offsets (NL), bias
-    offsets (NL)] as int64; ACTS holds one octal digit per layer (see ACT_CODE)."""
+def _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z, n0,
+                K_LOAD: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_STORE: tl.constexpr, ACT: tl.constexpr,
+                TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, MASK_N: tl.constexpr, BK: tl.constexpr,
+                BK_TAIL: tl.constexpr, NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+                UPCAST: tl.constexpr):
+    """Output columns n0 .. n0 + BN of one layer for the BM rows of a tile: full BK steps through
+    K (software-pipelined), then one BK_TAIL step for the rest, then bias, activation, store."""
+    r = tl.arange(0, BM) + z
+    rn = n0 + tl.arange(0, BN) + z
+    k_shift = tl.multiple_of(n0 * z, 16)  # 0, but not hoistable out of the column loop
+    K_FULL: tl.constexpr = K // BK * BK
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in tl.range(0, K_FULL, BK, num_stages=NUM_STAGES):
+        acc = _mma_step(acc, src, src_stride, src_mask, r, w_ptr, rn, k0 + tl.arange(0, BK) + k_shift, K_LOAD, K,
+                        N, MASK_N, DOT, PRECISION, UPCAST)
+    if BK_TAIL > 0:
+        MASK_TAIL: tl.constexpr = MASK_N or (K_FULL + BK_TAIL > K)
+        acc = _mma_step(acc, src, src_stride, src_mask, r, w_ptr, rn, K_FULL + tl.arange(0, BK_TAIL) + k_shift,
+                        K_LOAD, K, N, MASK_TAIL, DOT, PRECISION, UPCAST)
+    if MASK_N:
+        bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0)
+    else:
+        bias = tl.load(b_ptr + rn)
+    v = _activate(acc + bias[None, :], slope, ACT)
+    if TO_UINT8:
+        # round half to even as torch.round: x + 2^23 - 2^23 in float32 for 0 <= x <= 255
+        v = tl.minimum(tl.maximum(v * 255.0, 0.0), 255.0)
+        v = (v + 8388608.0) - 8388608.0
+    tl.store(dst + r[:, None] * dst_stride + rn[None, :], v.to(dst.dtype.element_ty),
+             mask=dst_mask[:, None] & (rn < N_STORE)[None, :])
+
+
+@triton.jit
+def _dense_layer(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z,
+                 K_LOAD: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_STORE: tl.constexpr,
+                 ACT: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                 BN_TAIL: tl.constexpr, BK: tl.constexpr, BK_TAIL: tl.constexpr, NUM_STAGES: tl.constexpr,
+                 DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """dst[r, :N_STORE] = act(src[r, :K] @ W^T + b) for the BM rows r of a tile.
+
+    W is (N, K) row-major in the dots' operand dtype DOT (N, K padded to multiples of 16, padding
+    zero), b float32 (N,). Row r of the tile lives at src + r * src_stride (K_LOAD <= K valid
+    columns, the rest read as 0; rows outside src_mask read as 0) and dst + r * dst_stride (rows
+    outside dst_mask are not stored). Full BN-wide column tiles, then one BN_TAIL-wide tile for the
+    rest (784 = 3 x 256 + 16: no padded columns computed). `z` is 0 at run time, opaque to the
+    compiler: index vectors that depend on it are not hoisted out of the tile and column loops,
+    where they would hold registers across every layer (see _fused_mlp_kernel)."""
+    N_FULL: tl.constexpr = N // BN * BN
+    for n0 in range(0, N_FULL, BN):
+        _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z, n0, K_LOAD, K, N,
+                    N_STORE, ACT, TO_UINT8, BM, BN, False, BK, BK_TAIL, NUM_STAGES, DOT, PRECISION, UPCAST)
+    if BN_TAIL > 0:
+        MASK_TAIL: tl.constexpr = N_FULL + BN_TAIL > N
+        _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z, N_FULL, K_LOAD, K,
+                    N, N_STORE, ACT, TO_UINT8, BM, BN_TAIL, MASK_TAIL, BK, BK_TAIL, NUM_STAGES, DOT, PRECISION,
+                    UPCAST)
+
+
+@triton.jit
+def _generator_input(in_tile, in_stride, cond_tile, cond_stride, dst, row_mask, first_row, seed, z,
+                     SW: tl.constexpr, NOISE: tl.constexpr, COND: tl.constexpr, WIDTH: tl.constexpr,
+                     MODE: tl.constexpr, LABELS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+    """dst[r, :WIDTH] = cat(eta, x, zero padding) for the BM rows r of a tile; first_row is the
+    global index (with the op's offset) of row 0, the Philox row of the noise."""
+    r = tl.arange(0, BM) + z
+    rc0 = tl.arange(0, BK)
+    if LABELS:
+        lab = tl.load(cond_tile + r * cond_stride, mask=row_mask, other=-1).to(tl.int32)
+    for c0 in range(0, WIDTH, BK):
+        cols = c0 + rc0
+        is_noise = cols < NOISE
+        is_cond = (cols >= NOISE) & (cols < NOISE + COND)
+        if MODE == 1:
+            eta = tl.randn(seed, (first_row + r.to(tl.int64))[:, None] * NOISE + cols[None, :].to(tl.int64))
+        else:
+            eta = tl.load(in_tile + r[:, None] * in_stride + cols[None, :],
+                          mask=row_mask[:, None] & is_noise[None, :], other=0.0).to(tl.float32)
+        ccol = cols - NOISE
+        if LABELS:
+            x = (ccol[None, :] == lab[:, None]).to(tl.float32)
+        else:
+            x = tl.load(cond_tile + r[:, None] * cond_stride + ccol[None, :],
+                        mask=row_mask[:, None] & is_cond[None, :], other=0.0).to(tl.float32)
+        v = tl.where(is_noise[None, :], eta, tl.where(is_cond[None, :], x, 0.0))
+        tl.store(dst + r[:, None] * SW + cols[None, :], v.to(dst.dtype.element_ty),
+                 mask=(r >= 0)[:, None] & (cols < WIDTH)[None, :])
+
+
+@triton.jit(do_not_specialize=["M", "seed", "row_offset", "zero"])
+def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_stride, w_ptr, b_ptr, slope_ptr,
+                      scratch_ptr, M, seed, row_offset, zero,
+                      NL: tl.constexpr, DIMS: tl.constexpr, IN_DIM: tl.constexpr, OUT_DIM: tl.constexpr,
+                      W_OFF: tl.constexpr, B_OFF: tl.constexpr, ACTS: tl.constexpr, BNS: tl.constexpr,
+                      BN_TAILS: tl.constexpr, BKS: tl.constexpr, BK_TAILS: tl.constexpr, SW: tl.constexpr, MODE: tl.constexpr, NOISE: tl.constexpr,
+                      COND: tl.constexpr, LABELS: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr,
+                      NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """MODE 0: encode (layer 0 reads IN_DIM columns of in_ptr). MODE 1: generate with in-kernel
+    noise. MODE 2: generate with eta loaded from in_ptr. Layer l maps DIMS[l] -> DIMS[l + 1]
+    (padded widths); the last layer stores OUT_DIM columns.
+
+    Registers: every address is a 64-bit tile base plus 32-bit offsets within the tile, and the
+    index vectors of each layer depend on `z = tile * zero` (zero is 0, passed at run time), so
+    the compiler cannot hoist them out of the tile loop: hoisted, the fully unrolled K loops of
+    all layers would keep their addresses live for the whole kernel and spill."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    s0 = scratch_ptr + pid.to(tl.int64) * (2 * BM) * smax
-    s1 = s0 + BM * smax
-    local = tl.arange(0, BM)
-    num_tiles = tl.cdiv(M, BM)
-    d0 = tl.load(meta_ptr)
-    for tile in range(pid, num_tiles, nprog):
-        rows = local.to(tl.int64) + tile * BM
-        row_mask = rows < M
+    buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BM * SW)
+    buf1 = buf0 + BM * SW
+    r = tl.arange(0, BM)
+    all_rows = r >= 0
+    for tile in range(pid, tl.cdiv(M, BM), nprog):
+        row0 = tl.cast(tile, tl.int64) * BM
+        row_mask = r < M - row0
+        z = tl.multiple_of(tile * zero, 16)
+        out_tile = out_ptr + row0 * out_stride
         if MODE != 0:
-            # prologue: generator input cat(eta, x) -> s1
-            rc0 = tl.arange(0, BK)
-            if LABELS:
-                lab = tl.load(cond_ptr + rows * cond_stride, mask=row_mask, other=0).to(tl.int64)
-            for c0 in range(0, d0, BK):
-                cols = c0 + rc0
-                is_noise = cols < noise_dim
-                is_cond = (cols >= noise_dim) & (cols < d0)
-                if MODE == 1:
-                    offs = (row_offset + rows)[:, None] * noise_dim + cols[None, :].to(tl.int64)
-                    eta = tl.randn(seed, offs)
-                else:
-                    eta = tl.load(in_ptr + rows[:, None] * in_stride + cols[None, :],
-                                  mask=row_mask[:, None] & is_noise[None, :], other=0.0).to(tl.float32)
-                ccol = (cols - noise_dim).to(tl.int64)
-                if LABELS:
-                    x = (ccol[None, :] == lab[:, None]).to(tl.float32)
-                else:
-                    x = tl.load(cond_ptr + rows[:, None] * cond_stride + ccol[None, :],
-                                mask=row_mask[:, None] & is_cond[None, :], other=0.0).to(tl.float32)
-                v = tl.where(is_noise[None, :], eta, tl.where(is_cond[None, :], x, 0.0))
-                tl.store(s1 + local[:, None] * smax + cols[None, :], v.to(s1.dtype.element_ty),
-                         mask=(cols < d0)[None, :] & (local >= 0)[:, None])
+            # 16 columns at a time: Philox state for wider chunks costs registers the layers need
+            _generator_input(in_ptr + row0 * in_stride, in_stride, cond_ptr + row0 * cond_stride, cond_stride, buf1,
+                             row_mask, row_offset + row0, seed, z, SW, NOISE, COND, DIMS[0], MODE, LABELS, BM, 16)
             tl.debug_barrier()
         for l in tl.static_range(NL):
-            K = tl.load(meta_ptr + l)
-            N = tl.load(meta_ptr + l + 1)
-            w_l = w_ptr + tl.load(meta_ptr + NL + 1 + l)
-            b_l = b_ptr + tl.load(meta_ptr + 2 * NL + 1 + l)
+            w_l = w_ptr + W_OFF[l]
+            b_l = b_ptr + B_OFF[l]
             slope = tl.load(slope_ptr + l)
             if l % 2 == 0:
-                s_src = s1
-                s_dst = s0
+                s_src = buf1
+                s_dst = buf0
             else:
-                s_src = s0
-                s_dst = s1
+                s_src = buf0
+                s_dst = buf1
+            if l == 0 and MODE == 0:
+                src, src_stride, src_mask, k_load = in_ptr + row0 * in_stride, in_stride, row_mask, IN_DIM
+            else:
+                src, src_stride, src_mask, k_load = s_src, SW, all_rows, DIMS[l]
             if l == NL - 1:
-                if l == 0 and MODE == 0:
-                    _dense_layer(in_ptr, in_stride, rows, out_ptr, out_stride, rows, w_l, b_l, K, N, slope, row_mask,
-                                 (ACTS >> (3 * l)) & 7, TO_UINT8, BM, BN, BK, PRECISION, UPCAST)
-                else:
-                    _dense_layer(s_src, smax, local, out_ptr, out_stride, rows, w_l, b_l, K, N, slope, row_mask,
-                                 (ACTS >> (3 * l)) & 7, TO_UINT8, BM, BN, BK, PRECISION, UPCAST)
+                _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_l, b_l, slope, z,
+                             k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8, BM, BNS[l], BN_TAILS[l],
+                             BKS[l], BK_TAILS[l], NUM_STAGES, DOT, PRECISION, UPCAST)
             else:
-                if l == 0 and MODE == 0:
-                    # rows past M are masked on load; their scratch rows hold zeros+bias, never stored
-                    _dense_layer(in_ptr, in_stride, rows, s_dst, smax, local, w_l, b_l, K, N, slope, row_mask,
-                                 (ACTS >> (3 * l)) & 7, False, BM, BN, BK, PRECISION, UPCAST)
-                else:
-                    _dense_layer(s_src, smax, local, s_dst, smax, local, w_l, b_l, K, N, slope, local >= 0,
-                                 (ACTS >> (3 * l)) & 7, False, BM, BN, BK, PRECISION, UPCAST)
+                # rows past M read zeros (or noise) and are never stored
+                _dense_layer(src, src_stride, src_mask, s_dst, SW, all_rows, w_l, b_l, slope, z,
+                             k_load, DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l], BN_TAILS[l],
+                             BKS[l], BK_TAILS[l], NUM_STAGES, DOT, PRECISION, UPCAST)
             tl.debug_barrier()
 
 
 # ----------------------------------------------------------------------------- host side
 
-_PACK_CACHE: dict = {}
-_PACK_CACHE_MAX = 16
+class _Config(NamedTuple):
+    bm: int
+    bn_max: int
+    bk_max: int
+    warps: int
+    stages: int
+    precision: str
+    maxnreg: int | None = None
 
 
-def _tensor_key(t: torch.Tensor):
-    return (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
+def _config(dtype: torch.dtype, precision: str) -> _Config:
+    if _interpreting():  # every program and every op is Python: few tiles, a GPU's BN/BK (same tails)
+        return _Config(32, 128, 64, 4, 1, precision)
+    # two stages, BN_MAX 128: deeper pipelines or wider tiles spill in the 5-6 layer generate
+    # kernels (ptxas for sm_90, tests/test_sm90_mlp.py)
+    if dtype in _HALF:
+        return _Config(128, 128, 64, 8, 2, precision)
+    if precision == "tf32":
+        return _Config(128, 128, 32, 8, 2, precision)
+    # ieee fp32 FMA path: register-bound, small tiles; 255 registers because one program per SM
+    # leaves no occupancy to trade them for (ptxas otherwise caps at 168 and spills)
+    return _Config(64, 64, 16, 4, 2, precision, maxnreg=255)
 
 
-def _pack(layers: list[tuple[torch.Tensor, torch.Tensor, int, float]], dtype: torch.dtype, device):
-    """Flat weights (compute dtype), flat float32 biases, int64 meta, float32 slopes, ACTS."""
-    key = (tuple((_tensor_key(w), _tensor_key(b), a, s) for w, b, a, s in layers), dtype, device)
-    hit = _PACK_CACHE.get(key)
-    if hit is not None:
-        return hit
-    ws = [w.detach().to(device=device, dtype=dtype).contiguous().reshape(-1) for w, _, _, _ in layers]
-    bs = [b.detach().to(device=device, dtype=torch.float32).contiguous().reshape(-1) for _, b, _, _ in layers]
-    dims = [int(layers[0][0].shape[1])] + [int(w.shape[0]) for w, _, _, _ in layers]
-    w_off, b_off, wo, bo = [], [], 0, 0
-    for w, b in zip(ws, bs):
-        w_off.append(wo)
-        b_off.append(bo)
-        wo += w.numel()
-        bo += b.numel()
-    meta = torch.tensor(dims + w_off + b_off, dtype=torch.int64, device=device)
-    slopes = torch.tensor([float(s) for _, _, _, s in layers], dtype=torch.float32, device=device)
-    acts = 0
-    for l, (_, _, a, _) in enumerate(layers):
-        acts |= a << (3 * l)
-    packed = (torch.cat(ws), torch.cat(bs), meta, slopes, acts, max(dims))
-    if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
-        _PACK_CACHE.pop(next(iter(_PACK_CACHE)))
-    _PACK_CACHE[key] = packed
-    return packed
+def _pad16(n: int) -> int:
+    return (n + 15) // 16 * 16
 
 
-def _mlp_layers(p: MLPParams) -> list[tuple[torch.Tensor, torch.Tensor, int, float]]:
-    n = len(p.weights)
+def _blocks(width: int, block_max: int) -> tuple[int, int]:
+    """(block, tail) for a width that is a multiple of 16: full power-of-two blocks, as wide as
+    possible up to block_max, then one power-of-two tail (0 if none) at most half a block wide, so
+    that width = k * block + rest, rest <= tail < block (784 = 6 x 128 + 16, 208 = 3 x 64 + 16)."""
+    block = min(block_max, 1 << (width.bit_length() - 1))
+    while width % block and triton.next_power_of_2(width % block) > block // 2:
+        block //= 2
+    rest = width % block
+    return block, (triton.next_power_of_2(rest) if rest else 0)
+
+
+class _Packed(NamedTuple):
+    w: torch.Tensor  # every layer's (N_pad, K_pad) weight, row-major, compute dtype, one buffer
+    b: torch.Tensor  # every layer's (N_pad,) bias, float32
+    slopes: torch.Tensor  # (layers,) float32
+    dims: tuple  # padded widths
+    w_off: tuple
+    b_off: tuple
+    acts: tuple
+
+
+_PACKS = DerivedCache(maxsize=16)
+
+
+def _layers(*mlps: MLPParams):
+    """(weight, bias, activation code, slope) per layer of the MLPs run back to back."""
     out = []
-    for l, (w, b) in enumerate(zip(p.weights, p.biases)):
-        if l < n - 1:
-            code = ACT_CODE[p.activation]
-        else:
-            code = ACT_CODE[p.output_activation]
-        out.append((w, b, code, p.negative_slope))
+    for p in mlps:
+        n = len(p.weights)
+        for l, (w, b) in enumerate(zip(p.weights, p.biases)):
+            code = ACT_CODE[p.activation] if l < n - 1 else ACT_CODE[p.output_activation]
+            out.append((w, b, code, float(p.negative_slope)))
     return out
 
 
-def _config(device: torch.device, dtype: torch.dtype, precision: str | None):
+def _pack(layers, dtype: torch.dtype, device: torch.device) -> _Packed:
+    def build():
+        dims = [_pad16(int(layers[0][0].shape[1]))] + [_pad16(int(w.shape[0])) for w, _, _, _ in layers]
+        ws, bs, w_off, b_off, wo, bo = [], [], [], [], 0, 0
+        for l, (w, b, _, _) in enumerate(layers):
+            wp = torch.zeros(dims[l + 1], dims[l], dtype=dtype, device=device)
+            wp[:w.shape[0], :w.shape[1]] = w.detach()
+            bp = torch.zeros(dims[l + 1], dtype=torch.float32, device=device)
+            bp[:b.shape[0]] = b.detach()
+            ws.append(wp.reshape(-1))
+            bs.append(bp)
+            w_off.append(wo)
+            b_off.append(bo)
+            wo += wp.numel()
+            bo += bp.numel()
+        slopes = torch.tensor([s for _, _, _, s in layers], dtype=torch.float32, device=device)
+        return _Packed(torch.cat(ws), torch.cat(bs), slopes, tuple(dims), tuple(w_off), tuple(b_off),
+                       tuple(a for _, _, a, _ in layers))
+
+    sources = [t for w, b, _, _ in layers for t in (w, b)]
+    if any(t.is_inference() for t in sources):  # no version counter to key on: pack afresh
+        return build()
+    extra = (tuple((a, s) for _, _, a, s in layers), dtype, device)
+    return _PACKS.get(sources, extra, build)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_limits(device: torch.device) -> tuple[int, int]:
+    """(multiprocessors, L2 bytes); an H100's without a GPU (the sm_90 compile check)."""
+    if device.type != "cuda":
+        return 132, 50 * 2**20
+    props = torch.cuda.get_device_properties(device)
+    return props.multi_processor_count, props.L2_cache_size
+
+
+def _precision(dtype: torch.dtype, precision: str | None) -> str:
     if precision is None:
-        precision = "ieee"
-        if dtype == torch.float32 and os.environ.get("LSDM_TRITON_FP32_PRECISION", "").lower() == "tf32":
-            precision = "tf32"
-    if device.type == "cuda":
-        bm, bn, bk = (64, 64, 32) if dtype == torch.float32 else (64, 64, 64)
-        nsm = torch.cuda.get_device_properties(device).multi_processor_count
-        max_prog = nsm * 4
-        warps = 4
-    else:  # interpreter: every program is costly, every op vectorised in numpy
-        bm, bn, bk = 16, 64, 64
-        max_prog = 4
-        warps = 4
-    return bm, bn, bk, max_prog, warps, precision
+        precision = os.environ.get("LSDM_TRITON_FP32_PRECISION", "ieee").lower() if dtype == torch.float32 else "ieee"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision if dtype == torch.float32 else "ieee"  # half dtypes always run on the tensor cores
 
 
-def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed, row_offset, noise_dim,
-            cond_dim, precision=None):
-    device = out.device
+def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, row_offset=0, noise_dim=0,
+            cond_dim=0, precision=None):
     M = out.shape[0]
     if M == 0:
         return out
-    w, b, meta, slopes, acts, smax = _pack(layers, compute_dtype, device)
-    bm, bn, bk, max_prog, warps, prec = _config(device, compute_dtype, precision)
-    nprog = max(1, min(triton.cdiv(M, bm), max_prog))
-    alloc = torch.empty if device.type == "cuda" else torch.zeros  # zeros: no garbage rows on CPU
-    scratch = alloc((nprog, 2, bm, smax), dtype=compute_dtype, device=device)
-    if in_t is None:
-        in_t = scratch  # unused (MODE 1)
-    if cond_t is None:
-        cond_t = scratch  # unused (MODE 0)
-    to_uint8 = out.dtype == torch.uint8
+    device = out.device
+    pk = _pack(layers, compute_dtype, device)
+    cfg = _config(compute_dtype, _precision(compute_dtype, precision))
+    nl = len(layers)
+    bns, bn_tails = zip(*(_blocks(n, cfg.bn_max) for n in pk.dims[1:]))
+    bk_max = [cfg.bk_max] * nl
+    if mode == 0 and in_t.dtype != compute_dtype:  # converted in registers on the way in: narrower K steps
+        bk_max[0] = max(16, cfg.bk_max // 2)
+    bks, bk_tails = zip(*(_blocks(k, b) for k, b in zip(pk.dims[:-1], bk_max)))
+    # scratch: the generator input (generate) and every hidden activation
+    sw = max(pk.dims[1:-1] + ((pk.dims[0],) if mode != 0 else ()), default=16)
+    elt = compute_dtype.itemsize
+    tiles = triton.cdiv(M, cfg.bm)
+    if _interpreting():
+        nprog = min(tiles, 4)
+    else:
+        sms, l2 = _device_limits(device)
+        nprog = max(1, min(tiles, sms, int(l2 * _L2_SHARE) // (2 * cfg.bm * sw * elt)))
+    scratch = torch.empty((nprog, 2, cfg.bm, sw), dtype=compute_dtype, device=device)
+    in_t = scratch if in_t is None else in_t  # unused in MODE 1
+    cond_t = scratch if cond_t is None else cond_t  # unused in MODE 0
     _fused_mlp_kernel[(nprog,)](
-        in_t, in_t.stride(0) if in_t is not scratch else 0,
-        cond_t, cond_t.stride(0) if cond_t is not scratch else 0,
-        out, out.stride(0), w, b, meta, slopes, scratch, smax,
-        M, int(seed), int(row_offset), int(noise_dim), int(cond_dim),
-        NL=len(layers), ACTS=acts, MODE=mode, LABELS=bool(labels), TO_UINT8=to_uint8,
-        BM=bm, BN=bn, BK=bk, PRECISION=prec, UPCAST=device.type != "cuda", num_warps=warps,
+        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), pk.w, pk.b, pk.slopes, scratch,
+        M, int(seed), int(row_offset), 0,
+        NL=nl, DIMS=pk.dims, IN_DIM=int(layers[0][0].shape[1]), OUT_DIM=int(layers[-1][0].shape[0]),
+        W_OFF=pk.w_off, B_OFF=pk.b_off, ACTS=pk.acts, BNS=bns, BN_TAILS=bn_tails, BKS=bks, BK_TAILS=bk_tails,
+        SW=sw, MODE=mode,
+        NOISE=int(noise_dim), COND=int(cond_dim), LABELS=bool(labels), TO_UINT8=out.dtype == torch.uint8,
+        BM=cfg.bm, NUM_STAGES=cfg.stages, DOT=_TL_DTYPES[compute_dtype], PRECISION=cfg.precision,
+        UPCAST=_interpreting(),
+        num_warps=cfg.warps, maxnreg=cfg.maxnreg,
     )
     return out
 
 
 def _row_major(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dim() == 2 and (t.shape[1] <= 1 or t.stride(1) == 1) else t.contiguous()
+    """t itself when its rows are contiguous and a tile's row offsets (< 128 * stride) fit in int32."""
+    ok = (t.dim() == 1 or t.shape[1] <= 1 or t.stride(1) == 1) and t.stride(0) < 2**31 // 128
+    return t if ok else t.contiguous()
 
 
 @register("encode", "triton", available=_available, why_unavailable=_why_unavailable)
@@ -285,49 +424,33 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
 def encode_triton(encoder: MLPParams, y: torch.Tensor, *, batch_size=None, precision: str | None = None):
     if y.dtype == torch.float64 or any(w.dtype == torch.float64 for w in encoder.weights):
         return encode_torch(encoder, y, batch_size=batch_size)  # float64 stays on the reference
-    compute = y.dtype if y.dtype in _COMPUTE_DTYPES else torch.float32
-    y = _row_major(y.to(compute))
-    layers = _mlp_layers(encoder)
+    # the weights' dtype sets the dots' (as in generate); y is read in its own dtype and converted
+    # tile by tile, never copied
+    compute = encoder.weights[0].dtype if encoder.weights[0].dtype in _HALF else torch.float32
+    y = _row_major(y)
+    layers = _layers(encoder)
     out = torch.empty((y.shape[0], encoder.out_features), dtype=torch.float32, device=y.device)
-    step = y.shape[0] if not batch_size or batch_size >= y.shape[0] else int(batch_size)
-    for i in range(0, max(y.shape[0], 1), max(step, 1)):
-        _launch(layers, compute, mode=0, in_t=y[i:i + step], cond_t=None, labels=False,
-                out=out[i:i + step], seed=0, row_offset=0, noise_dim=0, cond_dim=0, precision=precision)
+    step = y.shape[0] if batch_size is None else min(int(batch_size), max(y.shape[0], 1))
+    for i in range(0, y.shape[0], max(step, 1)):
+        _launch(layers, compute, mode=0, in_t=y[i:i + step], cond_t=None, labels=False, out=out[i:i + step],
+                precision=precision)
     return out
 
 
 @register("generate", "triton", available=_available, why_unavailable=_why_unavailable)
 @torch.no_grad()
 def generate_triton(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, noise_dim, num_classes,
-                    seed, offset, eta, out_dtype, out: torch.Tensor | None = None, precision: str | None = None):
+                    seed, offset, eta, out_dtype, precision: str | None = None):
+    if generator.weights[0].dtype == torch.float64 or decoder.weights[0].dtype == torch.float64:
+        return generate_torch(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed,
+                              offset=offset, eta=eta, out_dtype=out_dtype)  # float64 stays on the reference
     wdt = generator.weights[0].dtype
-    if wdt == torch.float64 or decoder.weights[0].dtype == torch.float64:  # float64 stays on the reference
-        y = generate_torch(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed,
-                           offset=offset, eta=eta, out_dtype=out_dtype)
-        if out is not None:
-            out.copy_(y)
-            return out
-        return y
-    compute = wdt if wdt in _COMPUTE_DTYPES else torch.float32
-    labels = cond.dtype in _LABEL_DTYPES
-    if labels:
-        if num_classes is None:
-            raise ValueError("integer labels given but num_classes is None")
-        if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= num_classes):
-            raise ValueError(f"labels must be in [0, {num_classes}), got range [{int(cond.min())}, {int(cond.max())}]")
-        cond_t = cond.contiguous()
-        cond_dim = int(num_classes)
-    else:
-        cond_t = _row_major(cond)
-        cond_dim = int(cond.shape[1])
-    n = cond.shape[0]
-    if out is None:
-        out = torch.empty((n, decoder.out_features), dtype=out_dtype, device=cond.device)
-    layers = _mlp_layers(generator) + _mlp_layers(decoder)
-    if eta is not None:
-        in_t = _row_major(eta.to(device=cond.device))
-        mode = 2
-    else:
-        in_t, mode = None, 1
-    return _launch(layers, compute, mode=mode, in_t=in_t, cond_t=cond_t, labels=labels, out=out, seed=seed,
-                   row_offset=offset, noise_dim=noise_dim, cond_dim=cond_dim, precision=precision)
+    compute = wdt if wdt in _HALF else torch.float32
+    labels = cond.dtype in LABEL_DTYPES
+    cond_t = _row_major(cond)
+    cond_dim = int(num_classes) if labels else int(cond.shape[1])
+    out = torch.empty((cond.shape[0], decoder.out_features), dtype=out_dtype, device=cond.device)
+    mode, in_t = (1, None) if eta is None else (2, _row_major(eta))
+    return _launch(_layers(generator, decoder), compute, mode=mode, in_t=in_t, cond_t=cond_t, labels=labels,
+                   out=out, seed=seed, row_offset=offset, noise_dim=noise_dim, cond_dim=cond_dim,
+                   precision=precision)
