@@ -97,7 +97,7 @@ class Denoiser(nn.Module):
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
         half = self.time_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         a = t.float()[:, None] * 1000.0 * freqs[None]
         return torch.cat([a.sin(), a.cos()], 1)
 

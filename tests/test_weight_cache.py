@@ -64,3 +64,12 @@ def test_extra_key_and_eviction():
     cache.get([ws[0]], "bf16", build_for(ws[0]))  # evicted: rebuilt
     cache.get([ws[0]], "fp32", build_for(ws[0]))  # another extra key: another entry
     assert len(calls) == 5
+
+
+def test_inference_mode_tensors_are_built_every_call_not_cached():
+    cache, (calls, build_for) = DerivedCache(), _counting()
+    with torch.inference_mode():
+        w = torch.randn(3)
+    cache.get([w], None, build_for(w))
+    cache.get([w], None, build_for(w))
+    assert len(calls) == 2 and len(cache) == 0

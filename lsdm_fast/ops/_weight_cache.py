@@ -29,7 +29,10 @@ class DerivedCache:
         return (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
 
     def get(self, sources: Sequence[torch.Tensor], extra: Hashable, build: Callable[[], T]) -> T:
-        """build() once per (sources, extra); again whenever a source changed or was replaced."""
+        """build() once per (sources, extra); again whenever a source changed or was replaced. Inference-mode
+        tensors have no version counter, so nothing derived from them is cached (built every call)."""
+        if any(t.is_inference() for t in sources):
+            return build()
         key = (tuple(id(t) for t in sources), extra)
         hit = self._entries.get(key)
         if hit is not None:

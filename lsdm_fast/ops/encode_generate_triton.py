@@ -350,8 +350,6 @@ def _pack(layers, dtype: torch.dtype, device: torch.device) -> _Packed:
                        tuple(a for _, _, a, _ in layers))
 
     sources = [t for w, b, _, _ in layers for t in (w, b)]
-    if any(t.is_inference() for t in sources):  # no version counter to key on: pack afresh
-        return build()
     extra = (tuple((a, s) for _, _, a, s in layers), dtype, device)
     return _PACKS.get(sources, extra, build)
 
