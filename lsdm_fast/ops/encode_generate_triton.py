@@ -1,4 +1,4 @@
-"""Triton backend for `encode` and `generate` (DESIGN.md sections 3-4, issues 6 and 11).
+"""Triton backend for `encode` and `generate` (docs/design.md §3-4).
 
 One kernel, `_fused_mlp_kernel`, serves both ops; each call is ONE Triton launch (plus, the
 first time a given set of weights is seen, a few torch ops that pack them; the packing is
