@@ -60,8 +60,8 @@ class _DefaultsShown(argparse.HelpFormatter):
 
 def _add_threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive(int), default=None,
-                   help="torch CPU threads (default: $LSDM_THREADS, else 1: the models are small, and on a shared "
-                        "or 2-core machine more threads were measured slower; see README)")
+                   help="torch CPU threads (default: $LSDM_THREADS, else 1: the models are small, and on a busy "
+                        "2-core machine 2 threads were measured 6x slower or worse; see README)")
 
 
 def build_parser() -> argparse.ArgumentParser:
