@@ -34,39 +34,81 @@ class MLP(nn.Module):
                          self.activation, self.negative_slope, self.output_activation)
 
 
-class ConvEncoder(nn.Module):
-    """(N, H*W) -> (N, latent_dim) for square images with side divisible by 4."""
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # per-image statistics: E(y) of one image never depends on the rest of its batch (BatchNorm's would)
+    return nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
 
-    def __init__(self, side: int, latent_dim: int, channels: int = 32):
+
+class _ResBlock(nn.Module):
+    """h + conv(act(norm(conv(act(norm(h)))))): 3x3 convolutions at a fixed resolution."""
+
+    def __init__(self, channels: int):
         super().__init__()
-        if side % 4:
-            raise ValueError(f"ConvEncoder needs an image side divisible by 4, got {side}")
-        self.side = side
-        self.conv1 = nn.Conv2d(1, channels, 4, 2, 1)
-        self.conv2 = nn.Conv2d(channels, 2 * channels, 4, 2, 1)
-        self.fc = nn.Linear(2 * channels * (side // 4) ** 2, latent_dim)
+        self.norm1, self.conv1 = _group_norm(channels), nn.Conv2d(channels, channels, 3, 1, 1)
+        self.norm2, self.conv2 = _group_norm(channels), nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        r = self.conv1(F.leaky_relu(self.norm1(h), 0.2))
+        return h + self.conv2(F.leaky_relu(self.norm2(r), 0.2))
+
+
+def _check_conv_side(side: int, channels) -> int:
+    channels = tuple(int(c) for c in channels)
+    if not channels or min(channels) < 1:
+        raise ValueError(f"conv autoencoder channels must be one or more positive widths, got {channels}")
+    factor = 2 ** len(channels)
+    if side < factor or side % factor:
+        raise ValueError(f"a conv autoencoder with {len(channels)} stride-2 stages needs an image side divisible "
+                         f"by {factor}, got {side}")
+    return side // factor
+
+
+class ConvEncoder(nn.Module):
+    """(N, H*W) -> (N, latent_dim) for square images: one stride-2 4x4 convolution per entry of
+    `channels` (each halves the side), GroupNorm + LeakyReLU(0.2) after each, `res_blocks`
+    residual blocks at the lowest resolution, then a linear map to the latent."""
+
+    def __init__(self, side: int, latent_dim: int, channels=(32, 64), res_blocks: int = 0):
+        super().__init__()
+        self.low = _check_conv_side(side, channels)
+        self.side, self.channels = side, tuple(channels)
+        ins = (1, *self.channels[:-1])
+        self.down = nn.ModuleList(nn.Conv2d(a, b, 4, 2, 1) for a, b in zip(ins, self.channels))
+        self.norms = nn.ModuleList(_group_norm(c) for c in self.channels)
+        self.blocks = nn.Sequential(*(_ResBlock(self.channels[-1]) for _ in range(res_blocks)))
+        self.fc = nn.Linear(self.channels[-1] * self.low ** 2, latent_dim)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         h = y.reshape(-1, 1, self.side, self.side)
-        h = F.leaky_relu(self.conv1(h), 0.2)
-        h = F.leaky_relu(self.conv2(h), 0.2)
-        return self.fc(h.flatten(1))
+        for conv, norm in zip(self.down, self.norms):
+            h = F.leaky_relu(norm(conv(h)), 0.2)
+        return self.fc(self.blocks(h).flatten(1))
 
 
 class ConvDecoder(nn.Module):
-    """(N, latent_dim) -> (N, H*W) in [0, 1]."""
+    """(N, latent_dim) -> (N, H*W) in [0, 1], the mirror of ConvEncoder: a linear map to the
+    lowest resolution, `res_blocks` residual blocks, one stride-2 4x4 transposed convolution per
+    width (GroupNorm + LeakyReLU after each but the last), a sigmoid."""
 
-    def __init__(self, side: int, latent_dim: int, channels: int = 32):
+    def __init__(self, side: int, latent_dim: int, channels=(32, 64), res_blocks: int = 0):
         super().__init__()
-        self.side, self.channels = side, channels
-        self.fc = nn.Linear(latent_dim, 2 * channels * (side // 4) ** 2)
-        self.deconv1 = nn.ConvTranspose2d(2 * channels, channels, 4, 2, 1)
-        self.deconv2 = nn.ConvTranspose2d(channels, 1, 4, 2, 1)
+        self.low = _check_conv_side(side, channels)
+        self.side, self.channels = side, tuple(channels)
+        self.fc = nn.Linear(latent_dim, self.channels[-1] * self.low ** 2)
+        self.blocks = nn.Sequential(*(_ResBlock(self.channels[-1]) for _ in range(res_blocks)))
+        ins = self.channels[::-1]  # deepest first
+        outs = (*ins[1:], 1)
+        self.up = nn.ModuleList(nn.ConvTranspose2d(a, b, 4, 2, 1) for a, b in zip(ins, outs))
+        self.norms = nn.ModuleList(_group_norm(c) for c in outs[:-1])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.fc(z), 0.2).reshape(-1, 2 * self.channels, self.side // 4, self.side // 4)
-        h = F.leaky_relu(self.deconv1(h), 0.2)
-        return torch.sigmoid(self.deconv2(h)).flatten(1)
+        h = F.leaky_relu(self.fc(z), 0.2).reshape(-1, self.channels[-1], self.low, self.low)
+        h = self.blocks(h)
+        for i, conv in enumerate(self.up):
+            h = conv(h)
+            if i < len(self.norms):
+                h = F.leaky_relu(self.norms[i](h), 0.2)
+        return torch.sigmoid(h).flatten(1)
 
 
 class Generator(nn.Module):
@@ -94,13 +136,18 @@ class Critic(nn.Module):
 
 
 def build_autoencoder(kind: str, data_dim: int, latent_dim: int, hidden=(512, 256),
-                      image_shape: tuple[int, int] | None = None) -> tuple[nn.Module, nn.Module]:
+                      image_shape: tuple[int, int] | None = None, *, conv_channels=(32, 64),
+                      res_blocks: int = 0) -> tuple[nn.Module, nn.Module]:
+    """The (encoder, decoder) pair: "mlp" uses `hidden` (decoder mirrored); "conv" needs square
+    `image_shape` and uses `conv_channels` (one stride-2 stage each) and `res_blocks`."""
     if kind == "mlp":
         encoder = MLP([data_dim, *hidden, latent_dim], "leaky_relu", 0.2)
         decoder = MLP([latent_dim, *reversed(hidden), data_dim], "leaky_relu", 0.2, "sigmoid")
         return encoder, decoder
     if kind == "conv":
-        if image_shape is None or image_shape[0] != image_shape[1] or image_shape[0] % 4:
-            raise ValueError(f"the conv autoencoder needs square images with side divisible by 4, got {image_shape}")
-        return ConvEncoder(image_shape[0], latent_dim), ConvDecoder(image_shape[0], latent_dim)
+        if image_shape is None or image_shape[0] != image_shape[1]:
+            raise ValueError(f"the conv autoencoder needs square images (N, H, W) with H == W, got {image_shape}")
+        side = image_shape[0]
+        return (ConvEncoder(side, latent_dim, conv_channels, res_blocks),
+                ConvDecoder(side, latent_dim, conv_channels, res_blocks))
     raise ValueError(f"autoencoder kind must be 'mlp' or 'conv', got {kind!r}")
