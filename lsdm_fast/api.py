@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 from . import ops
 from .config import LSDMConfig
 from .io import atomic_write_bytes, atomic_write_json
-from .models import MLP, Critic, Generator, build_autoencoder
+from .models import MLP, Critic, Generator, build_autoencoder, resolve_kind
 from .ops._weight_cache import DerivedCache
 from .ops.encode_generate import condition_tensor
 from .state import MODEL_NAMES, Stage, TrainingState
@@ -80,7 +80,9 @@ class LSDM:
     def _build(self, data_dim: int, cond_dim: int, image_shape) -> None:
         a, m = self.config.autoencoder, self.config.matching
         k = m.noise_dim or a.latent_dim
-        self.encoder, self.decoder = build_autoencoder(a.kind, data_dim, a.latent_dim, a.hidden, image_shape)
+        self.encoder, self.decoder = build_autoencoder(a.kind, data_dim, a.latent_dim, a.hidden, image_shape,
+                                                       conv_channels=a.conv_channels, res_blocks=a.res_blocks)
+        self.meta["autoencoder_kind"] = resolve_kind(a.kind, image_shape, a.conv_channels)
         self.generator = Generator(k, cond_dim, a.latent_dim, m.generator_hidden, m.negative_slope)
         self.critic = Critic(cond_dim, a.latent_dim, m.critic_hidden, m.negative_slope)
         self.latent_mean = torch.zeros(a.latent_dim)
@@ -136,7 +138,7 @@ class LSDM:
 
         t0 = time.perf_counter()
         if state.stage == Stage.AUTOENCODER:  # stage 1 on every image
-            train_autoencoder(state, all_y, cfg.autoencoder, **kw)
+            train_autoencoder(state, all_y, cfg.autoencoder, seed=cfg.seed, **kw)
         t1 = time.perf_counter()
         for mod in (self.encoder, self.decoder):
             mod.eval().requires_grad_(False)  # frozen from here on
@@ -226,8 +228,8 @@ class LSDM:
         y = y.reshape(len(y), -1).to(self.device)
         if isinstance(self.encoder, MLP):
             return ops.encode(self.encoder.params(), y, batch_size=batch_size, backend=backend)
-        with torch.no_grad():
-            return torch.cat([self.encoder(y[i:i + batch_size]) for i in range(0, len(y), batch_size)])
+        # conv encoder: the convolutions through torch, the dense layer through the fused op
+        return ops.encode(self.encoder.dense(), y, batch_size=batch_size, front=self.encoder.front, backend=backend)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         self._require_fitted()
@@ -270,28 +272,21 @@ class LSDM:
             cond, ncls = self._conditions(x, "x"), None
         gen = self._generator_params()
         k = self.generator.noise_dim
+        # the parameters themselves (frozen): stable identities for the backends' weight caches. A conv decoder's
+        # dense head runs fused with the generator, its convolutions after it (ops.generate's tail)
         if isinstance(self.decoder, MLP):
-            dec = self.decoder.params()  # the parameters themselves (frozen): stable identities for weight caches
-            if path is not None:
-                if eta is not None:
-                    raise ValueError("give either eta or path, not both")
-                from .sampling import generate_chunked
-                return generate_chunked(gen, dec, cond, noise_dim=k, num_classes=ncls, seed=seed, offset=offset,
-                                        chunk_size=chunk_size, path=path, out_dtype=out_dtype, backend=backend,
-                                        progress=progress)
-            return ops.generate(gen, dec, cond, noise_dim=k, num_classes=ncls, seed=seed, offset=offset,
-                                eta=eta, out_dtype=out_dtype, backend=backend)
+            dec, tail = self.decoder.params(), None
+        else:
+            dec, tail = self.decoder.dense(), self.decoder.tail
         if path is not None:
-            raise ValueError("sampling straight to a file needs the MLP decoder (the fused generate op)")
-        # conv decoder: generator through the op's reference path, then the module
-        with torch.no_grad():
-            if eta is None:
-                eta = ops.philox_normal(seed, offset, len(cond), k, device=self.device)
-            xc = condition_tensor(cond, ncls, torch.float32)
-            z = ops.mlp_forward_reference(gen, torch.cat([eta, xc], 1))
-            y = self.decoder(z)
-        from .ops.encode_generate import to_out_dtype
-        return to_out_dtype(y, out_dtype)
+            if eta is not None:
+                raise ValueError("give either eta or path, not both")
+            from .sampling import generate_chunked
+            return generate_chunked(gen, dec, cond, noise_dim=k, num_classes=ncls, seed=seed, offset=offset,
+                                    chunk_size=chunk_size, path=path, out_dtype=out_dtype, backend=backend,
+                                    progress=progress, tail=tail, out_features=self.meta["data_dim"])
+        return ops.generate(gen, dec, cond, noise_dim=k, num_classes=ncls, seed=seed, offset=offset,
+                            eta=eta, out_dtype=out_dtype, tail=tail, backend=backend)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str, *, overwrite: bool = False) -> str:

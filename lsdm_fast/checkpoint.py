@@ -53,6 +53,12 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, now: dict) -> list[str]:
+    from .config import LSDMConfig
+
+    try:  # fields added since the checkpoint was written take the value their absence meant
+        saved = LSDMConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError):
+        pass  # compared as written: the differences name the bad fields
     a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(now)))
     return [f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
             if k not in _FREE_KEYS and a.get(k) != b.get(k)]

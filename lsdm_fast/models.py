@@ -52,6 +52,11 @@ class _ResBlock(nn.Module):
         return h + self.conv2(F.leaky_relu(self.norm2(r), 0.2))
 
 
+def _channels_last(h: torch.Tensor) -> torch.Tensor:
+    # cuDNN's fastest layout on a GPU; on the CPU the default layout is kept (same numbers either way)
+    return h.contiguous(memory_format=torch.channels_last) if h.is_cuda else h
+
+
 def _check_conv_side(side: int, channels) -> int:
     channels = tuple(int(c) for c in channels)
     if not channels or min(channels) < 1:
@@ -64,51 +69,69 @@ def _check_conv_side(side: int, channels) -> int:
 
 
 class ConvEncoder(nn.Module):
-    """(N, H*W) -> (N, latent_dim) for square images: one stride-2 4x4 convolution per entry of
-    `channels` (each halves the side), GroupNorm + LeakyReLU(0.2) after each, `res_blocks`
-    residual blocks at the lowest resolution, then a linear map to the latent."""
+    """(N, C*H*W) -> (N, latent_dim) for square images (C = in_channels, channels first): one
+    stride-2 4x4 convolution per entry of `channels` (each halves the side), GroupNorm +
+    LeakyReLU(0.2) after each, `res_blocks` residual blocks at the lowest resolution, then a
+    linear map to the latent."""
 
-    def __init__(self, side: int, latent_dim: int, channels=(32, 64), res_blocks: int = 0):
+    def __init__(self, side: int, latent_dim: int, channels=(32, 64), res_blocks: int = 0, in_channels: int = 1):
         super().__init__()
         self.low = _check_conv_side(side, channels)
-        self.side, self.channels = side, tuple(channels)
-        ins = (1, *self.channels[:-1])
+        self.side, self.channels, self.in_channels = side, tuple(channels), in_channels
+        ins = (in_channels, *self.channels[:-1])
         self.down = nn.ModuleList(nn.Conv2d(a, b, 4, 2, 1) for a, b in zip(ins, self.channels))
         self.norms = nn.ModuleList(_group_norm(c) for c in self.channels)
         self.blocks = nn.Sequential(*(_ResBlock(self.channels[-1]) for _ in range(res_blocks)))
         self.fc = nn.Linear(self.channels[-1] * self.low ** 2, latent_dim)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        h = y.reshape(-1, 1, self.side, self.side)
+    def front(self, y: torch.Tensor) -> torch.Tensor:
+        """The convolutional part: (N, C*H*W) -> (N, channels[-1] * low**2), the input of the dense `fc`."""
+        h = _channels_last(y.reshape(-1, self.in_channels, self.side, self.side))
         for conv, norm in zip(self.down, self.norms):
             h = F.leaky_relu(norm(conv(h)), 0.2)
-        return self.fc(self.blocks(h).flatten(1))
+        return self.blocks(h).flatten(1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.front(y))
+
+    def dense(self) -> MLPParams:
+        """`fc` as the fused encode op takes it: encoder(y) = ops.encode(enc.dense(), y, front=enc.front)."""
+        return MLPParams([self.fc.weight], [self.fc.bias], "leaky_relu", 0.2, None)
 
 
 class ConvDecoder(nn.Module):
-    """(N, latent_dim) -> (N, H*W) in [0, 1], the mirror of ConvEncoder: a linear map to the
+    """(N, latent_dim) -> (N, C*H*W) in [0, 1], the mirror of ConvEncoder: a linear map to the
     lowest resolution, `res_blocks` residual blocks, one stride-2 4x4 transposed convolution per
-    width (GroupNorm + LeakyReLU after each but the last), a sigmoid."""
+    width (GroupNorm + LeakyReLU after each but the last, C = out_channels out of the last), a
+    sigmoid."""
 
-    def __init__(self, side: int, latent_dim: int, channels=(32, 64), res_blocks: int = 0):
+    def __init__(self, side: int, latent_dim: int, channels=(32, 64), res_blocks: int = 0, out_channels: int = 1):
         super().__init__()
         self.low = _check_conv_side(side, channels)
         self.side, self.channels = side, tuple(channels)
         self.fc = nn.Linear(latent_dim, self.channels[-1] * self.low ** 2)
         self.blocks = nn.Sequential(*(_ResBlock(self.channels[-1]) for _ in range(res_blocks)))
         ins = self.channels[::-1]  # deepest first
-        outs = (*ins[1:], 1)
+        outs = (*ins[1:], out_channels)
         self.up = nn.ModuleList(nn.ConvTranspose2d(a, b, 4, 2, 1) for a, b in zip(ins, outs))
         self.norms = nn.ModuleList(_group_norm(c) for c in outs[:-1])
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.fc(z), 0.2).reshape(-1, self.channels[-1], self.low, self.low)
+    def tail(self, h: torch.Tensor) -> torch.Tensor:
+        """The convolutional part: the dense head's output (N, channels[-1] * low**2) -> images (N, C*H*W)."""
+        h = _channels_last(h.reshape(-1, self.channels[-1], self.low, self.low))
         h = self.blocks(h)
         for i, conv in enumerate(self.up):
             h = conv(h)
             if i < len(self.norms):
                 h = F.leaky_relu(self.norms[i](h), 0.2)
-        return torch.sigmoid(h).flatten(1)
+        return torch.sigmoid(h).contiguous().flatten(1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.tail(F.leaky_relu(self.fc(z), 0.2))
+
+    def dense(self) -> MLPParams:
+        """`fc` + LeakyReLU as the fused generate op takes it: decoder(z) = tail(head(z)), head = this."""
+        return MLPParams([self.fc.weight], [self.fc.bias], "leaky_relu", 0.2, "leaky_relu")
 
 
 class Generator(nn.Module):
@@ -135,19 +158,38 @@ class Critic(nn.Module):
         return self.mlp(torch.cat([x, z], 1)).squeeze(1)
 
 
+def conv_fits(image_shape, conv_channels=(32, 64)) -> bool:
+    """Whether a conv autoencoder with `conv_channels` stages takes images of `image_shape` ((H, W) or (C, H, W))."""
+    if image_shape is None or len(image_shape) not in (2, 3):
+        return False
+    h, w = image_shape[-2:]
+    factor = 2 ** len(conv_channels)
+    return h == w and h >= factor and h % factor == 0
+
+
+def resolve_kind(kind: str, image_shape, conv_channels=(32, 64)) -> str:
+    """'auto' -> 'conv' where the images fit a conv autoencoder, else 'mlp' (flat rows, odd sizes)."""
+    if kind == "auto":
+        return "conv" if conv_fits(image_shape, conv_channels) else "mlp"
+    return kind
+
+
 def build_autoencoder(kind: str, data_dim: int, latent_dim: int, hidden=(512, 256),
-                      image_shape: tuple[int, int] | None = None, *, conv_channels=(32, 64),
+                      image_shape: tuple[int, ...] | None = None, *, conv_channels=(32, 64),
                       res_blocks: int = 0) -> tuple[nn.Module, nn.Module]:
-    """The (encoder, decoder) pair: "mlp" uses `hidden` (decoder mirrored); "conv" needs square
-    `image_shape` and uses `conv_channels` (one stride-2 stage each) and `res_blocks`."""
+    """The (encoder, decoder) pair: "mlp" uses `hidden` (decoder mirrored); "conv" needs square images,
+    `image_shape` (H, W) or (C, H, W), and uses `conv_channels` (one stride-2 stage each) and
+    `res_blocks`; "auto" picks (resolve_kind)."""
+    kind = resolve_kind(kind, image_shape, conv_channels)
     if kind == "mlp":
         encoder = MLP([data_dim, *hidden, latent_dim], "leaky_relu", 0.2)
         decoder = MLP([latent_dim, *reversed(hidden), data_dim], "leaky_relu", 0.2, "sigmoid")
         return encoder, decoder
     if kind == "conv":
-        if image_shape is None or image_shape[0] != image_shape[1]:
-            raise ValueError(f"the conv autoencoder needs square images (N, H, W) with H == W, got {image_shape}")
-        side = image_shape[0]
-        return (ConvEncoder(side, latent_dim, conv_channels, res_blocks),
-                ConvDecoder(side, latent_dim, conv_channels, res_blocks))
-    raise ValueError(f"autoencoder kind must be 'mlp' or 'conv', got {kind!r}")
+        if image_shape is None or len(image_shape) not in (2, 3) or image_shape[-1] != image_shape[-2]:
+            raise ValueError(f"the conv autoencoder needs square images (N, H, W) or (N, C, H, W) with H == W, "
+                             f"got {image_shape}")
+        side, c = image_shape[-1], (image_shape[0] if len(image_shape) == 3 else 1)
+        return (ConvEncoder(side, latent_dim, conv_channels, res_blocks, in_channels=c),
+                ConvDecoder(side, latent_dim, conv_channels, res_blocks, out_channels=c))
+    raise ValueError(f"autoencoder kind must be 'auto', 'mlp' or 'conv', got {kind!r}")

@@ -25,8 +25,10 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.flo
 def generate_chunked(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, noise_dim: int,
                      num_classes: int | None = None, seed: int = 0, offset: int = 0, chunk_size: int = 65536,
                      out: torch.Tensor | None = None, path: str | os.PathLike | None = None,
-                     out_dtype: torch.dtype = torch.float32, backend: str = "auto", progress: bool = True):
-    """y = decoder(generator(cat(eta, x))) for every row of `cond`, `chunk_size` rows at a time.
+                     out_dtype: torch.dtype = torch.float32, backend: str = "auto", progress: bool = True,
+                     tail=None, out_features: int | None = None):
+    """y = decoder(generator(cat(eta, x))) for every row of `cond`, `chunk_size` rows at a time (with `tail`,
+    a conv decoder's convolutional part, y = tail(decoder(...)): give its output width as `out_features`).
 
     cond: integer labels (N,) (with num_classes) or a float condition tensor (N, cond_dim), on the
     device to compute on. Output goes to
@@ -57,7 +59,9 @@ def generate_chunked(generator: MLPParams, decoder: MLPParams, cond: torch.Tenso
         if cond.device.type != "cpu" and cond._base is not None:
             cond = cond.clone()  # a tensor of its own: its range is checked (and cached) once
         validate_labels(cond, num_classes)
-    n, width = int(cond.shape[0]), decoder.out_features
+    if tail is not None and out_features is None:
+        raise ValueError("with a tail, give out_features (the width of the tail's output)")
+    n, width = int(cond.shape[0]), (decoder.out_features if tail is None else int(out_features))
 
     target = out
     tmp_path = None
@@ -93,7 +97,7 @@ def generate_chunked(generator: MLPParams, decoder: MLPParams, cond: torch.Tenso
             for start in range(0, n, chunk_size):
                 stop = min(start + chunk_size, n)
                 y = generate(generator, decoder, cond[start:stop], noise_dim=noise_dim, num_classes=num_classes,
-                             seed=seed, offset=offset + start, out_dtype=out_dtype, backend=backend)
+                             seed=seed, offset=offset + start, out_dtype=out_dtype, tail=tail, backend=backend)
                 if tmp_path is not None:
                     target[start:stop] = y.cpu().numpy()
                 else:

@@ -20,6 +20,7 @@ with the guard on the device, read every LOG_EVERY steps and before every checkp
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -55,24 +56,57 @@ def _due(every: int, step_done: int, total: int) -> bool:
 # ------------------------------------------------------------------------------ stage 1
 
 class AutoencoderStep:
-    """One stage-1 step: a batch of y through E then D, minimise reconstruction error (+ a small latent L2)."""
+    """One stage-1 step: a batch of y through E then D, minimise reconstruction error (+ a small latent L2).
+
+    The budget (AutoencoderConfig.stop): "steps" runs `total` steps with a cosine learning-rate decay;
+    "plateau" holds out a few images (a seeded choice, the same on resume) and every `period` steps
+    measures the reconstruction loss on them: after `plateau_patience` checks without a relative
+    improvement of `plateau_tol` the learning rate drops 5x, and the plateau after `plateau_decays` drops
+    ends the stage (`done`), capped at `total` steps: stage 1 to convergence, for any data size.
+    """
 
     stage = "stage 1 (autoencoder)"
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, y: torch.Tensor, cfg: AutoencoderConfig,
-                 rng: torch.Generator, *, precision: str = "fp32", describe: Callable[[], str] = no_checkpoint):
+                 rng: torch.Generator, *, precision: str = "fp32", describe: Callable[[], str] = no_checkpoint,
+                 seed: int = 0):
         D.check_batch(cfg.batch_size, "autoencoder batch_size")
         self.encoder, self.decoder, self.y, self.cfg, self.rng = encoder, decoder, y, cfg, rng
         self.precision, self.describe = precision, describe
         self.params = list(encoder.parameters()) + list(decoder.parameters())
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(cfg.steps, 1), eta_min=cfg.lr * 0.05)
         self.scaler = make_scaler(precision, y.device)
         self.hint = f"try a lower learning rate (autoencoder lr is {cfg.lr})"
+        self.train_idx = self.heldout = None  # "steps": every row trains
+        if cfg.stop == "plateau":
+            n_out = int(min(2048, max(1, round(cfg.holdout * len(y)))))
+            if len(y) - n_out < 1:
+                raise ValueError(f"stage 1: {len(y)} images are too few to hold {n_out} out for the plateau rule; "
+                                 "use autoencoder.stop='steps'")
+            perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 7919)).to(y.device)
+            self.heldout, self.train_idx = y[perm[:n_out]], perm[n_out:]
+        n_train = len(y) if self.train_idx is None else len(self.train_idx)
+        epoch = -(-n_train // cfg.batch_size)
+        self.total = int(round(cfg.epochs * n_train / cfg.batch_size)) if cfg.epochs > 0 else cfg.steps
+        self.period = max(epoch, cfg.check_every)
+        self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(self.total, 1), eta_min=cfg.lr * 0.05)
+                      if cfg.stop == "steps" else None)
+        # plateau rule: best held-out loss, checks since it improved, drops so far, stopped
+        self.plateau = {"best": math.inf, "bad": 0, "drops": 0, "done": False}
+
+    @property
+    def done(self) -> bool:
+        return self.plateau["done"]
+
+    def _loss(self, rec: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy(rec, yb) if self.cfg.loss == "bce" else F.mse_loss(rec, yb)
 
     def __call__(self, step: int) -> float:
         cfg, y = self.cfg, self.y
-        idx = torch.randint(len(y), (cfg.batch_size,), generator=self.rng, device=self.rng.device)
+        n = len(y) if self.train_idx is None else len(self.train_idx)
+        idx = torch.randint(n, (cfg.batch_size,), generator=self.rng, device=self.rng.device)
+        if self.train_idx is not None:
+            idx = self.train_idx[idx]
         yb = y[D.shard(idx)]
         with autocast(self.precision, y.device):
             z = self.encoder(yb)
@@ -83,7 +117,7 @@ class AutoencoderStep:
                 z_in = z
             rec = self.decoder(z_in)
         rec, z = rec.float(), z.float()
-        rec_loss = F.binary_cross_entropy(rec, yb) if cfg.loss == "bce" else F.mse_loss(rec, yb)
+        rec_loss = self._loss(rec, yb)
         loss = rec_loss + cfg.latent_l2 * z.pow(2).mean()
 
         self.opt.zero_grad(set_to_none=True)
@@ -100,38 +134,72 @@ class AutoencoderStep:
         else:
             self.scaler.step(self.opt)
             self.scaler.update()
-        self.sched.step()
+        if self.sched is not None:
+            self.sched.step()
         return float(rec_avg)
 
+    def check(self, step_done: int) -> float | None:
+        """Plateau rule, every `period` steps: the held-out loss (returned), learning-rate drops, `done`."""
+        if self.heldout is None or step_done % self.period:
+            return None
+        with torch.no_grad(), autocast(self.precision, self.y.device):
+            v = sum(float(self._loss(self.decoder(self.encoder(h)).float(), h)) * len(h)
+                    for h in self.heldout.split(512)) / len(self.heldout)
+        p = self.plateau
+        if v < p["best"] * (1 - self.cfg.plateau_tol):
+            p["best"], p["bad"] = v, 0
+        else:
+            p["bad"] += 1
+            if p["bad"] >= self.cfg.plateau_patience:
+                if p["drops"] >= self.cfg.plateau_decays:
+                    p["done"] = True
+                else:
+                    p["drops"], p["bad"] = p["drops"] + 1, 0
+                    for group in self.opt.param_groups:
+                        group["lr"] *= 0.2
+        return v
+
     def state_dict(self) -> dict:
-        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict() if self.sched is not None else None,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "plateau": dict(self.plateau)}
 
     def load_state_dict(self, d: dict) -> None:
         self.opt.load_state_dict(d["opt"])
-        self.sched.load_state_dict(d["sched"])
+        if self.sched is not None:
+            self.sched.load_state_dict(d["sched"])
         if self.scaler is not None and d.get("scaler"):
             self.scaler.load_state_dict(d["scaler"])
+        if d.get("plateau"):
+            self.plateau = dict(d["plateau"])
 
 
 def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderConfig, *, precision: str = "fp32",
-                      progress: bool = True, checkpoint: Checkpointer | None = None) -> None:
-    """Stage 1: minimise the reconstruction error of state.encoder/decoder over every row of y (N, D) in [0, 1]."""
+                      progress: bool = True, checkpoint: Checkpointer | None = None, seed: int = 0) -> None:
+    """Stage 1: minimise the reconstruction error of state.encoder/decoder over every row of y (N, D) in [0, 1],
+    for the budget of cfg.stop (`seed` picks the held-out images of the plateau rule)."""
     step_fn = AutoencoderStep(state.encoder, state.decoder, y, cfg, state.rng, precision=precision,
-                              describe=_describer(checkpoint))
+                              describe=_describer(checkpoint), seed=seed)
     if state.optim is not None:
         step_fn.load_state_dict(state.optim)
     losses = state.history.setdefault("reconstruction", [])
-    bar = _steps(state.step, cfg.steps, "stage 1: autoencoder", progress)
+    heldout = state.history.setdefault("reconstruction_heldout", []) if step_fn.heldout is not None else None
+    bar = _steps(state.step, step_fn.total, "stage 1: autoencoder", progress)
     for step in bar:
+        if step_fn.done:
+            break
         with out_of_memory_as_training_error(step_fn.stage, step, cfg.batch_size, "AutoencoderConfig.batch_size"):
             losses.append(step_fn(step))
         state.step = step + 1
+        v = step_fn.check(state.step)
+        if v is not None:
+            heldout.append([state.step, v])
         if state.step % LOG_EVERY == 0:
             bar.set_postfix(reconstruction=f"{losses[-1]:.4f}")
-        if checkpoint is not None and _due(cfg.checkpoint_every, state.step, cfg.steps):
+        if checkpoint is not None and _due(cfg.checkpoint_every, state.step, step_fn.total) and not step_fn.done:
             state.optim = step_fn.state_dict()
             checkpoint.save(state)
+    bar.close()
+    state.history["stage1_steps"] = state.step
     state.optim = step_fn.state_dict()
 
 

@@ -96,4 +96,17 @@ def encode_generate_cases():
         ]
     cases += [encode([784, 512, 256, 16], torch.float16, None, "leaky_relu"),
               generate(mnist_gen, mnist_dec, 16, "labels", torch.float16, None, "leaky_relu", torch.uint8, eta=False)]
+    # the package default, a conv autoencoder (models.ConvEncoder/ConvDecoder with channels (32, 64)):
+    # encode's dense part 3136 -> 32 after the convolutions; generate's generator + the decoder's dense
+    # head 32 -> 3136 with a LeakyReLU output (ops.generate's tail runs the transposed convolutions)
+    for dtype, prec in ((torch.bfloat16, None), (torch.float32, "tf32"), (torch.float32, "ieee")):
+        head = _mlp([32, 3136], dtype, "leaky_relu", "leaky_relu")
+        gen = _mlp(wide_gen, dtype, "leaky_relu")
+        conv_enc = _mlp([3136, 32], dtype, "leaky_relu")
+        labels = torch.randint(0, 10, (B,), dtype=torch.int64)
+        cases += [lambda enc=conv_enc, dtype=dtype, prec=prec: et.encode_triton(enc, torch.rand(B, 3136, dtype=dtype),
+                                                                                 precision=prec),
+                  lambda gen=gen, head=head, prec=prec: et.generate_triton(
+                      gen, head, labels, noise_dim=32, num_classes=10, seed=3, offset=0, eta=None,
+                      out_dtype=torch.float32, precision=prec)]
     return cases

@@ -7,8 +7,11 @@ import numpy as np
 
 from ..config import LSDMConfig
 
-METHODS = ("lsdm", "lsdm_paired_only", "pixel_matching", "latent_diffusion")
+# lsdm_paired_only: its stage 1 to convergence, like LSDM's; ..._equal_steps: as many stage-1 steps as LSDM's
+# took in the same cell (equal compute). Stage 2, the denoiser and pixel matching take equal steps and batches.
+METHODS = ("lsdm", "lsdm_paired_only", "lsdm_paired_only_equal_steps", "pixel_matching", "latent_diffusion")
 LABELS = {"lsdm": "LSDM (stage 1 on paired + unpaired)", "lsdm_paired_only": "LSDM, stage 1 on paired only",
+          "lsdm_paired_only_equal_steps": "LSDM, stage 1 on paired only, as many stage-1 steps as LSDM's",
           "pixel_matching": "pixel-space joint matching", "latent_diffusion": "latent diffusion (DDIM)",
           "lsdm_all_labels": "LSDM with every training label paired",
           "real_data (reference)": "real training images (the metric's best attainable value at this sample size)"}
@@ -16,14 +19,16 @@ LABELS = {"lsdm": "LSDM (stage 1 on paired + unpaired)", "lsdm_paired_only": "LS
 
 @dataclass
 class Budget:
-    ae_steps: int = 4000
+    ae_kind: str = "auto"  # conv for the 28x28 images (AutoencoderConfig.kind)
+    ae_stop: str = "plateau"  # each method's stage 1 to convergence; "steps": exactly ae_steps
+    ae_steps: int = 20000  # stage-1 steps ("steps") or their cap ("plateau")
     match_steps: int = 4000
     diffusion_steps: int = 8000
     batch_size: int = 256
-    latent_dim: int = 16
-    ae_hidden: tuple = (512, 256)
+    latent_dim: int = 32
+    ae_hidden: tuple = (1024, 512)  # MLP autoencoder widths (when ae_kind resolves to "mlp")
     latent_noise: float = 0.0
-    match_hidden: tuple = (256, 256)  # generator and critic widths (stage 2)
+    match_hidden: tuple = (512, 512)  # generator and critic widths (stage 2; pixel matching too)
     eval_per_class: int = 200  # class task: generated samples per class
     eval_sr: int = 1000  # superres task: test inputs
     feature_steps: int = 1500
@@ -34,11 +39,11 @@ class Budget:
     w1_per_class: int = 100
 
 
-QUICK = Budget(ae_steps=40, match_steps=6, diffusion_steps=40, batch_size=32, latent_dim=4, ae_hidden=(64, 32),
-               eval_per_class=8, eval_sr=40, feature_steps=20, judge_steps=20, ddim_steps=(1, 4), ddim_few=1,
-               ddim_many=4, w1_per_class=6)
+QUICK = Budget(ae_kind="mlp", ae_stop="steps", ae_steps=40, match_steps=6, diffusion_steps=40, batch_size=32,
+               latent_dim=4, ae_hidden=(64, 32), match_hidden=(32, 32), eval_per_class=8, eval_sr=40, feature_steps=20,
+               judge_steps=20, ddim_steps=(1, 4), ddim_few=1, ddim_many=4, w1_per_class=6)
 DIGITS = replace(Budget(), ae_steps=2000, match_steps=1500, diffusion_steps=4000, latent_dim=8, ae_hidden=(256, 128),
-                 eval_per_class=36, feature_steps=600, judge_steps=1500)
+                 match_hidden=(256, 256), eval_per_class=36, feature_steps=600, judge_steps=1500)
 
 
 @dataclass
@@ -90,6 +95,6 @@ def scale_setting(s: Setting, labels: np.ndarray, quick: bool) -> Setting:
 
 
 def lsdm_config(b: Budget, seed: int, backend: str) -> LSDMConfig:
-    return LSDMConfig.from_knobs(latent_dim=b.latent_dim, ae_hidden=b.ae_hidden, ae_steps=b.ae_steps,
-                                 steps=b.match_steps, batch_size=b.batch_size, match_hidden=b.match_hidden,
-                                 latent_noise=b.latent_noise, backend=backend, seed=seed)
+    return LSDMConfig.from_knobs(latent_dim=b.latent_dim, ae_kind=b.ae_kind, ae_hidden=b.ae_hidden, ae_stop=b.ae_stop,
+                                 ae_steps=b.ae_steps, steps=b.match_steps, batch_size=b.batch_size,
+                                 match_hidden=b.match_hidden, latent_noise=b.latent_noise, backend=backend, seed=seed)

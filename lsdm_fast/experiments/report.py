@@ -22,7 +22,8 @@ TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("cl
                  ("train_nn_ratio", "train-NN ratio", 1, "{:.2f}"),
                  ("latent_w1", "latent W1 ↓", 1, "{:.3f}"), ("psnr_db", "PSNR ↑", 1, "{:.2f}"),
                  ("ssim", "SSIM ↑", 1, "{:.3f}"), ("consistency_rmse", "consist. ↓", 1, "{:.4f}"),
-                 ("samples_per_second", "samples/s", 1, "{:.0f}"), ("fit_seconds", "fit s", 1, "{:.0f}")]
+                 ("samples_per_second", "samples/s", 1, "{:.0f}"), ("fit_seconds", "fit s", 1, "{:.0f}"),
+                 ("stage1_steps", "stage-1 steps", 1, "{:.0f}")]
 
 
 def _method_name(row) -> str:
@@ -172,6 +173,20 @@ def load_grids(out: str, rows: list[dict]) -> dict:
     return grids
 
 
+def budget_note(b: Budget) -> str:
+    """What 'the same budget' means in this experiment's table, in words."""
+    if b.ae_stop == "plateau":
+        stage1 = (f"Stage 1: every method's autoencoder trains to convergence (held-out reconstruction loss on a "
+                  f"plateau, learning rate dropped 5x twice, stopped at the third plateau; cap {b.ae_steps} steps); "
+                  "the 'stage-1 steps' column says how many it took. Equal compute: lsdm_paired_only_equal_steps "
+                  "trains the paired-only autoencoder for exactly as many steps as LSDM's in the same cell.")
+    else:
+        stage1 = f"Stage 1: every method's autoencoder trains exactly {b.ae_steps} steps (equal compute)."
+    return (stage1 + f" Stage 2 (LSDM, paired-only LSDM), pixel matching and the latent-diffusion denoiser: "
+            f"{b.match_steps} generator steps / {b.diffusion_steps} denoiser steps, batch {b.batch_size}; latent "
+            "diffusion uses LSDM's autoencoder from the same cell.")
+
+
 def write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
     out, budget, eval_nets = ctx["out"], ctx["budget"], ctx["eval_nets"]
     order = [st.label for st in ctx["exp"].settings]  # table and curve in the experiment's order, however run
@@ -187,7 +202,7 @@ def write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
               + ": " + "; ".join(f"`{c}`" for c in ctx["commands"]) + "  ", f"Machine: {machine()}  ",
               f"Wall time: {wall / 60:.1f} min (all cells, plus training the evaluation nets when not cached) for "
               f"seeds {seeds}{' (QUICK budget: a smoke run, numbers meaningless)' if ctx['quick'] else ''}",
-              "", f"Budget: {json.dumps(asdict(budget))}", "",
+              "", f"Budget: {json.dumps(asdict(budget))}", "", budget_note(budget), "",
               f"Evaluation nets: {M.FD_NOTE}; its test accuracy {eval_nets['feature_net_test_accuracy']:.4f}. "
               f"Conditional accuracy is judged by a separately trained MLP (test accuracy "
               f"{eval_nets['judge_test_accuracy']:.4f}). Precision/recall/density/coverage: k-NN (k=5) in the "

@@ -76,7 +76,7 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
     ref, dt = timed(lambda: LSDM(cfg).fit(px, py, uy, num_classes=train.num_classes, progress=False))
     if "lsdm" in s.methods:
         res, y = ev(lsdm_sampler(ref), ref, ref)
-        record("lsdm", dt, res, y)
+        record("lsdm", dt, res, y, stage1_steps=ref.history["stage1_steps"])
     if s.task == "class":
         res, y = ev(lambda c: real_y, ref)
         record("real_data (reference)", 0.0, res, y)
@@ -86,11 +86,17 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
         model, dt = timed(lambda: LSDM(cfg).fit(allx, torch.from_numpy(train.images), None,
                                                    num_classes=train.num_classes, progress=False))
         res, y = ev(lsdm_sampler(model), ref, model)
-        record("lsdm_all_labels", dt, res, y)
+        record("lsdm_all_labels", dt, res, y, stage1_steps=model.history["stage1_steps"])
     if "lsdm_paired_only" in s.methods:
         model, dt = timed(lambda: fit_paired_only(cfg, px, py, num_classes=train.num_classes))
         res, y = ev(lsdm_sampler(model), ref, model)
-        record("lsdm_paired_only", dt, res, y)
+        record("lsdm_paired_only", dt, res, y, stage1_steps=model.history["stage1_steps"])
+    if "lsdm_paired_only_equal_steps" in s.methods:  # equal compute: LSDM's stage-1 step count, no early stop
+        n1 = ref.history["stage1_steps"]
+        equal = replace(cfg, autoencoder=replace(cfg.autoencoder, stop="steps", steps=n1, epochs=0.0))
+        model, dt = timed(lambda: fit_paired_only(equal, px, py, num_classes=train.num_classes))
+        res, y = ev(lsdm_sampler(model), ref, model)
+        record("lsdm_paired_only_equal_steps", dt, res, y, stage1_steps=model.history["stage1_steps"])
     if "pixel_matching" in s.methods:
         pm, dt = timed(lambda: PixelMatching(cfg.matching, seed=seed, generator_hidden=budget.match_hidden,
                                              critic_hidden=budget.match_hidden).fit(cond, py.reshape(len(py), -1)))

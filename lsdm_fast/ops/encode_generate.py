@@ -8,6 +8,12 @@ Public entry points (backend="auto" | "torch" | "triton" | "cuda"):
   input is cat(eta, x); x is a one-hot built from integer labels, or a float condition tensor.
 - validate_labels(labels, num_classes): the one label-range check (see below).
 
+Convolutional autoencoders keep the same entry points: `encode(encoder, y, front=...)` runs
+`front` (the encoder's convolutions, plain torch, so cuDNN on a GPU) and then the dense `encoder`
+(fused in the backend kernels); `generate(generator, decoder, cond, tail=...)` runs the generator
+and the decoder's dense head fused, then `tail` (the decoder's transposed convolutions) on their
+output. The backends never see front/tail: the contract below is about the dense parts.
+
 MLPs are described by MLPParams. Outputs are float32 unless `out_dtype` says otherwise
 (torch.uint8 maps [0, 1] to 0..255: round(clamp(y, 0, 1) * 255) computed in float32 (float64
 for float64 weights) and rounded half to even, as torch.round; every backend follows this rule).
@@ -206,9 +212,18 @@ def _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offs
 
 # ---------------------------------------------------------------- entry points
 
-def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None,
+def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None, front=None,
            backend: str = "auto") -> torch.Tensor:
-    """encoder(y) without autograd, accumulating in float32 (float64 stays float64)."""
+    """encoder(y) without autograd, accumulating in float32 (float64 stays float64). With `front` (a module
+    or function, e.g. a ConvEncoder's `front`): encoder(front(y)), front applied `batch_size` rows at a time."""
+    if front is not None:
+        _check_tensor("y", y)
+        if batch_size is not None:
+            _int("batch_size", batch_size, 1)
+        step = len(y) if batch_size is None else operator.index(batch_size)
+        with torch.no_grad():
+            parts = [encode(encoder, front(y[i:i + step]), backend=backend) for i in range(0, len(y), max(step, 1))]
+        return torch.cat(parts) if parts else encode(encoder, front(y), backend=backend)
     _check_encode(encoder, y, batch_size)
     _, fn = resolve("encode", backend, y.device)
     return fn(encoder, y, batch_size=None if batch_size is None else operator.index(batch_size))
@@ -216,9 +231,10 @@ def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None
 
 def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, noise_dim: int,
              num_classes: int | None = None, seed: int = 0, offset: int = 0,
-             eta: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
+             eta: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32, tail=None,
              backend: str = "auto") -> torch.Tensor:
-    """y = decoder(generator(cat(eta, x))) for each row of `cond`.
+    """y = decoder(generator(cat(eta, x))) for each row of `cond`; with `tail` (a module or function, e.g. a
+    ConvDecoder's `tail`), y = tail(decoder(generator(...))), out_dtype applied after the tail.
 
     Row i uses noise row `offset + i` of the stream `seed`, so a batch split into pieces with
     matching offsets gives the same samples as the whole batch.
@@ -226,8 +242,14 @@ def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, no
     noise_dim, seed, offset = _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offset, eta,
                                               out_dtype)
     _, fn = resolve("generate", backend, cond.device)
-    return fn(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed, offset=offset,
-              eta=eta, out_dtype=out_dtype)
+    if tail is None:
+        return fn(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed, offset=offset,
+                  eta=eta, out_dtype=out_dtype)
+    work = torch.float64 if decoder.weights[0].dtype == torch.float64 else torch.float32
+    h = fn(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed, offset=offset,
+           eta=eta, out_dtype=work)
+    with torch.no_grad():
+        return to_out_dtype(tail(h), out_dtype)
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 ACTIVATIONS = ("leaky_relu", "relu", "silu")
-OUTPUT_ACTIVATIONS = (None, "sigmoid")
+OUTPUT_ACTIVATIONS = (None, "sigmoid", "leaky_relu")  # leaky_relu: a conv decoder's dense head
 # activation codes shared by the fused kernels (Triton and CUDA): hidden or output activation
 ACT_CODE = {None: 0, "leaky_relu": 1, "relu": 2, "silu": 3, "sigmoid": 4}
 
@@ -85,4 +85,6 @@ def mlp_forward_reference(p: MLPParams, u: torch.Tensor) -> torch.Tensor:
             u = activate(u, p.activation, p.negative_slope)
     if p.output_activation == "sigmoid":
         u = torch.sigmoid(u)
+    elif p.output_activation == "leaky_relu":
+        u = F.leaky_relu(u, p.negative_slope)
     return u
