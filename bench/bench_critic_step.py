@@ -26,6 +26,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _graphs import cuda_graph  # bench/_graphs.py
+
 from lsdm_fast.ops import MLPParams, available_backends, critic_gradient_penalty
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -112,20 +114,6 @@ def _op_body(params, data, opt, backend):
     return body
 
 
-def _graphed(body):
-    """Warm up on a side stream (compiles kernels, creates Adam's state), then capture one step."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            body()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
-    return graph.replay
-
-
 def _with_tf32(body):
     def run():
         old = torch.backends.cuda.matmul.allow_tf32
@@ -141,13 +129,13 @@ def _make_step(variant, params, data):
     if variant.startswith("op:"):
         run = _op_body(params, data, _adam(params), variant[3:])
     elif variant.startswith("graph:"):
-        run = _graphed(_op_body(params, data, _adam(params, capturable=True), variant[6:]))
+        run = cuda_graph(_op_body(params, data, _adam(params, capturable=True), variant[6:]))
     elif variant == "eager":
         run = _eager_body(params, data, _adam(params))
     elif variant == "eager_tf32":
         run = _with_tf32(_eager_body(params, data, _adam(params)))
     elif variant == "eager_cuda_graph":
-        run = _graphed(_eager_body(params, data, _adam(params, capturable=True)))
+        run = cuda_graph(_eager_body(params, data, _adam(params, capturable=True)))
     else:
         raise ValueError(variant)
 

@@ -31,16 +31,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
+from _graphs import cuda_graph  # bench/_graphs.py (TRITON_INTERPRET on a CPU: bench/conftest.py)
+import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from lsdm_fast.baselines import Denoiser, cosine_alpha_bar  # noqa: E402
-from lsdm_fast.ops import MLPParams, available_backends, encode, generate  # noqa: E402
+from lsdm_fast.baselines import Denoiser, cosine_alpha_bar
+from lsdm_fast.ops import MLPParams, available_backends, encode, generate
 
 # the Triton interpreter warns on every loop with a run-time bound
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
@@ -106,24 +103,6 @@ def _eager_generate(gen: MLPParams, dec: MLPParams, labels):
     return _eager_forward(dec, _eager_forward(gen, torch.cat([eta, x], 1)))
 
 
-def _cuda_graph(fn):
-    """fn captured once in a CUDA graph; the returned callable replays it (same output tensor)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-
-    def replay():
-        graph.replay()
-        return out
-    return replay
-
-
 def _variants(op):
     out = ["eager-fp32", "eager-bf16", "compile-bf16", "cudagraph-bf16"]
     for b in available_backends(op, DEVICE):
@@ -148,7 +127,7 @@ def _wrap(variant, body):
     if variant == "compile-bf16":
         return torch.compile(body)
     if variant == "cudagraph-bf16":
-        return _cuda_graph(body)
+        return cuda_graph(body, warmup=2)
     return body
 
 

@@ -127,7 +127,7 @@ def _sass_stats(cubin: str) -> dict[str, dict]:
 def _install_standin():
     """Make Triton compile for sm_90 without a GPU, and turn launches into compile-only warmups."""
     os.environ.pop("TRITON_INTERPRET", None)
-    import triton  # noqa: F401
+    import triton  # noqa: F401  (after TRITON_INTERPRET is unset: the real JIT, not the interpreter)
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.driver import CudaDriver
     from triton.runtime.driver import driver

@@ -4,8 +4,6 @@ callables; one call = the launches of one op for one configuration. Sizes are sm
 shapes' widths, dtypes and constexprs matter to the compiler, not the batch."""
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from lsdm_fast.ops.mlp import MLPParams

@@ -3,7 +3,7 @@ of 2000 random MNIST test images (the floor any latent-space sampler inherits), 
 
 Run from the repository root:  python scripts/tuning/ae_recon_fd.py "latent_dim=16;latent_dim=32"
 """
-import sys, time, json
+import sys, time
 from dataclasses import replace
 import numpy as np, torch
 from lsdm_fast import experiments as E, metrics as M
