@@ -2,8 +2,11 @@
 
 Every rank draws the same global batch from the same seeded generator and keeps rows
 rank::world; gradients (and the reported losses) are averaged over ranks. So the 2-process run
-is the 1-process run up to float rounding (the batch mean is summed in a different order): we
-check weights to 1e-4 after a short run. Only rank 0 writes the checkpoint.
+is the 1-process run up to float rounding (the batch mean is summed in a different order).
+Adam divides by the gradient's running RMS, so where a gradient element is itself at rounding
+level its update is +-lr either way: we allow a few such elements within two Adam steps and ask
+every other weight to agree to 1e-4. A rank that did not average would miss both by far. Only
+rank 0 writes the checkpoint.
 """
 import os
 import socket
@@ -63,7 +66,11 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     for k, v in ref.items():
         assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks disagree on {k}"
-        torch.testing.assert_close(r0["state"][k], v, rtol=1e-4, atol=1e-4, msg=lambda m: f"{k}: {m}")
+        lr = single.config.autoencoder.lr if k[0] in "01" else single.config.matching.lr
+        diff = (r0["state"][k].double() - v.double()).abs()
+        assert diff.max() <= 2 * lr, f"{k}: off by {diff.max():.3g}, more than two Adam steps ({lr})"
+        loose = diff > 1e-4 + 1e-4 * v.double().abs()
+        assert loose.float().mean() <= 0.01, f"{k}: {int(loose.sum())} of {v.numel()} weights off by more than 1e-4"
     torch.testing.assert_close(torch.tensor(r0["history"]["reconstruction"]),
                                torch.tensor(single.history["reconstruction"]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(r0["history"]["critic_loss"]),
