@@ -2,8 +2,8 @@
 seeds, or other methods via `--methods`, run in parallel to use both CPU cores) into DEST's
 results.json, then re-render DEST with its own command plus `--resume` (every cell is then done).
 Rows of a (setting, seed, method[, steps]) already in DEST are kept as they are; reference rows
-present on both sides must agree (checked). Used for class_n100_wide (seed 2) and class_n10
-(pixel matching).
+present on both sides must agree (checked). Used for class_n100, superres_x4 and unpaired_curve
+(one seed per process), and before issue 14 for class_n100_wide (seed 2) and class_n10 (pixel matching).
 
 Run from the repository root: python scripts/merge_experiment_runs.py DEST OTHER [OTHER ...]
 """
@@ -14,6 +14,8 @@ import shutil
 import sys
 
 import numpy as np
+
+from lsdm_fast.io import atomic_write_json
 
 HERE = sys.argv[1]
 dst_path = os.path.join(HERE, "results.json")
@@ -42,7 +44,4 @@ for other in sys.argv[2:]:
             merged = {k: z_old[k] for k in z_old.files}
             merged.update({k: z_new[k] for k in z_new.files if k not in merged})
         np.savez_compressed(mine, **merged)
-tmp = dst_path + ".tmp"
-with open(tmp, "w") as fh:
-    json.dump(dst, fh, indent=1)
-os.replace(tmp, dst_path)
+atomic_write_json(dst_path, dst)
