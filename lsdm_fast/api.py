@@ -1,43 +1,18 @@
 """LSDM as an estimator: fit on pairs plus unpaired data, sample in one step, save and load."""
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from . import ops
 from .config import LSDMConfig
-from .io import atomic_write_bytes, atomic_write_json
+from .model_folder import FORMAT_VERSION, MODEL_FILES, ModelFolderError, load_model, meta_json, save_model  # noqa: F401
 from .models import MLP, Critic, Generator, build_autoencoder, resolve_kind
 from .ops._weight_cache import DerivedCache
 from .ops.encode_generate import condition_tensor
-from .state import MODEL_NAMES, Stage, TrainingState
-
-FORMAT_VERSION = 1
-MODEL_FILES = ("model.safetensors", "config.json", "history.json")
-
-
-def _positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-# meta field -> check of its value (what load needs to rebuild the networks and condition them)
-_META_FIELDS = {
-    "cond_kind": lambda v: v in ("onehot", "tensor"),
-    "cond_dim": _positive_int,
-    "num_classes": lambda v: v is None or _positive_int(v),
-    "data_dim": _positive_int,
-    "image_shape": lambda v: v is None or (isinstance(v, list) and all(_positive_int(d) for d in v)),
-}
-
-
-class ModelFolderError(ValueError):
-    """A model folder that cannot be loaded: a file missing or damaged (the message names file and field)."""
+from .state import Stage, TrainingState
 
 
 def _as_tensor(a, name: str, dtype=None) -> torch.Tensor:
@@ -127,7 +102,7 @@ class LSDM:
             if not resume and find_checkpoint(checkpoint_dir):
                 raise ValueError(f"{checkpoint_dir} already holds a checkpoint of another run; resume it "
                                  "(resume=True, `lsdm train --resume DIR`) or choose another checkpoint folder")
-            ck = Checkpointer(checkpoint_dir, cfg.to_dict(), (x, all_y), meta=self._meta_json())
+            ck = Checkpointer(checkpoint_dir, cfg.to_dict(), (x, all_y), meta=meta_json(self.meta))
 
         # load or create the state
         state = self._new_state()
@@ -212,9 +187,6 @@ class LSDM:
         rng = torch.Generator(device=self.device).manual_seed(self.config.seed)
         return TrainingState(self.encoder, self.decoder, self.generator, self.critic, rng)
 
-    def _meta_json(self) -> dict:
-        return {**self.meta, "image_shape": list(self.meta["image_shape"]) if self.meta.get("image_shape") else None}
-
     # ------------------------------------------------------------------ inference
     def _require_fitted(self):
         if self.generator is None:
@@ -288,85 +260,15 @@ class LSDM:
         return ops.generate(gen, dec, cond, noise_dim=k, num_classes=ncls, seed=seed, offset=offset,
                             eta=eta, out_dtype=out_dtype, tail=tail, backend=backend)
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ persistence (lsdm_fast.model_folder)
     def save(self, folder: str, *, overwrite: bool = False) -> str:
         """Write the model to `folder` (safetensors weights, config.json, history.json), each file atomically.
         A folder that already holds a saved model is refused unless overwrite=True."""
         self._require_fitted()
-        if not overwrite and any(os.path.exists(os.path.join(folder, f)) for f in MODEL_FILES):
-            raise FileExistsError(f"{folder}: already holds a saved model; choose another folder or pass "
-                                  "overwrite=True (`lsdm train --overwrite`)")
-        tensors = {}
-        for name, mod in zip(MODEL_NAMES, self.modules()):
-            for k, v in mod.state_dict().items():
-                tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
-        tensors["latent_mean"] = self.latent_mean.detach().cpu().contiguous()
-        tensors["latent_std"] = self.latent_std.detach().cpu().contiguous()
-        os.makedirs(folder, exist_ok=True)
-        atomic_write_bytes(os.path.join(folder, "model.safetensors"), st_save(tensors))
-        meta = self._meta_json()
-        atomic_write_json(os.path.join(folder, "config.json"), {"config": self.config.to_dict(), "meta": meta})
-        atomic_write_json(os.path.join(folder, "history.json"), dict(self.history))
-        return folder
+        return save_model(self, folder, overwrite=overwrite)
 
     @classmethod
     def load(cls, folder: str, device: str | None = None) -> "LSDM":
         """A model written by `save`. A missing file raises FileNotFoundError; a damaged one ModelFolderError
         naming the file and the field."""
-        cfg_path, w_path = os.path.join(folder, "config.json"), os.path.join(folder, "model.safetensors")
-        for p in (cfg_path, w_path):
-            if not os.path.exists(p):
-                raise FileNotFoundError(f"{p}: not found; is {folder!r} a folder written by LSDM.save?")
-        try:
-            with open(cfg_path) as fh:
-                blob = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFolderError(f"{cfg_path}: not valid JSON ({exc})") from None
-        for key, kind in (("config", dict), ("meta", dict)):
-            if not isinstance(blob, dict) or not isinstance(blob.get(key), kind):
-                raise ModelFolderError(f"{cfg_path}: damaged: the field {key!r} is missing or not an object")
-        try:
-            config = LSDMConfig.from_dict(blob["config"])
-            config.validate()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFolderError(f"{cfg_path}: not a valid LSDM config ({exc})") from None
-        meta = blob["meta"]
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ModelFolderError(f"{cfg_path}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
-        for key, ok in _META_FIELDS.items():
-            if key not in meta:
-                raise ModelFolderError(f"{cfg_path}: damaged: the field 'meta.{key}' is missing")
-            if not ok(meta[key]):
-                raise ModelFolderError(f"{cfg_path}: damaged: 'meta.{key}' has an invalid value {meta[key]!r}")
-        if device is not None:
-            config.device = device
-        model = cls(config)
-        model.meta = {**meta, "image_shape": tuple(meta["image_shape"]) if meta.get("image_shape") else None}
-        model._build(meta["data_dim"], meta["cond_dim"], model.meta["image_shape"])
-        with open(w_path, "rb") as fh:
-            try:
-                tensors = st_load(fh.read())
-            except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-                raise ModelFolderError(f"{w_path}: cannot read the safetensors file ({exc})") from None
-        for name, mod in zip(MODEL_NAMES, model.modules()):
-            sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
-            try:
-                mod.load_state_dict(sd)
-            except RuntimeError as exc:
-                raise ModelFolderError(f"{w_path}: the {name} weights do not match the config ({exc})") from None
-            mod.to(model.device).eval().requires_grad_(False)
-        for key in ("latent_mean", "latent_std"):
-            t = tensors.get(key)
-            if t is None or tuple(t.shape) != (config.autoencoder.latent_dim,):
-                raise ModelFolderError(f"{w_path}: damaged: {key!r} is missing or not of shape "
-                                       f"({config.autoencoder.latent_dim},)")
-        model.latent_mean = tensors["latent_mean"].to(model.device)
-        model.latent_std = tensors["latent_std"].to(model.device)
-        hist_path = os.path.join(folder, "history.json")
-        if os.path.exists(hist_path):
-            try:
-                with open(hist_path) as fh:
-                    model.history = json.load(fh)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ModelFolderError(f"{hist_path}: not valid JSON ({exc})") from None
-        return model
+        return load_model(cls, folder, device)
