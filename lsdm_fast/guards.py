@@ -3,8 +3,8 @@
 Two kinds of divergence check, with the same promise (a bad update is never applied, so neither
 the weights nor a checkpoint ever hold a bad state):
 
-- on the host (`finite_or_raise`): read the values and raise before the optimiser step. Each
-  read is a device synchronisation.
+- on the host (`finite_or_raise`, and `HostGuard`: the same check behind DeviceGuard's interface):
+  read the values and raise before the optimiser step. Each read is a device synchronisation.
 - on the device (`DeviceGuard`): record the first non-finite value in device buffers, raise a
   `halt` flag that the optimisers read as `found_inf` (so they skip the update on the device),
   and read it all back once in `check()`: every N steps and before every checkpoint.
@@ -122,3 +122,26 @@ class DeviceGuard:
         """(step, code, value) of the first bad value since the last reset, or None: one host read."""
         step, code, value = self._record.tolist()
         return None if step < 0 else (int(step), int(code), value)
+
+
+class HostGuard:
+    """DeviceGuard's interface, checked on the host: `watch` reads the values (one synchronisation) and
+    raises the TrainingError for the first non-finite one at once, before the update is applied.
+    `explain(step, code)` gives (where, what) for the message; `read` has nothing left to report."""
+
+    def __init__(self, stage: str, explain: Callable[[int, int], tuple[str, str]], describe: Callable[[], str],
+                 hint: str):
+        self.stage, self.explain, self.describe, self.hint = stage, explain, describe, hint
+        self.step = 0
+
+    def set_step(self, step: int) -> None:
+        self.step = step
+
+    def watch(self, code: int, values: Sequence[torch.Tensor]) -> None:
+        vals = torch.stack([v.detach().reshape(()).double() for v in values]).tolist()
+        for i, v in enumerate(vals):
+            where, name = self.explain(self.step, code + i)
+            finite_or_raise(self.stage, where, {name: v}, self.describe, self.hint)
+
+    def read(self) -> None:
+        return None

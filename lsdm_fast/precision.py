@@ -1,5 +1,5 @@
 """Mixed precision (LSDMConfig.precision): "fp32" (none), "bf16" or "fp16" autocast; fp16 adds a
-GradScaler. The critic step always runs in float32 (see the stage-2 notes in stages.py)."""
+GradScaler. The critic step always runs in float32 (docs/design.md §6, "Mixed precision")."""
 from __future__ import annotations
 
 import contextlib
@@ -18,3 +18,12 @@ def autocast(precision: str, device: torch.device, *, cache_enabled: bool = True
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def step_optimizer(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """opt.step(), through the GradScaler under fp16 (which skips a step whose gradients overflowed)."""
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()

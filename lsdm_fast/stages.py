@@ -33,7 +33,7 @@ from .checkpoint import Checkpointer
 from .config import AutoencoderConfig, MatchingConfig
 from .guards import TrainingError, finite_or_raise, grad_norm, out_of_memory_as_training_error  # noqa: F401 (re-export)
 from .matching_step import MatchingStep, no_checkpoint
-from .precision import autocast, make_scaler
+from .precision import autocast, make_scaler, step_optimizer
 from .state import MATCHING_CURVES, TrainingState
 
 LOG_EVERY = 50  # generator steps between reads of the loss curves (and the progress bar)
@@ -130,10 +130,7 @@ class AutoencoderStep:
         finite_or_raise(self.stage, where, {"the loss": float(loss_avg)}, self.describe, self.hint)
         if self.scaler is None:  # under fp16 the scaler skips steps with overflowing gradients by design
             finite_or_raise(self.stage, where, {"the gradient norm": float(grad_norm(grads))}, self.describe, self.hint)
-            self.opt.step()
-        else:
-            self.scaler.step(self.opt)
-            self.scaler.update()
+        step_optimizer(self.opt, self.scaler)
         if self.sched is not None:
             self.sched.step()
         return float(rec_avg)
@@ -207,11 +204,12 @@ def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderCon
 
 def train_joint_matching(state: TrainingState, x: torch.Tensor, z: torch.Tensor, cfg: MatchingConfig, *,
                          precision: str = "fp32", progress: bool = True, checkpoint: Checkpointer | None = None,
-                         mode: str = "auto") -> None:
+                         mode: str = "auto", backends: dict[str, str] | None = None) -> None:
     """Stage 2: match the law of (x, G(eta, x)) to that of the pairs (x, z) with a WGAN-GP critic.
-    mode: how MatchingStep runs ("auto": replayed from CUDA graphs on CUDA, host-checked on CPU)."""
+    mode: how MatchingStep runs ("auto": replayed from CUDA graphs on CUDA, host-checked on CPU);
+    backends: the ops' backends as matching_step.resolve_backends gives them (None: resolved here)."""
     step_fn = MatchingStep(state.generator, state.critic, x, z, cfg, state.rng, precision=precision,
-                           describe=_describer(checkpoint), mode=mode)
+                           describe=_describer(checkpoint), mode=mode, backends=backends)
     if state.optim is not None:
         step_fn.load_state_dict(state.optim)
     curves = {k: state.history.setdefault(k, []) for k in MATCHING_CURVES}

@@ -1,5 +1,5 @@
 """The stage-2 step (lsdm_fast.matching_step): sync mode is bit-identical on CPU to the plain loop
-written out below; graph mode tracks it, never synchronises with the host inside a step, and
+written out below (the method as it states it, computed in the same test run); graph mode tracks it, never synchronises with the host inside a step, and
 catches NaN/Inf on the device without applying the bad update.
 
 Graph mode's tolerance against sync mode (measured on CPU, 20 generator steps of 5 critic updates,
@@ -190,14 +190,14 @@ def test_graph_mode_never_reads_the_host_inside_a_step(backend, precision, no_ho
 
 def poison_batch(step_obj, at_call, critic_step):
     """A NaN in the noise of one critic update's batch of generator step `at_call`."""
-    draw, calls = step_obj._draw_into_buffers, [0]
+    draw, calls = step_obj._draw, [0]
 
     def poisoned():
         draw()
         if calls[0] == at_call:
             step_obj._eta[critic_step, 0, 0] = float("nan")
         calls[0] += 1
-    step_obj._draw_into_buffers = poisoned
+    step_obj._draw = poisoned
 
 
 def snapshot(step, g, c):
@@ -231,19 +231,7 @@ def test_nan_in_a_later_critic_update_matches_where_sync_mode_stops():
     for mode in ("sync", "graph"):
         g, c, x, z = setup()
         step = MatchingStep(g, c, x, z, cfg, rng(), mode=mode)
-        if mode == "sync":
-            real = step._draw
-            calls = [0]
-
-            def draw():  # the 9th draw pair is critic update 2 of generator step 2
-                idx, eta = real()
-                calls[0] += 1
-                if calls[0] == 2 * 4 + 3:
-                    eta[0, 0] = float("nan")
-                return idx, eta
-            step._draw = draw
-        else:
-            poison_batch(step, at_call=2, critic_step=2)
+        poison_batch(step, at_call=2, critic_step=2)  # both modes draw into the same buffers
         with pytest.raises(TrainingError, match="generator step 2, critic step 2: the critic loss is nan") as exc:
             for i in range(4):
                 step(i)
