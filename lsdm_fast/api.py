@@ -1,6 +1,7 @@
 """LSDM as an estimator: fit on pairs plus unpaired data, sample in one step, save and load."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -83,28 +84,20 @@ class LSDM:
         return x.float()
 
     # ------------------------------------------------------------------ training
-    def fit(self, paired_x, paired_y, unpaired_y=None, *, num_classes: int | None = None,
-            progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False) -> "LSDM":
+    def fit(self, paired_x, paired_y, unpaired_y=None, *, num_classes: int | None = None, progress: bool = True,
+            checkpoint_dir: str | None = None, resume: bool = False, run_record: dict | None = None) -> "LSDM":
         """Train both stages. With `checkpoint_dir`, a checkpoint is written there atomically every
         `checkpoint_every` steps of each stage (config) and at the end of each stage; with
         `resume=True` the checkpoint there is continued exactly (bit-identical on CPU to a run
-        that was never interrupted), after checking that its config and data match these."""
-        from .checkpoint import Checkpointer, find_checkpoint
+        that was never interrupted), after checking that its config and data match these.
+        `run_record` (a new checkpointed run): JSON written to checkpoint_dir/run.json once every check
+        has passed, before training (`lsdm train` keeps its arguments there for --resume)."""
         from .stages import train_autoencoder, train_joint_matching
 
         cfg = self.config
         x, all_y, n_pairs = self._fit_data(paired_x, paired_y, unpaired_y, num_classes)
-        self._check_backend()
-        if resume and checkpoint_dir is None:
-            raise ValueError("resume=True needs the checkpoint_dir to resume from")
-        ck = None
-        if checkpoint_dir is not None:
-            if not resume and find_checkpoint(checkpoint_dir):
-                raise ValueError(f"{checkpoint_dir} already holds a checkpoint of another run; resume it "
-                                 "(resume=True, `lsdm train --resume DIR`) or choose another checkpoint folder")
-            ck = Checkpointer(checkpoint_dir, cfg.to_dict(), (x, all_y), meta=meta_json(self.meta))
-
-        # load or create the state
+        backends = self._check_backend()
+        ck = self._checkpointer(checkpoint_dir, resume, (x, all_y), run_record)
         state = self._new_state()
         if resume:
             ck.restore(state, ck.load())
@@ -126,16 +119,33 @@ class LSDM:
         self.latent_mean, self.latent_std = state.latent_mean, state.latent_std
         if state.stage == Stage.MATCHING:  # stage 2 on the pairs, which come first in all_y
             z_pairs = (z_all[:n_pairs] - state.latent_mean) / state.latent_std
-            train_joint_matching(state, x, z_pairs, cfg.matching, **kw)
+            train_joint_matching(state, x, z_pairs, cfg.matching, backends=backends, **kw)
             state.stage, state.optim = Stage.DONE, None  # the step count stays: resumed_from says where it ended
             if ck is not None:
                 ck.save(state)
-        t2 = time.perf_counter()
-        self.history = {**state.history, "seconds": {"stage1": t1 - t0, "stage2": t2 - t1},
+        self.history = {**state.history, "seconds": {"stage1": t1 - t0, "stage2": time.perf_counter() - t1},
                         "counts": {"paired": n_pairs, "unpaired": len(all_y) - n_pairs}}
         if resumed_from is not None:
             self.history["resumed_from"] = resumed_from
         return self
+
+    def _checkpointer(self, folder: str | None, resume: bool, data: tuple, run_record: dict | None):
+        """The run's Checkpointer (None without a folder). A new run refuses a folder that holds a checkpoint."""
+        from . import distributed as D
+        from .checkpoint import RUN_FILE, Checkpointer, find_checkpoint
+        from .io import atomic_write_json
+
+        if folder is None:
+            if resume:
+                raise ValueError("resume=True needs the checkpoint_dir to resume from")
+            return None
+        if not resume and find_checkpoint(folder):
+            raise ValueError(f"{folder} already holds a checkpoint; continue it with `lsdm train --resume {folder}` "
+                             "(LSDM.fit(..., resume=True)) or choose another checkpoint folder (--out/--checkpoint-dir)")
+        ck = Checkpointer(folder, self.config.to_dict(), data, meta=meta_json(self.meta))
+        if run_record is not None and not resume and D.is_main():
+            atomic_write_json(os.path.join(folder, RUN_FILE), run_record)
+        return ck
 
     def _fit_data(self, paired_x, paired_y, unpaired_y, num_classes):
         """Checked conditions (on the device), every image (pairs first, flat, on the device), and the number of
@@ -172,16 +182,15 @@ class LSDM:
         x = self._conditions(px, "paired_x").to(self.device)
         return x, torch.cat([py, uy]).to(self.device), len(py)
 
-    def _check_backend(self) -> None:
-        """An unusable stage-2 backend fails now, not after stage 1."""
-        from .ops._registry import resolve
+    def _check_backend(self) -> dict[str, str]:
+        """The backend of each stage-2 op, resolved once: an unusable one fails now, not after stage 1."""
+        from .matching_step import resolve_backends
 
-        problem = {"layers": len(self.config.matching.critic_hidden) + 1}
-        for op in ("critic_gradient_penalty", "critic_score_grad"):
-            try:
-                resolve(op, self.config.matching.backend, self.device, problem)
-            except (RuntimeError, KeyError, ValueError) as exc:
-                raise ValueError(f"matching.backend={self.config.matching.backend!r}: {exc}") from None
+        m = self.config.matching
+        try:
+            return resolve_backends(m.backend, self.device, len(m.critic_hidden) + 1)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ValueError(f"matching.backend={m.backend!r}: {exc}") from None
 
     def _new_state(self) -> TrainingState:
         rng = torch.Generator(device=self.device).manual_seed(self.config.seed)

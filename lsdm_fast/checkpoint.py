@@ -30,6 +30,7 @@ from .io import atomic_write_bytes
 from .state import MATCHING_CURVES, MODEL_NAMES, Stage, TrainingState
 
 CHECKPOINT_FILE = "checkpoint.pt"
+RUN_FILE = "run.json"  # `lsdm train`'s arguments beside the checkpoint, for --resume (LSDM.fit's run_record)
 CHECKPOINT_FORMAT = 2
 # config fields that may change between the interrupted and the resumed run (they do not change results)
 _FREE_KEYS = {"autoencoder.checkpoint_every", "matching.checkpoint_every"}

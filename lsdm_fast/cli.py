@@ -188,7 +188,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-RUN_FILE = "run.json"
+from .checkpoint import RUN_FILE  # noqa: E402  (the file beside the checkpoint that --resume reads)
 # arguments that may differ between the interrupted run and its resumption
 _RESUME_FREE = {"command", "resume", "quiet", "checkpoint_every", "threads", "overwrite", "no_eval"}
 
@@ -225,21 +225,12 @@ def _resolve_resume(args, explicit: set[str]):
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import find_checkpoint
-    from .data import load_dataset
-    from .io import atomic_write_json
-    from .pipeline import RunSpec, prepare_output_folder, run
+    from .pipeline import RunSpec, run
 
     resume = args.resume is not None
     if resume:
         args = _resolve_resume(args, getattr(args, "_explicit", set()))
     ckdir = args.checkpoint_dir or (os.path.join(args.out, "checkpoint") if args.checkpoint_every else None)
-    if ckdir and not resume and find_checkpoint(ckdir):
-        raise ValueError(f"{ckdir} already holds a checkpoint; continue it with `lsdm train --resume {ckdir}` "
-                         "or choose another --out/--checkpoint-dir")
-    for split in ("train", "test"):  # bad data fails before any training starts
-        load_dataset(args.data, split, format=getattr(args, "format", None), rescale=getattr(args, "rescale", False),
-                     seed=args.seed)
     n_per_class = args.n_per_class if (args.n_per_class or args.n_pairs) else 100
     spec = RunSpec(data=args.data, format=getattr(args, "format", None), rescale=getattr(args, "rescale", False),
                    task=args.task, factor=args.factor,
@@ -249,14 +240,11 @@ def cmd_train(args) -> int:
                    evaluate=not getattr(args, "no_eval", False),
                    overwrite=getattr(args, "overwrite", False) or resume,
                    config=_config_from_args(args, args.ae_kind))
-    spec.config.validate()
-    prepare_output_folder(spec.out, spec.overwrite)  # a finished run, or an unwritable folder, fails now
+    record = None  # what --resume reads back (the checks, of the config, data and folders, are run's and LSDM's)
     if ckdir and not resume:
-        from . import distributed as D
-        if D.is_main():
-            saved = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("resume",)}
-            atomic_write_json(os.path.join(ckdir, RUN_FILE), {"args": {**saved, "checkpoint_dir": ckdir}})
-    m = run(spec, checkpoint_dir=ckdir, resume=resume)
+        saved = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("resume",)}
+        record = {"args": {**saved, "checkpoint_dir": ckdir}}
+    m = run(spec, checkpoint_dir=ckdir, resume=resume, run_record=record)
     if "rank" in m:  # not rank 0 under torch.distributed: rank 0 reports
         return 0
     print(json.dumps({k: v for k, v in m.items() if k not in ("config", "versions", "written")}, indent=2))

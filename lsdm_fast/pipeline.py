@@ -61,21 +61,24 @@ def _versions() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = False) -> dict:
+def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = False,
+        run_record: dict | None = None) -> dict:
     """Train and evaluate. With checkpoint_dir, training is checkpointed there (and resumed from it
-    when resume=True; see LSDM.fit). Under torch.distributed only rank 0 evaluates and writes."""
+    when resume=True; see LSDM.fit, which also writes `run_record`). Every check of the run is made
+    once, here or in LSDM, before any training: the config, the data, the output folder, the
+    backend, the checkpoint folder. Under torch.distributed only rank 0 evaluates and writes."""
     from . import distributed as D
 
     t_start = time.perf_counter()
     cfg = spec.config
-    cfg.validate()
+    model = LSDM(cfg)  # checks the config before the data are read
     train, test = (load_dataset(spec.data, split, format=spec.format, rescale=spec.rescale, seed=cfg.seed)
                    for split in ("train", "test"))
     paired_x, paired_y, unpaired_y, factor = task_data(train, spec, cfg.seed)
     if D.is_main():  # after the data checks (bad data must not leave a folder behind), before any training
         prepare_output_folder(spec.out, spec.overwrite)
-    model = LSDM(cfg).fit(paired_x, paired_y, unpaired_y, num_classes=train.num_classes,
-                          progress=spec.progress and D.is_main(), checkpoint_dir=checkpoint_dir, resume=resume)
+    model.fit(paired_x, paired_y, unpaired_y, num_classes=train.num_classes, progress=spec.progress and D.is_main(),
+              checkpoint_dir=checkpoint_dir, resume=resume, run_record=run_record)
     if not D.is_main():
         return {"rank": D.rank_world()[0], "fit_seconds": model.history["seconds"]}
     if spec.task == "superres":  # lets `lsdm sample --data` make inputs the way training did
