@@ -18,6 +18,11 @@ def _load(name: str) -> tuple[ModuleType | None, str | None]:
     return _cache[name]
 
 
+def extension(name: str) -> ModuleType | None:
+    """The extension `lsdm_fast.<name>` ("_C", "_C_cuda"), or None when it is not built."""
+    return _load(name)[0]
+
+
 def cpu_extension() -> ModuleType | None:
     """The C++ CPU extension `lsdm_fast._C`, or None when it is not built."""
     return _load("_C")[0]

@@ -40,8 +40,7 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="stage-1 steps (--ae-stop steps) or their cap (--ae-stop plateau)")
     p.add_argument("--steps", type=_nonneg_int, default=defaults["steps"], help="stage-2 generator steps")
     p.add_argument("--batch-size", type=_positive(int), default=256)
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"],
-                   help="backend of the stage-2 critic step")
+    _add_backend_arg(p, "backend of the stage-2 critic step")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast for stage 1 and the generator; the critic step stays fp32")
     p.add_argument("--checkpoint-every", type=_nonneg_int, default=0,
@@ -59,6 +58,12 @@ class _DefaultsShown(argparse.HelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
             return text
         return text + " (default: %(default)s)"
+
+
+def _add_backend_arg(p: argparse.ArgumentParser, help: str) -> None:
+    from .ops import BACKENDS  # the one list of backend names
+
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help=help)
 
 
 def _add_threads_arg(p: argparse.ArgumentParser) -> None:
@@ -124,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=_nonneg_int, default=0)
     sm.add_argument("--out", default="samples.png", help=".png for a grid, .npy for the raw array")
     sm.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
-    sm.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"])
+    _add_backend_arg(sm, "backend of generate")
     sm.add_argument("--device", default=None)
     _add_threads_arg(sm)
 
@@ -149,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--ddim-steps", default=None, help="comma-separated DDIM sampling steps to evaluate")
     ex.add_argument("--cache-dir", default=None, help="where the evaluation nets are cached "
                                                       "(default: $LSDM_FAST_CACHE or ~/.cache/lsdm_fast)")
-    ex.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton", "cuda"])
+    _add_backend_arg(ex, "backend of the hot ops")
     ex.add_argument("--resume", action="store_true", help="keep the (setting, seed) cells already in "
                                                           "OUT/results.json and run only the missing ones")
     _add_threads_arg(ex)

@@ -258,7 +258,7 @@ def test_in_kernel_noise_is_standard_normal(case):
 def test_cuda_philox_kernel_matches_reference():
     if "cuda" not in available_backends("generate", "cuda"):
         pytest.skip("CUDA extension not built")
-    from lsdm_fast.ops.encode_generate_cuda import philox_normal_cuda
+    from cuda_noise import philox_normal_cuda
 
     for seed, off in [(0, 0), (2**40 + 7, 2**33 + 1)]:
         torch.testing.assert_close(philox_normal_cuda(seed, off, 129, 31).cpu(), philox_normal(seed, off, 129, 31),

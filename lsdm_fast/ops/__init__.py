@@ -1,8 +1,8 @@
 """Hot ops with one public entry point each and a `backend=` argument.
 
-Backends register themselves from modules in this package named `*_cpp.py`, `*_triton.py`
-and `*_cuda.py`; a module that fails to import (no Triton, no extension) only removes its
-backend, and the reason shows in `lsdm info`.
+Backends register themselves from the modules of this package named `*_<backend>.py` for every
+compiled backend of BACKENDS (`_registry.py`, the one list of names); a module that fails to
+import (no Triton, no extension) only removes its backend, and the reason shows in `lsdm info`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .mlp import MLPParams, mlp_forward_reference
 from .philox import philox_normal
 
 for _m in pkgutil.iter_modules(__path__):
-    if _m.name.endswith(("_cpp", "_triton", "_cuda")):
+    if _m.name.endswith(tuple(f"_{b}" for b in BACKENDS if b != "torch")):  # torch: the entry points' own modules
         try:
             importlib.import_module(f"{__name__}.{_m.name}")
         except Exception as _exc:  # noqa: BLE001 - a broken optional backend must not break the package
@@ -27,4 +27,3 @@ __all__ = [
     "critic_gradient_penalty", "critic_score_grad", "encode", "generate", "MLPParams",
     "mlp_forward_reference", "philox_normal",
 ]
-from . import critic_gp_library  # noqa: E402,F401  (registers the lsdm_fast::critic_gp_fused custom op)

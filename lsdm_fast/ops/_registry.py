@@ -14,17 +14,21 @@ any depth, and only the backend that cannot run it says so.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .._ext import warn_once
+from ._backend_util import PRECISIONS
 
+# The one list of backend names: ops/__init__.py imports the modules `*_<name>.py` of the compiled
+# ones, the CLI's --backend choices are "auto" + these (docs/design.md §4, "Adding a backend").
 BACKENDS = ("torch", "cpp", "triton", "cuda")
-# CPU: the C++ kernels (measured 1.5-2.2x eager, bench/RESULTS.md). CUDA: no GPU timing exists
-# yet (bench/RESULTS.md), so the order rests on offline evidence, the sm_90 compile reports of
-# tests/sm90.py (2026-11-26): both compiled backends run their GEMMs on tensor cores with no spills
+# CPU: the C++ kernels (measured 1.5-2.2x eager, bench/RESULTS.md). CUDA: while bench/RESULTS.md
+# holds no GPU timing, the order rests on offline evidence, the sm_90 compile reports of
+# tests/sm90.py: both compiled backends run their GEMMs on tensor cores with no spills
 # or stack, the Triton kernels through Hopper's wgmma (HGMMA in the SASS; tests/test_sm90_*.py),
 # the CUDA kernels through WMMA/mma.sync (HMMA; tests/test_cuda_compile.py), which on an H100 is
 # the slower path; the Triton critic step is also fewer launches (7 vs 12 for a 3-layer critic).
@@ -39,6 +43,8 @@ class _Impl:
     why_unavailable: Callable[[], str] | None = None
     # problem (e.g. {"layers": 5}) -> why this backend cannot run it, or None
     limits: Callable[[dict], str | None] | None = None
+    # the keyword by which the backend takes a matmul precision (None: it has no choice, full float32)
+    precision_kw: str | None = None
 
     def refuses(self, problem: dict | None) -> str | None:
         return self.limits(problem) if self.limits is not None and problem else None
@@ -55,7 +61,10 @@ def register(op: str, backend: str, available: Callable[[torch.device], bool] | 
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
     def deco(fn):
-        _IMPLS.setdefault(op, {})[backend] = _Impl(fn, available or (lambda device: True), why_unavailable, limits)
+        takes = inspect.signature(fn).parameters
+        precision_kw = next((k for k in ("precision", "input_precision") if k in takes), None)
+        _IMPLS.setdefault(op, {})[backend] = _Impl(fn, available or (lambda device: True), why_unavailable, limits,
+                                                   precision_kw)
         return fn
 
     return deco
@@ -68,6 +77,17 @@ def available_backends(op: str, device: torch.device | str = "cpu") -> list[str]
 
 def registered_ops() -> list[str]:
     return sorted(_IMPLS)
+
+
+def precision_kwargs(op: str, backend: str, precision: str | None) -> dict:
+    """The keyword arguments that hand an entry point's `precision=` to the resolved `backend`: none for
+    precision=None (the backend's default, see _backend_util.env_precision) or for a backend without a
+    matmul-precision choice (torch, cpp: full float32). A value no backend knows is refused here, the
+    same for every backend; one a backend does not take is refused by that backend."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be None or one of {PRECISIONS}, got {precision!r}")
+    kw = _IMPLS[op][backend].precision_kw
+    return {} if precision is None or kw is None else {kw: precision}
 
 
 def resolve(op: str, backend: str, device: torch.device, problem: dict | None = None) -> tuple[str, Callable]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._registry import register, resolve
+from ._registry import precision_kwargs, register, resolve
 from .mlp import MLPParams, check_mlp, mlp_forward_reference
 
 PENALTY_OVER = ("joint", "latent")
@@ -124,11 +124,12 @@ def _cast_critic(critic: MLPParams, dtype: torch.dtype) -> MLPParams:
 
 def critic_gradient_penalty(critic: MLPParams, x: torch.Tensor, z_real: torch.Tensor, z_fake: torch.Tensor,
                             t: torch.Tensor, *, gp_weight: float = 10.0, penalty_over: str = "joint",
-                            backend: str = "auto") -> CriticStepOutput:
+                            backend: str = "auto", precision: str | None = None) -> CriticStepOutput:
     """One WGAN-GP critic step's loss and parameter gradients (see module docstring).
 
     Half-precision inputs or critics are computed in float32 by every backend; the gradients come
-    back in the critic's dtype, the loss terms in the inputs' dtype."""
+    back in the critic's dtype, the loss terms in the inputs' dtype. `precision`: the float32 matmul
+    precision of the GPU backends (docs/design.md §4, "Precision"; None: $LSDM_MATMUL_PRECISION, else "tf32")."""
     if penalty_over not in PENALTY_OVER:
         raise ValueError(f"penalty_over must be one of {PENALTY_OVER}, got {penalty_over!r}")
     dtype = _check_critic_inputs(critic, x, [z_real, z_fake], t)
@@ -136,7 +137,8 @@ def critic_gradient_penalty(critic: MLPParams, x: torch.Tensor, z_real: torch.Te
     name, fn = resolve("critic_gradient_penalty", backend, x.device, {"layers": len(critic.weights)})
     p_dtype, in_dtype = critic.weights[0].dtype, x.dtype
     out = fn(_cast_critic(critic, dtype), x.to(dtype), z_real.to(dtype), z_fake.to(dtype), t.reshape(-1).to(dtype),
-             gp_weight=gp_weight, penalty_over=penalty_over)
+             gp_weight=gp_weight, penalty_over=penalty_over,
+             **precision_kwargs("critic_gradient_penalty", name, precision))
     if p_dtype != dtype or in_dtype != dtype:
         out = CriticStepOutput(out.loss.to(in_dtype), out.wasserstein.to(in_dtype), out.penalty.to(in_dtype),
                                [g.to(p_dtype) for g in out.weight_grads], [g.to(p_dtype) for g in out.bias_grads])
@@ -144,12 +146,14 @@ def critic_gradient_penalty(critic: MLPParams, x: torch.Tensor, z_real: torch.Te
     return out
 
 
-def critic_score_grad(critic: MLPParams, x: torch.Tensor, z: torch.Tensor, *,
-                      backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean_i f(x_i, z_i), d mean f / dz) for the generator step, in the inputs' dtype."""
+def critic_score_grad(critic: MLPParams, x: torch.Tensor, z: torch.Tensor, *, backend: str = "auto",
+                      precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean_i f(x_i, z_i), d mean f / dz) for the generator step, in the inputs' dtype (`precision`: as
+    critic_gradient_penalty's)."""
     dtype = _check_critic_inputs(critic, x, [z])
-    _, fn = resolve("critic_score_grad", backend, x.device, {"layers": len(critic.weights)})
-    score, gz = fn(_cast_critic(critic, dtype), x.to(dtype), z.to(dtype))
+    name, fn = resolve("critic_score_grad", backend, x.device, {"layers": len(critic.weights)})
+    score, gz = fn(_cast_critic(critic, dtype), x.to(dtype), z.to(dtype),
+                   **precision_kwargs("critic_score_grad", name, precision))
     return score.to(x.dtype), gz.to(x.dtype)
 
 

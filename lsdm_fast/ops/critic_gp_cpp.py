@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from ._backend_util import extension_available, extension_why_unavailable
 from ._registry import register
 from .critic_gp import CriticStepOutput
 from .mlp import hidden_slope
@@ -17,25 +18,8 @@ _GP_FN = "critic_gp_cpu"
 _SCORE_FN = "critic_score_grad_cpu"
 
 
-def _has(fn: str) -> bool:
-    ext = _ext.cpu_extension()
-    return ext is not None and hasattr(ext, fn)
-
-
-def _why(fn: str):
-    def why() -> str:
-        ext = _ext.cpu_extension()
-        if ext is None:
-            return f"lsdm_fast._C did not load ({_ext.load_error('_C')})"
-        if not hasattr(ext, fn):
-            return (f"lsdm_fast._C has no {fn!r} (built from older sources?); rebuild with "
-                    "`pip install --no-build-isolation -e .`")
-        return ""
-    return why
-
-
-@register("critic_gradient_penalty", "cpp",
-          available=lambda device: device.type == "cpu" and _has(_GP_FN), why_unavailable=_why(_GP_FN))
+@register("critic_gradient_penalty", "cpp", available=extension_available("_C", "cpu", _GP_FN),
+          why_unavailable=extension_why_unavailable("_C", "cpu", _GP_FN))
 def critic_gradient_penalty_cpp(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over):
     ext = _ext.cpu_extension()
     loss, wass, pen, wg, bg = ext.critic_gp_cpu(
@@ -45,8 +29,8 @@ def critic_gradient_penalty_cpp(critic, x, z_real, z_fake, t, *, gp_weight, pena
     return CriticStepOutput(loss, wass, pen, list(wg), list(bg))
 
 
-@register("critic_score_grad", "cpp",
-          available=lambda device: device.type == "cpu" and _has(_SCORE_FN), why_unavailable=_why(_SCORE_FN))
+@register("critic_score_grad", "cpp", available=extension_available("_C", "cpu", _SCORE_FN),
+          why_unavailable=extension_why_unavailable("_C", "cpu", _SCORE_FN))
 def critic_score_grad_cpp(critic, x, z):
     ext = _ext.cpu_extension()
     score, gz = ext.critic_score_grad_cpu([w.detach() for w in critic.weights],

@@ -7,7 +7,7 @@ gradients, plus small row kernels; reductions go over fixed row chunks in a fixe
 host synchronisation and no allocation outside torch's caching allocator, so the step can be
 captured in a CUDA graph.
 
-Precision (float32 inputs; `input_precision=` or LSDM_CUDA_PRECISION, default "tf32"):
+Precision (float32 inputs; the entry point's `precision=`, or LSDM_MATMUL_PRECISION; default "tf32"):
   "tf32"   TF32 tensor cores with float32 accumulation for the backward, r-sweep and weight-
            gradient GEMMs; 3xTF32 for the forward (whose activation signs every later sweep
            reuses: a sign flipped by TF32 rounding changes its row's gradients by about
@@ -21,9 +21,9 @@ are fixed): a registry limit, so "auto" passes over this backend for deeper crit
 """
 from __future__ import annotations
 
-import os
 
-from .._ext import cuda_extension, load_error
+from .._ext import cuda_extension
+from ._backend_util import env_precision, extension_available, extension_why_unavailable
 from ._registry import register
 from .critic_gp import CriticStepOutput, layer_limits
 from .mlp import hidden_slope, work_dtype
@@ -32,24 +32,15 @@ PRECISIONS = ("ieee", "tf32", "tf32x3")  # codes 0, 1, 2 in csrc/cuda/critic_gp_
 MAX_LAYERS = 4  # = critic_max_layers of the extension (kernels/critic_gp.cuh)
 
 
-def _has(name: str) -> bool:
-    ext = cuda_extension()
-    return ext is not None and hasattr(ext, name)
-
-
-def _why_unavailable() -> str:
-    err = load_error("_C_cuda")
-    if err:
-        return f"the CUDA extension lsdm_fast._C_cuda is not built or failed to load ({err})"
-    return "the CUDA extension lacks critic_gp_step (rebuild with `pip install --no-build-isolation -e .`)"
+_why_unavailable = extension_why_unavailable("_C_cuda", "cuda", "critic_gp_step", "critic_score_grad")
 
 
 def _avail(fn_name: str):
-    return lambda device: device.type == "cuda" and _has(fn_name)
+    return extension_available("_C_cuda", "cuda", fn_name)
 
 
 def _precision_code(input_precision: str | None) -> int:
-    p = input_precision or os.environ.get("LSDM_CUDA_PRECISION", "tf32")
+    p = input_precision or env_precision("LSDM_CUDA_PRECISION", "tf32")
     if p not in PRECISIONS:
         raise ValueError(f"input_precision must be one of {PRECISIONS}, got {p!r}")
     return PRECISIONS.index(p)

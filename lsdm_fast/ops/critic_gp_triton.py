@@ -36,7 +36,7 @@ puts ~1e-2 errors on the gradients. bench/tf32_critic_error.py emulates TF32 rou
 (B = 4096; 42-512-512-1, 42-512-512-512-1, 42-1024-1024-1): largest relative error over the
 loss terms and gradients 0.95-1.5e-2 all-TF32, 2.2-3.7e-3 with the 3xTF32 norm path.
 Documented tolerance: relative error <= 1e-2 on every gradient against the float64 reference.
-"ieee" (LSDM_TRITON_PRECISION=ieee, or input_precision="ieee") uses exact float32 FMA, parity
+"ieee" (precision="ieee" at the entry point, or LSDM_MATMUL_PRECISION=ieee) uses exact float32 FMA, parity
 ~1e-6, much slower. float64 always runs "ieee". Under TRITON_INTERPRET=1 every tl.dot is
 computed in float32 whatever the precision, so CPU tests check the TF32 code path at float32
 accuracy. The entry point (critic_gp.py) validates inputs and hands this backend float32 or
@@ -52,7 +52,6 @@ call or frees it.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import numpy as np
@@ -60,6 +59,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._backend_util import env_precision
+from ._backend_util import triton_available as _available
+from ._backend_util import triton_interpreting as _interpreting
+from ._backend_util import triton_why_unavailable as _why_unavailable
 from ._registry import register
 from .critic_gp import CriticStepOutput, layer_limits
 
@@ -68,19 +71,6 @@ from .mlp import hidden_slope
 
 PRECISIONS = ("tf32", "ieee")
 MODE_FWD, MODE_BWD, MODE_RSWEEP = 0, 1, 2
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _available(device: torch.device) -> bool:
-    return device.type == "cuda" or (device.type == "cpu" and _interpreting())
-
-
-def _why_unavailable() -> str:
-    return ("the Triton backend needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
-            "before lsdm_fast is imported (the interpreter: slow, for testing)")
 
 
 # ------------------------------------------------------------------------------ kernels
@@ -425,7 +415,7 @@ def tiles_for(dtype: torch.dtype, precision: str, B: int) -> Tiles:
 
 
 def _precision(input_precision: str | None, dtype: torch.dtype) -> str:
-    p = input_precision or os.environ.get("LSDM_TRITON_PRECISION", "tf32")
+    p = input_precision or env_precision("LSDM_TRITON_PRECISION", "tf32")
     if p not in PRECISIONS:
         raise ValueError(f"input_precision must be one of {PRECISIONS}, got {p!r}")
     return "ieee" if dtype == torch.float64 else p
@@ -626,12 +616,12 @@ def critic_score_grad_triton(critic, x, z, *, input_precision: str | None = None
 
 @register("critic_gradient_penalty", "triton", available=_available, why_unavailable=_why_unavailable,
           limits=layer_limits(*LAYERS))
-def _critic_gp_triton(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over):
+def _critic_gp_triton(critic, x, z_real, z_fake, t, *, gp_weight, penalty_over, input_precision=None):
     return critic_gradient_penalty_triton(critic, x, z_real, z_fake, t, gp_weight=gp_weight,
-                                          penalty_over=penalty_over)
+                                          penalty_over=penalty_over, input_precision=input_precision)
 
 
 @register("critic_score_grad", "triton", available=_available, why_unavailable=_why_unavailable,
           limits=layer_limits(*LAYERS))
-def _critic_score_grad_triton(critic, x, z):
-    return critic_score_grad_triton(critic, x, z)
+def _critic_score_grad_triton(critic, x, z, *, input_precision=None):
+    return critic_score_grad_triton(critic, x, z, input_precision=input_precision)

@@ -1,6 +1,7 @@
 """Latent encoding z = E(y) and one-step generation y = D(G(eta, x)).
 
-Public entry points (backend="auto" | "torch" | "triton" | "cuda"):
+Public entry points (backend="auto" | "torch" | "triton" | "cuda"; no "cpp" backend is registered
+for these ops, so "auto" on the CPU is the torch reference):
 
 - encode(encoder, y, ...): fused MLP forward over a whole data set, chunked.
 - generate(generator, decoder, cond, ...): eta ~ N(0, I) drawn from counter-based Philox
@@ -41,6 +42,8 @@ backend) checks:
   - seed: an int in [0, 2^64); offset: an int >= 0 with (offset + N) * noise_dim < 2^63 (the
     int64 Philox counter of the last element);
   - out_dtype: one of OUT_DTYPES.
+Both take `precision`: None or one of _backend_util.PRECISIONS, handed on only to a backend whose
+function takes a `precision` keyword (_registry.precision_kwargs).
 A backend's function (registered under "encode" / "generate") may assume all of the above and
 must not check again. It receives the tensors as given (any strides, any of the dtypes above),
 batch_size, noise_dim, seed and offset as Python ints (batch_size may be None), and returns a
@@ -76,7 +79,7 @@ import operator
 
 import torch
 
-from ._registry import register, resolve
+from ._registry import precision_kwargs, register, resolve
 from ._weight_cache import DerivedCache
 from .mlp import MLPParams, check_mlp, mlp_forward_reference
 from .philox import philox_normal
@@ -213,41 +216,46 @@ def _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offs
 # ---------------------------------------------------------------- entry points
 
 def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None, front=None,
-           backend: str = "auto") -> torch.Tensor:
+           backend: str = "auto", precision: str | None = None) -> torch.Tensor:
     """encoder(y) without autograd, accumulating in float32 (float64 stays float64). With `front` (a module
-    or function, e.g. a ConvEncoder's `front`): encoder(front(y)), front applied `batch_size` rows at a time."""
+    or function, e.g. a ConvEncoder's `front`): encoder(front(y)), front applied `batch_size` rows at a time.
+    `precision`: the float32 matmul precision of the GPU backends (docs/design.md §4, "Precision"; None:
+    $LSDM_MATMUL_PRECISION, else "ieee")."""
     if front is not None:
         _check_tensor("y", y)
         if batch_size is not None:
             _int("batch_size", batch_size, 1)
         step = len(y) if batch_size is None else operator.index(batch_size)
         with torch.no_grad():
-            parts = [encode(encoder, front(y[i:i + step]), backend=backend) for i in range(0, len(y), max(step, 1))]
-        return torch.cat(parts) if parts else encode(encoder, front(y), backend=backend)
+            parts = [encode(encoder, front(y[i:i + step]), backend=backend, precision=precision)
+                     for i in range(0, len(y), max(step, 1))]
+        return torch.cat(parts) if parts else encode(encoder, front(y), backend=backend, precision=precision)
     _check_encode(encoder, y, batch_size)
-    _, fn = resolve("encode", backend, y.device)
-    return fn(encoder, y, batch_size=None if batch_size is None else operator.index(batch_size))
+    name, fn = resolve("encode", backend, y.device)
+    return fn(encoder, y, batch_size=None if batch_size is None else operator.index(batch_size),
+              **precision_kwargs("encode", name, precision))
 
 
 def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, noise_dim: int,
              num_classes: int | None = None, seed: int = 0, offset: int = 0,
              eta: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32, tail=None,
-             backend: str = "auto") -> torch.Tensor:
+             backend: str = "auto", precision: str | None = None) -> torch.Tensor:
     """y = decoder(generator(cat(eta, x))) for each row of `cond`; with `tail` (a module or function, e.g. a
     ConvDecoder's `tail`), y = tail(decoder(generator(...))), out_dtype applied after the tail.
 
     Row i uses noise row `offset + i` of the stream `seed`, so a batch split into pieces with
-    matching offsets gives the same samples as the whole batch.
+    matching offsets gives the same samples as the whole batch. `precision`: as encode's.
     """
     noise_dim, seed, offset = _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offset, eta,
                                               out_dtype)
-    _, fn = resolve("generate", backend, cond.device)
+    name, fn = resolve("generate", backend, cond.device)
+    kw = precision_kwargs("generate", name, precision)
     if tail is None:
         return fn(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed, offset=offset,
-                  eta=eta, out_dtype=out_dtype)
+                  eta=eta, out_dtype=out_dtype, **kw)
     work = torch.float64 if decoder.weights[0].dtype == torch.float64 else torch.float32
     h = fn(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed, offset=offset,
-           eta=eta, out_dtype=work)
+           eta=eta, out_dtype=work, **kw)
     with torch.no_grad():
         return to_out_dtype(tail(h), out_dtype)
 

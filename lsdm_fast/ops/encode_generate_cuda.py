@@ -4,7 +4,7 @@
 What runs where:
 - bf16 / fp16 weights: the fused kernel on mma.sync.m16n8k16 (ldmatrix fragment loads), float32
   accumulation, activations rounded to the weight dtype between layers (as eager bf16 does).
-- float32 weights with precision "tf32" (argument, or LSDM_CUDA_FP32_PRECISION=tf32): the fused
+- float32 weights with precision "tf32" (argument, or LSDM_MATMUL_PRECISION=tf32): the fused
   kernel on TF32 tensor cores (wmma m16n16k8; about 1e-3 relative error).
 - float32 weights with precision "ieee" (the default: parity 1e-4 with float64) and float64
   weights: eager PyTorch (cuBLAS), the same code as the "torch" backend. A fused kernel on the
@@ -23,11 +23,11 @@ No host synchronisation: labels are validated by the entry point (a label outsid
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
-from .._ext import cuda_extension, load_error, warn_once
+from .._ext import cuda_extension, warn_once
+from ._backend_util import env_precision, extension_available, extension_has, extension_why_unavailable
 from ._registry import register
 from ._weight_cache import DerivedCache
 from .encode_generate import encode_torch, generate_torch
@@ -43,23 +43,11 @@ _TILE_ROWS: dict = {}
 
 
 def _ext():
-    ext = cuda_extension()
-    if ext is None or not all(hasattr(ext, f) for f in _FUNCS):
-        return None
-    return ext
+    return cuda_extension() if extension_has("_C_cuda", *_FUNCS) else None
 
 
-def _available(device: torch.device) -> bool:
-    return device.type == "cuda" and _ext() is not None
-
-
-def _why_unavailable() -> str:
-    err = load_error("_C_cuda")
-    if err:
-        return f"the CUDA extension lsdm_fast._C_cuda did not load ({err})"
-    if cuda_extension() is not None and _ext() is None:
-        return "lsdm_fast._C_cuda was built without the fused encode/generate kernels; rebuild it"
-    return "the cuda backend needs CUDA tensors"
+_available = extension_available("_C_cuda", "cuda", *_FUNCS)
+_why_unavailable = extension_why_unavailable("_C_cuda", "cuda", *_FUNCS)
 
 
 def pad32(n: int) -> int:
@@ -100,7 +88,7 @@ def _compute_dtype(*mlps: MLPParams) -> torch.dtype:
 
 
 def _fp32_precision(precision: str | None) -> str:
-    p = precision or os.environ.get("LSDM_CUDA_FP32_PRECISION", "ieee")
+    p = precision or env_precision("LSDM_CUDA_FP32_PRECISION", "ieee")
     if p not in FP32_PRECISIONS:
         raise ValueError(f"precision must be one of {FP32_PRECISIONS}, got {p!r}")
     return p
@@ -153,8 +141,3 @@ def generate_cuda(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, 
     if out is None:
         out = torch.empty((cond.shape[0], decoder.out_features), dtype=out_dtype, device=cond.device)
     return _ext().generate(*plan, int(noise_dim), cond_dim, cond, eta, int(seed), int(offset), out)
-
-
-def philox_normal_cuda(seed: int, row_offset: int, rows: int, cols: int, device="cuda") -> torch.Tensor:
-    """The CUDA kernel's noise alone (tests compare it with lsdm_fast.ops.philox.philox_normal)."""
-    return _ext().philox_normal(int(seed), int(row_offset), int(rows), int(cols), torch.device(device))

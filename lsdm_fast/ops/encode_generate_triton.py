@@ -36,7 +36,7 @@ Structure (FullyFusedMLP idea):
   the add so that no fused multiply-add changes the rounding.
 
 Precision: float32 weights use `tl.dot(..., input_precision="ieee")` by default (the fp32 FMA
-path, parity < 1e-4 against float64); LSDM_TRITON_FP32_PRECISION=tf32 (or `precision="tf32"`)
+path, parity < 1e-4 against float64); LSDM_MATMUL_PRECISION=tf32 (or `precision="tf32"`)
 selects TF32 tensor cores (wgmma) instead. bf16/fp16 weights run on the tensor cores in that
 dtype (wgmma) with float32 accumulation; activations are rounded to that dtype between layers.
 Under the interpreter (whose tl.dot mishandles bf16) the half operands are upcast exactly to
@@ -53,35 +53,25 @@ wgmma/HGMMA for bf16, fp16 and tf32). Block sizes, stages and the L2 share are u
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ._backend_util import env_precision
+from ._backend_util import triton_available as _available
+from ._backend_util import triton_interpreting as _interpreting
+from ._backend_util import triton_why_unavailable as _why_unavailable
 from ._registry import register
 from ._weight_cache import DerivedCache
-from .encode_generate import encode_torch, generate_torch
+from .encode_generate import LABEL_DTYPES, encode_torch, generate_torch
 from .mlp import ACT_CODE, MLPParams
 
-LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 _HALF = (torch.bfloat16, torch.float16)
 PRECISIONS = ("ieee", "tf32")
 _L2_SHARE = 0.75  # fraction of the L2 the scratch of the whole grid may take (untimed choice)
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _available(device: torch.device) -> bool:
-    return device.type == "cuda" or (device.type == "cpu" and _interpreting())
-
-
-def _why_unavailable() -> str:
-    return "Triton runs on CUDA tensors, or on CPU tensors only with TRITON_INTERPRET=1 set before import"
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -365,7 +355,7 @@ def _device_limits(device: torch.device) -> tuple[int, int]:
 
 def _precision(dtype: torch.dtype, precision: str | None) -> str:
     if precision is None:
-        precision = os.environ.get("LSDM_TRITON_FP32_PRECISION", "ieee").lower() if dtype == torch.float32 else "ieee"
+        precision = env_precision("LSDM_TRITON_FP32_PRECISION", "ieee").lower() if dtype == torch.float32 else "ieee"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision if dtype == torch.float32 else "ieee"  # half dtypes always run on the tensor cores

@@ -1,6 +1,8 @@
 """The fused WGAN-GP critic step as a torch.library custom op, so that a whole critic step
 (loss, loss.backward(), optimizer step) can be captured by torch.compile and CUDA graphs,
-which the double-backward reference cannot be.
+which the double-backward reference cannot be. Test code (tests/test_parity_critic_gp.py):
+training does not use it; stage 2 hands the op's gradients to the optimiser directly
+(lsdm_fast.matching_step).
 
     lsdm_fast::critic_gp_fused(x, z_real, z_fake, t, weights, biases, gp_weight, penalty_over,
                                negative_slope, backend) -> Tensor[]
@@ -25,9 +27,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._registry import resolve
-from .critic_gp import PENALTY_OVER, _check_critic_inputs, critic_gradient_penalty
-from .mlp import MLPParams, hidden_slope
+from lsdm_fast.ops._registry import resolve
+from lsdm_fast.ops.critic_gp import PENALTY_OVER, _check_critic_inputs, critic_gradient_penalty
+from lsdm_fast.ops.mlp import MLPParams, hidden_slope
 
 OP_NAME = "lsdm_fast::critic_gp_fused"
 
