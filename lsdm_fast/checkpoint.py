@@ -7,7 +7,7 @@ data (conditions and images, in order), both checked on resume: a different conf
 that differ in any value, order or pairing, is refused with the reason.
 
 Only rank 0 writes (lsdm_fast.distributed). A NaN/Inf is caught before the optimiser step
-(stages.py) and a state with non-finite weights is refused here, so the kept checkpoint is
+(guards.py) and a state with non-finite weights is refused here, so the kept checkpoint is
 always the last good one. A damaged file is refused with a CheckpointError that names the file
 and the missing or malformed field.
 

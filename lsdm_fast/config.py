@@ -72,7 +72,7 @@ class LSDMConfig:
     seed: int = 0
     device: str = "cpu"
     # "fp32", "bf16" or "fp16": autocast for stage 1 and the generator forward. The critic step
-    # (with its gradient penalty, a double backward) always runs in float32; see stages.py.
+    # (with its gradient penalty, a double backward) always runs in float32; see docs/design.md §6.
     precision: str = "fp32"
 
     def to_dict(self) -> dict:

@@ -30,7 +30,7 @@ import torch
 from . import distributed as D
 from . import ops
 from .config import MatchingConfig
-from .graph_capture import MODES, WARMUP_STEPS, capture_graph, graph_unsupported, pick_mode  # noqa: F401 (re-export)
+from .graph_capture import MODES, capture_graph, pick_mode
 from .guards import DeviceGuard, HostGuard, TrainingError, grad_norm, out_of_memory_as_training_error
 from .models import Critic, Generator
 from .ops._registry import resolve
