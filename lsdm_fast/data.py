@@ -45,6 +45,7 @@ Conventions, whatever the format:
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import math
@@ -492,10 +493,22 @@ _NPY_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, Ke
                RuntimeError, struct.error, OverflowError, MemoryError, UnicodeDecodeError, SyntaxError, TypeError)
 
 
+@contextlib.contextmanager
+def _npy_errors_as(message: str):
+    """The errors numpy, zipfile and the OS raise on a damaged file, inside the block, as a DataError
+    `message (Type: text)`; a DataError passes unchanged."""
+    try:
+        yield
+    except DataError:
+        raise
+    except _NPY_ERRORS as exc:
+        raise DataError(f"{message} ({type(exc).__name__}: {exc})") from None
+
+
 def _read_npy(fh, size: int, where: str) -> np.ndarray:
     """One .npy stream of `size` bytes: header checked against the size before any allocation,
     no pickles (object arrays are refused)."""
-    try:
+    with _npy_errors_as(f"{where}: not a readable .npy array"):
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -516,10 +529,6 @@ def _read_npy(fh, size: int, where: str) -> np.ndarray:
             raise DataError(f"{where}: {got} bytes of array data where the header promises {need}: truncated")
         arr = np.frombuffer(buf, dtype=dtype, count=math.prod(shape))
         return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-    except DataError:
-        raise
-    except _NPY_ERRORS as exc:
-        raise DataError(f"{where}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
 
 
 class _NpzArrays:
@@ -529,11 +538,8 @@ class _NpzArrays:
         self.source = path
         if not os.path.isfile(path):
             raise DataError(f"{path}: file not found" if not os.path.exists(path) else f"{path}: not a file")
-        try:
-            with zipfile.ZipFile(path) as z:
-                infos = z.infolist()
-        except _NPY_ERRORS as exc:
-            raise DataError(f"{path}: not a readable .npz (zip) file ({type(exc).__name__}: {exc})") from None
+        with _npy_errors_as(f"{path}: not a readable .npz (zip) file"), zipfile.ZipFile(path) as z:
+            infos = z.infolist()
         self.members = {}
         for info in infos:
             if not info.filename.endswith(".npy") or info.is_dir():
@@ -545,14 +551,9 @@ class _NpzArrays:
         return f"{self.source}[{name!r}]"
 
     def read(self, name: str) -> np.ndarray:
-        where = self.where(name)
-        try:
+        with _npy_errors_as(f"{self.where(name)}: cannot read the array"):
             with zipfile.ZipFile(self.source) as z, z.open(self.members[name]) as fh:
-                return _read_npy(fh, self.members[name].file_size, where)
-        except DataError:
-            raise
-        except _NPY_ERRORS as exc:
-            raise DataError(f"{where}: cannot read the array ({type(exc).__name__}: {exc})") from None
+                return _read_npy(fh, self.members[name].file_size, self.where(name))
 
 
 class _NpyFolderArrays:
