@@ -278,11 +278,8 @@ def cmd_sample(args) -> int:
         x = _superres_inputs(model, args)
         rows, row_labels = len(x), None
     shape = model.meta["image_shape"] or (int(round(model.meta["data_dim"] ** 0.5)),) * 2
-    if args.out.endswith(".npy"):  # chunked, straight to a memory-mapped file: any size fits
-        tmp = args.out + ".partial.npy"
-        y = model.sample(x, k, seed=args.seed, backend=args.backend, path=tmp, progress=True)
-        del y
-        os.replace(tmp, args.out)
+    if args.out.endswith(".npy"):  # chunked, straight to a memory-mapped file (written whole or not at all)
+        model.sample(x, k, seed=args.seed, backend=args.backend, path=args.out, progress=True)  # memmap: dropped
         n = len(x) * k
     else:
         y = model.sample(x, k, seed=args.seed, backend=args.backend).cpu()
