@@ -67,11 +67,12 @@ def assert_same_state(a, b):
             assert u == v
 
 
-def reference_loop(g, c, x, z, cfg, gen, steps, precision):
+def reference_loop(g, c, x, z, cfg, gen, steps, precision, fused=None):
     """Stage 2 as the method states it, one process, no guards: the loop MatchingStep's sync mode
-    must reproduce bit for bit (it replaced stages.train_joint_matching, checked equal to it)."""
-    gen_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=cfg.betas)
-    critic_opt = torch.optim.Adam(c.parameters(), lr=cfg.lr, betas=cfg.betas)
+    must reproduce bit for bit, and its graph mode run eagerly with fused=True (its one difference:
+    fused Adam)."""
+    gen_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
+    critic_opt = torch.optim.Adam(c.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
     critic_params = list(c.mlp.params().weights) + list(c.mlp.params().biases)
     scaler = torch.amp.GradScaler("cpu") if precision == "fp16" else None
     cast = (lambda: torch.autocast("cpu", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])) \
@@ -137,6 +138,22 @@ def test_sync_mode_is_bit_identical_to_the_plain_loop(backend, precision, ema, p
     assert step.backend == backend
     step.finish()
     assert torch.equal(weights(g2), torch.cat([t.flatten() for t in ref_state["gen_ema"]]) if ema else weights(g))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("precision, ema, penalty_over", [("fp32", 0.0, "joint"), ("bf16", 0.9, "latent")])
+def test_graph_mode_body_run_eagerly_is_bit_identical_to_the_plain_loop_with_fused_adam(backend, precision, ema,
+                                                                                        penalty_over):
+    cfg = config(backend, generator_ema=ema, penalty_over=penalty_over)
+    g, c, x, z = setup()
+    ref_hist, ref_state = reference_loop(g, c, x, z, cfg, rng(), 6, precision, fused=True)
+    step, g2, c2, hist = run("graph", cfg, 6, precision)
+    assert step.mode == "graph" and not step.capture
+    assert hist.tolist() == ref_hist
+    assert torch.equal(weights(g, c), weights(g2, c2))
+    assert_same_state(step.state_dict()["gen_ema"], ref_state["gen_ema"])
+    for key in ("gen_opt", "critic_opt"):  # the moments and step counts (the flags are fused Adam's either way)
+        assert_same_state(step.state_dict()[key]["state"], ref_state[key]["state"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
