@@ -1,14 +1,17 @@
 """LSDM as an estimator: fit on pairs plus unpaired data, sample in one step, save and load."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from . import ops
-from .config import LSDMConfig
+from .config import LSDMConfig, as_config, check_sampling_seed
+from .io import require_free_space
 from .model_folder import FORMAT_VERSION, MODEL_FILES, ModelFolderError, load_model, meta_json, save_model  # noqa: F401
 from .models import MLP, Critic, Generator, build_autoencoder, resolve_kind
 from .ops._weight_cache import DerivedCache
@@ -23,6 +26,16 @@ def _as_tensor(a, name: str, dtype=None) -> torch.Tensor:
     if t.is_floating_point() and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or Inf")
     return t
+
+
+def _warn_untrained(cfg: LSDMConfig) -> None:
+    """Say so when a budget of 0 steps leaves a network untrained (a valid choice, never a silent one)."""
+    if cfg.autoencoder.steps == 0 and cfg.autoencoder.epochs == 0:
+        warnings.warn("autoencoder.steps is 0 (`--ae-steps 0`): stage 1 does not run, so the autoencoder keeps its "
+                      "random initial weights and decodes noise", UserWarning, stacklevel=3)
+    if cfg.matching.steps == 0:
+        warnings.warn("matching.steps is 0 (`--steps 0`): stage 2 does not run, so the generator keeps its random "
+                      "initial weights and its samples ignore the condition", UserWarning, stacklevel=3)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,8 +57,8 @@ class LSDM:
     paired_y, unpaired_y: images (N, H, W) or flat (N, D), values in [0, 1].
     """
 
-    def __init__(self, config: LSDMConfig | None = None):
-        self.config = config or LSDMConfig()
+    def __init__(self, config: LSDMConfig | dict | None = None):
+        self.config = as_config(config)  # a dict is read as LSDMConfig.from_dict; any other type: TypeError
         self.config.validate()
         self.encoder = self.decoder = self.generator = self.critic = None
         self.meta: dict = {}
@@ -85,72 +98,96 @@ class LSDM:
 
     # ------------------------------------------------------------------ training
     def fit(self, paired_x, paired_y, unpaired_y=None, *, num_classes: int | None = None, progress: bool = True,
-            checkpoint_dir: str | None = None, resume: bool = False, run_record: dict | None = None) -> "LSDM":
+            checkpoint_dir: str | None = None, resume: bool = False, run_record: dict | None = None,
+            overwrite: bool = False) -> "LSDM":
         """Train both stages. With `checkpoint_dir`, a checkpoint is written there atomically every
         `checkpoint_every` steps of each stage (config) and at the end of each stage; with
         `resume=True` the checkpoint there is continued exactly (bit-identical on CPU to a run
         that was never interrupted), after checking that its config and data match these.
-        `run_record` (a new checkpointed run): JSON written to checkpoint_dir/run.json once every check
-        has passed, before training (`lsdm train` keeps its arguments there for --resume)."""
+        A new run refuses a checkpoint_dir that holds a checkpoint, unless overwrite=True (then it is removed).
+        `run_record`: JSON written to checkpoint_dir/run.json once every check has passed, before training
+        (`lsdm train` keeps its arguments there for --resume). The checkpoint folder has one writer: its lock
+        (lsdm_fast.runlock) is held from before the first byte written to the end of the fit."""
         from .stages import train_autoencoder, train_joint_matching
 
         cfg = self.config
         x, all_y, n_pairs = self._fit_data(paired_x, paired_y, unpaired_y, num_classes)
         backends = self._check_backend()
-        ck = self._checkpointer(checkpoint_dir, resume, (x, all_y), run_record)
-        state = self._new_state()
-        if resume:
-            ck.restore(state, ck.load())
-        resumed_from = {"stage": int(state.stage), "step": state.step} if resume else None
-        kw = dict(precision=cfg.precision, progress=progress, checkpoint=ck)
+        _warn_untrained(cfg)
+        with self._checkpointer(checkpoint_dir, resume, overwrite, (x, all_y), run_record) as ck:
+            state = self._new_state()
+            if resume:
+                ck.restore(state, ck.load())
+            resumed_from = {"stage": int(state.stage), "step": state.step} if resume else None
+            kw = dict(precision=cfg.precision, progress=progress, checkpoint=ck)
 
-        t0 = time.perf_counter()
-        if state.stage == Stage.AUTOENCODER:  # stage 1 on every image
-            train_autoencoder(state, all_y, cfg.autoencoder, seed=cfg.seed, **kw)
-        t1 = time.perf_counter()
-        for mod in (self.encoder, self.decoder):
-            mod.eval().requires_grad_(False)  # frozen from here on
-        z_all = self.encode(all_y)
-        if state.stage == Stage.AUTOENCODER:
-            state.latent_mean, state.latent_std = z_all.mean(0), z_all.std(0).clamp_min(1e-6)
-            state.enter(Stage.MATCHING)
-            if ck is not None:
-                ck.save(state)
-        self.latent_mean, self.latent_std = state.latent_mean, state.latent_std
-        if state.stage == Stage.MATCHING:  # stage 2 on the pairs, which come first in all_y
-            z_pairs = (z_all[:n_pairs] - state.latent_mean) / state.latent_std
-            train_joint_matching(state, x, z_pairs, cfg.matching, backends=backends, **kw)
-            state.stage, state.optim = Stage.DONE, None  # the step count stays: resumed_from says where it ended
-            if ck is not None:
-                ck.save(state)
+            t0 = time.perf_counter()
+            if state.stage == Stage.AUTOENCODER:  # stage 1 on every image
+                train_autoencoder(state, all_y, cfg.autoencoder, seed=cfg.seed, **kw)
+            t1 = time.perf_counter()
+            for mod in (self.encoder, self.decoder):
+                mod.eval().requires_grad_(False)  # frozen from here on
+            z_all = self.encode(all_y)
+            if state.stage == Stage.AUTOENCODER:
+                state.latent_mean, state.latent_std = z_all.mean(0), z_all.std(0).clamp_min(1e-6)
+                state.enter(Stage.MATCHING)
+                if ck is not None:
+                    ck.save(state)
+            self.latent_mean, self.latent_std = state.latent_mean, state.latent_std
+            if state.stage == Stage.MATCHING:  # stage 2 on the pairs, which come first in all_y
+                z_pairs = (z_all[:n_pairs] - state.latent_mean) / state.latent_std
+                train_joint_matching(state, x, z_pairs, cfg.matching, backends=backends, **kw)
+                state.stage, state.optim = Stage.DONE, None  # the step count stays: resumed_from says where it ended
+                if ck is not None:
+                    ck.save(state)
         self.history = {**state.history, "seconds": {"stage1": t1 - t0, "stage2": time.perf_counter() - t1},
                         "counts": {"paired": n_pairs, "unpaired": len(all_y) - n_pairs}}
         if resumed_from is not None:
             self.history["resumed_from"] = resumed_from
         return self
 
-    def _checkpointer(self, folder: str | None, resume: bool, data: tuple, run_record: dict | None):
-        """The run's Checkpointer (None without a folder). A new run refuses a folder that holds a checkpoint."""
+    @contextlib.contextmanager
+    def _checkpointer(self, folder: str | None, resume: bool, overwrite: bool, data: tuple, run_record: dict | None):
+        """The run's Checkpointer (None without a folder), the folder locked for the block (rank 0). Checked before
+        anything is written: a new run refuses a folder that holds a checkpoint (unless overwrite: removed), and a
+        disk without room for the run's checkpoints and saved model."""
         from . import distributed as D
-        from .checkpoint import RUN_FILE, Checkpointer, find_checkpoint
+        from .checkpoint import CHECKPOINT_FILE, RUN_FILE, Checkpointer, find_checkpoint
         from .io import atomic_write_json
+        from .runlock import run_lock
 
         if folder is None:
             if resume:
                 raise ValueError("resume=True needs the checkpoint_dir to resume from")
-            return None
-        if not resume and find_checkpoint(folder):
-            raise ValueError(f"{folder} already holds a checkpoint; continue it with `lsdm train --resume {folder}` "
-                             "(LSDM.fit(..., resume=True)) or choose another checkpoint folder (--out/--checkpoint-dir)")
-        ck = Checkpointer(folder, self.config.to_dict(), data, meta=meta_json(self.meta))
-        if run_record is not None and not resume and D.is_main():
-            atomic_write_json(os.path.join(folder, RUN_FILE), run_record)
-        return ck
+            yield None
+            return
+        with run_lock(folder, "LSDM.fit") if D.is_main() else contextlib.nullcontext():
+            replaced = not resume and find_checkpoint(folder)
+            if replaced and not overwrite:
+                raise ValueError(f"{folder} already holds a checkpoint; continue it with `lsdm train --resume "
+                                 f"{folder}` (LSDM.fit(..., resume=True)), replace it with --overwrite "
+                                 "(overwrite=True), or choose another checkpoint folder (--out/--checkpoint-dir)")
+            ck = Checkpointer(folder, self.config.to_dict(), data, meta=meta_json(self.meta))
+            # a checkpoint is about 3x the weights (weights + Adam's two moments), twice while one replaces the
+            # other, and the saved model 1x: refused now rather than after the training it would lose
+            require_free_space(folder, 7 * self._weight_bytes(), "this run's checkpoints and saved model (estimated)")
+            if D.is_main():
+                if replaced:  # overwrite: the replaced run's training state goes, never resumed by mistake
+                    os.unlink(os.path.join(folder, CHECKPOINT_FILE))
+                if run_record is not None:
+                    atomic_write_json(os.path.join(folder, RUN_FILE), run_record)
+            yield ck
+
+    def _weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for mod in self.modules() for t in mod.state_dict().values())
 
     def _fit_data(self, paired_x, paired_y, unpaired_y, num_classes):
         """Checked conditions (on the device), every image (pairs first, flat, on the device), and the number of
         pairs; sets self.meta and builds the networks (seeded)."""
+        from .data import refuse_channels_last
+
         py = _as_tensor(paired_y, "paired_y", torch.float32)
+        refuse_channels_last(py.shape, "paired_y")
         image_shape = tuple(py.shape[1:]) if py.dim() >= 3 else None
         if py.dim() < 2 or py.dim() > 4 or len(py) == 0:
             raise ValueError(f"paired_y is empty or not a batch (shape {tuple(py.shape)}): LSDM needs at least one "
@@ -159,7 +196,12 @@ class LSDM:
         uy = torch.zeros(0, py.shape[1]) if unpaired_y is None else _as_tensor(unpaired_y, "unpaired_y", torch.float32)
         if uy.dim() < 2:
             raise ValueError(f"unpaired_y must be (M, H, W), (M, C, H, W) or (M, D), got shape {tuple(uy.shape)}")
+        if uy.dim() == 4:
+            refuse_channels_last(uy.shape, "unpaired_y")
         uy = uy.flatten(1)
+        if len(py) + len(uy) < 2:
+            raise ValueError(f"LSDM needs at least 2 images in all (paired + unpaired) to standardise its latent "
+                             f"space; got {len(py)} pair and {len(uy)} unpaired images")
         if uy.shape[1] != py.shape[1]:
             raise ValueError(f"unpaired_y has {uy.shape[1]} values per sample but paired_y has {py.shape[1]}")
         px = _as_tensor(paired_x, "paired_x")
@@ -242,12 +284,19 @@ class LSDM:
         memory-mapped file, for batches larger than memory; the memmap is returned.
         """
         self._require_fitted()
-        if n_per_x < 1:
-            raise ValueError(f"n_per_x must be >= 1, got {n_per_x}")
+        if isinstance(n_per_x, bool) or not isinstance(n_per_x, (int, np.integer)) or n_per_x < 1:
+            raise ValueError(f"n_per_x must be a positive integer, got {n_per_x!r} ({type(n_per_x).__name__})")
+        n_per_x = int(n_per_x)
+        check_sampling_seed(seed)
         x = _as_tensor(x, "x")
+        if x.dim() == 0:
+            want = "labels (N,)" if self.meta["cond_kind"] == "onehot" else f"a float tensor (N, {self.meta['cond_dim']})"
+            raise ValueError(f"x must be a batch of conditions, {want}; got the single value {x.item()!r} "
+                             f"(for one condition give [{x.item()!r}])")
+        self._conditions(x, "x")  # labels and shapes checked before anything is repeated or allocated
+        self._check_sample_size(len(x), n_per_x, out_dtype, path)
         x = x.repeat_interleave(n_per_x, 0).to(self.device)
         if self.meta["cond_kind"] == "onehot":
-            self._conditions(x, "x")  # validates labels
             cond, ncls = x.long(), self.meta["num_classes"]
         else:
             cond, ncls = self._conditions(x, "x"), None
@@ -268,6 +317,24 @@ class LSDM:
                                     progress=progress, tail=tail, out_features=self.meta["data_dim"])
         return ops.generate(gen, dec, cond, noise_dim=k, num_classes=ncls, seed=seed, offset=offset,
                             eta=eta, out_dtype=out_dtype, tail=tail, backend=backend)
+
+    def _check_sample_size(self, n_x: int, n_per_x: int, out_dtype, path) -> None:
+        """Refuse, before allocating, a request whose file cannot fit on its disk or whose arrays cannot fit in
+        memory, naming the count and the size."""
+        from .limits import check_allocation
+        from .sampling import _NUMPY_DTYPES, check_npy_fits
+
+        rows, width = n_x * n_per_x, self.meta["data_dim"]
+        if path is not None and out_dtype in _NUMPY_DTYPES:
+            check_npy_fits(os.fspath(path), out_dtype, rows, width)
+        cond_bytes = rows * (8 if self.meta["cond_kind"] == "onehot" else 4 * self.meta["cond_dim"])
+        out_bytes = 0 if path is not None else rows * width * torch.empty(0, dtype=out_dtype).element_size()
+        what = f"{n_x:,} conditions x n_per_x={n_per_x:,} = {rows:,} samples" + (
+            "' conditions" if path is not None else f" of {width} values ({out_dtype}) and their conditions")
+        check_allocation(cond_bytes + out_bytes, what, self.device,
+                         "ask for fewer (rows depend only on (seed, offset + i): batches drawn with offset= join "
+                         "exactly)" + ("" if path is not None else ", or give path= (`lsdm sample --out x.npy`) to "
+                                       "write them to a file"))
 
     # ------------------------------------------------------------------ persistence (lsdm_fast.model_folder)
     def save(self, folder: str, *, overwrite: bool = False) -> str:

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import trange
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -134,7 +135,7 @@ class LatentDiffusion:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(self.steps, 1), eta_min=self.lr * 0.05)
         rng = torch.Generator().manual_seed(self.seed)
         losses, t0 = [], time.perf_counter()
-        for step in range(self.steps):
+        for step in trange(self.steps, desc="latent diffusion", disable=not progress, leave=False):
             idx = torch.randint(len(z), (self.batch_size,), generator=rng)
             ti = torch.randint(1, self.T + 1, (self.batch_size,), generator=rng)
             eps = torch.randn(self.batch_size, z.shape[1], generator=rng)

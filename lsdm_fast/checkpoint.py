@@ -21,11 +21,13 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import warnings
 
 import torch
 
 from . import distributed as D
+from .guards import check_finite_state_dict
 from .io import atomic_write_bytes
 from .state import MATCHING_CURVES, MODEL_NAMES, Stage, TrainingState
 
@@ -100,13 +102,26 @@ def _upgrade_v1(blob: dict) -> dict:
             "data_v1": blob.get("data"), "data": "", "optim": optim, "history": history}
 
 
+def _load_failure(exc: Exception) -> str:
+    """torch.load's error without its advice to retry with weights_only=False (that would run whatever code the
+    file holds: never the thing to do with a checkpoint that fails the safe load)."""
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln
+                       and not ln.startswith("Check the documentation")), "")
+        return ("it holds objects no lsdm_fast checkpoint contains, refused by the safe loader (weights_only=True)"
+                + (f": {detail}" if detail else "") + "; this file is damaged or not a checkpoint, and loading it "
+                "any other way could run code from it")
+    return f"{type(exc).__name__}: {exc}"
+
+
 def read_checkpoint(path: str) -> dict:
     """The checkpoint at `path` as a format-2 dict, every required field checked."""
     try:
         with open(path, "rb") as fh:
             blob = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on a damaged file
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({_load_failure(exc)})") from None
     if not isinstance(blob, dict) or blob.get("format") not in (1, CHECKPOINT_FORMAT):
         fmt = blob.get("format") if isinstance(blob, dict) else None
         raise CheckpointError(f"{path}: not an lsdm_fast checkpoint of a format this version reads "
@@ -127,6 +142,8 @@ def read_checkpoint(path: str) -> dict:
     for name in MODEL_NAMES:
         if not isinstance(blob["models"].get(name), dict):
             raise CheckpointError(f"{path}: damaged checkpoint: the weights of the {name} ('models.{name}') are missing")
+    check_finite_state_dict({"models": blob["models"], **{k: blob.get(k) for k in ("latent_mean", "latent_std")}},
+                            path, CheckpointError)
     if blob["stage"] >= Stage.MATCHING:
         for name in ("latent_mean", "latent_std"):
             if not isinstance(blob.get(name), torch.Tensor):

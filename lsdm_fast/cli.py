@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
+
+from .config import check_sampling_seed, check_seed
 
 
 def _positive(kind):
@@ -29,9 +33,23 @@ def _nonneg_int(s):
     return v
 
 
+def _seed(check):
+    """A --seed parser giving the API's own message for a value out of range (`check` raises it)."""
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        try:
+            return check(v)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
 def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--out", default=defaults["out"], help="output folder")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--seed", type=_seed(check_seed), default=0, help="an integer in [0, 2^63)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--latent-dim", type=_positive(int), default=defaults["latent_dim"])
     p.add_argument("--ae-stop", choices=["plateau", "steps"], default=defaults["ae_stop"],
@@ -44,9 +62,11 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast for stage 1 and the generator; the critic step stays fp32")
     p.add_argument("--checkpoint-every", type=_nonneg_int, default=0,
-                   help="write a checkpoint every N steps of each stage (0: none unless --checkpoint-dir)")
+                   help="write a checkpoint every N steps of each stage (0: `lsdm train` checkpoints at the end of "
+                        "each stage only; `lsdm demo` not at all unless --checkpoint-dir)")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: OUT/checkpoint)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no summary: only errors, warnings and "
+                                                         "the one line saying what was written")
     _add_threads_arg(p)
 
 
@@ -60,10 +80,14 @@ class _DefaultsShown(argparse.HelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _add_backend_arg(p: argparse.ArgumentParser, help: str) -> None:
-    from .ops import BACKENDS  # the one list of backend names
+def _add_backend_arg(p: argparse.ArgumentParser, help: str, op: str | None = None) -> None:
+    """--backend: "auto" and the names of ops.BACKENDS (the one list of backend names); with `op`, only those of
+    them that implement it in this installation (the registry's), so that no choice is offered that always fails."""
+    from .ops import BACKENDS
+    from .ops._registry import implemented_backends
 
-    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help=help)
+    p.add_argument("--backend", default="auto", choices=["auto", *(implemented_backends(op) if op else BACKENDS)],
+                   help=help)
 
 
 def _add_threads_arg(p: argparse.ArgumentParser) -> None:
@@ -95,10 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--rescale", action="store_true", help="float images outside [0, 1]: map the training split's "
                                                            "min..max onto [0, 1] (the same map for test)")
     tr.add_argument("--resume", metavar="DIR", default=None,
-                    help="continue the run checkpointed in DIR (its checkpoint folder or its --out folder) "
-                         "exactly; the run's arguments are read from DIR")
+                    help="continue the unfinished run checkpointed in DIR (its --out folder, or its checkpoint "
+                         "folder) exactly, writing into DIR; the run's arguments (--no-eval too) are read from DIR. "
+                         "A finished run is refused unless --overwrite (which redoes its outputs)")
     tr.add_argument("--task", choices=["class", "superres"], default="class")
-    tr.add_argument("--factor", type=int, choices=[2, 4], default=4, help="super-resolution pooling factor")
+    tr.add_argument("--factor", type=int, choices=[2, 4], default=None,
+                    help="super-resolution pooling factor (default 4; data of low/high pairs have their own, which "
+                         "--factor must match)")
     g = tr.add_mutually_exclusive_group()
     g.add_argument("--n-per-class", type=_positive(int), help="pairs per class (default 100)")
     g.add_argument("--n-pairs", type=_positive(int), help="pairs in total, class-stratified")
@@ -109,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="steps of the quick judge classifier used for the accuracy metric")
     tr.add_argument("--no-eval", action="store_true", help="train and save the model only: no classifier, no "
                                                            "accuracy, no sample pictures")
-    tr.add_argument("--overwrite", action="store_true", help="replace a finished run already in --out "
-                                                              "(refused otherwise)")
+    tr.add_argument("--overwrite", action="store_true", help="replace a run already in --out, all its outputs as "
+                                                              "one (refused otherwise)")
     tr.add_argument("--eval-per-class", type=_positive(int), default=200)
     _add_train_args(tr, {"out": "runs/train", "latent_dim": 32, "ae_stop": "plateau", "ae_steps": 20000,
                          "steps": 4000})
@@ -126,10 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--data", default=None, help="super-resolution model: take the first --n-inputs test images of "
                                                  "this data set, pooled by the model's factor, as inputs")
     sm.add_argument("--n-inputs", type=_positive(int), default=8, help="with --data: how many test images")
-    sm.add_argument("--seed", type=_nonneg_int, default=0)
-    sm.add_argument("--out", default="samples.png", help=".png for a grid, .npy for the raw array")
+    sm.add_argument("--seed", type=_seed(check_sampling_seed), default=0, help="an integer in [0, 2^64)")
+    sm.add_argument("--out", default="samples.png",
+                    help=".png: a grid of pictures (one row per label or input); .npy: the raw samples as one float32 "
+                         "array of shape (N, D), values in [0, 1], N = labels x --n-per-class (or inputs x "
+                         "--n-per-class) with each label's (input's) samples in consecutive rows, D = the flat image "
+                         "size (H*W, or C*H*W channels first: reshape to (N, C, H, W)); written chunk by chunk, so "
+                         "any size that fits on the disk works")
     sm.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
-    _add_backend_arg(sm, "backend of generate")
+    _add_backend_arg(sm, "backend of one-step generation (those implemented for it here)", op="generate")
     sm.add_argument("--device", default=None)
     _add_threads_arg(sm)
 
@@ -157,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_arg(ex, "backend of the hot ops")
     ex.add_argument("--resume", action="store_true", help="keep the (setting, seed) cells already in "
                                                           "OUT/results.json and run only the missing ones")
+    ex.add_argument("--quiet", action="store_true", help="no progress bars and no per-cell lines")
     _add_threads_arg(ex)
 
     sub.add_parser("info", help="versions, devices and which backends are available")
@@ -175,96 +208,144 @@ def _config_from_args(args, ae_kind="mlp"):
 
 
 def cmd_demo(args) -> int:
-    from .pipeline import RUN_OUTPUTS, RunSpec, run
+    from .pipeline import RunSpec, run
+    from .run_outputs import current_outputs
 
     spec = RunSpec(data="digits", task="class", n_per_class=args.n_per_class, out=args.out,
                    classifier_steps=500, progress=not args.quiet, config=_config_from_args(args),
                    overwrite=True)  # the demo replaces its own previous output (and says so)
     ckdir = args.checkpoint_dir or (os.path.join(args.out, "checkpoint") if args.checkpoint_every else None)
-    if any(os.path.exists(os.path.join(args.out, f)) for f in RUN_OUTPUTS):
+    if current_outputs(args.out) and not args.quiet:
         print(f"demo: replacing the previous demo output in {args.out}")
     m = run(spec, checkpoint_dir=ckdir)
     if "rank" in m:
         return 0
-    print(f"demo: {m['paired']} pairs + {m['unpaired']} unpaired digits; conditional accuracy of samples "
-          f"{m['conditional_accuracy']:.3f} (classifier on real test digits: {m['classifier_test_accuracy']:.3f}); "
-          f"{m['total_seconds']:.0f} s")
+    if not args.quiet:
+        print(f"demo: {m['paired']} pairs + {m['unpaired']} unpaired digits; conditional accuracy of samples "
+              f"{m['conditional_accuracy']:.3f} (classifier on real test digits: {m['classifier_test_accuracy']:.3f}); "
+              f"{m['total_seconds']:.0f} s")
     print(f"wrote {', '.join(m['written'])}")
     return 0
 
 
 from .checkpoint import RUN_FILE  # noqa: E402  (the file beside the checkpoint that --resume reads)
-# arguments that may differ between the interrupted run and its resumption
-_RESUME_FREE = {"command", "resume", "quiet", "checkpoint_every", "threads", "overwrite", "no_eval"}
+# arguments a resumed run takes from the command that resumes it: how this invocation behaves, not what it computes
+_RESUME_RUNTIME = {"command", "resume", "quiet", "threads", "overwrite"}
+# arguments a resume may change when given explicitly (what is checkpointed or written, not what is trained);
+# otherwise the run's own are kept: a run started with --no-eval stays --no-eval
+_RESUME_FREE = {"checkpoint_every", "no_eval", "out"}
 
 
 def _resolve_resume(args, explicit: set[str]):
-    """The interrupted run's arguments (from DIR/run.json), refusing explicit ones that differ."""
+    """The interrupted run's arguments (from its run.json), refusing explicit ones that differ. The run folder
+    written is the one resumed (a copy of a run folder resumes in the copy): run.json's paths are a record."""
     from .checkpoint import read_checkpoint
 
-    folder = args.resume
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--resume {folder}: folder not found")
-    if not os.path.exists(os.path.join(folder, RUN_FILE)) and os.path.exists(os.path.join(folder, "checkpoint", RUN_FILE)):
-        folder = os.path.join(folder, "checkpoint")
-    path = os.path.join(folder, RUN_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume {args.resume}: no {RUN_FILE} there; is it the checkpoint folder (or --out "
+    given = args.resume
+    if not os.path.isdir(given):
+        raise FileNotFoundError(f"--resume {given}: folder not found")
+    if os.path.exists(os.path.join(given, RUN_FILE)):
+        folder, out = given, None  # the checkpoint folder itself; its run folder is decided below
+    elif os.path.exists(os.path.join(given, "checkpoint", RUN_FILE)):
+        folder, out = os.path.join(given, "checkpoint"), given
+    else:
+        raise FileNotFoundError(f"--resume {given}: no {RUN_FILE} there; is it the checkpoint folder (or --out "
                                 "folder) of a run started with --checkpoint-every?")
+    path = os.path.join(folder, RUN_FILE)
     try:
         with open(path) as fh:
-            saved = json.load(fh)["args"]
+            blob = json.load(fh)
+        saved = blob["args"]
         assert isinstance(saved, dict)
     except (ValueError, KeyError, TypeError, AssertionError) as exc:
         raise ValueError(f"{path}: not a valid run file ({exc})") from None
     if os.path.exists(os.path.join(folder, "checkpoint.pt")):
         read_checkpoint(os.path.join(folder, "checkpoint.pt"))  # a damaged checkpoint fails here, before training
     diffs = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (the run has {saved.get(k)!r})"
-             for k in sorted(explicit - _RESUME_FREE) if saved.get(k) != getattr(args, k)]
+             for k in sorted(explicit - _RESUME_RUNTIME - _RESUME_FREE) if saved.get(k) != getattr(args, k)]
     if diffs:
         raise ValueError(f"--resume {args.resume}: cannot change the run's arguments on resume: " + ", ".join(diffs)
                          + "; drop them to continue the run as it was started, or start a new run")
-    merged = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in _RESUME_FREE if hasattr(args, k)}})
+    if out is None:
+        saved_out, saved_ck = saved.get("out"), saved.get("checkpoint_dir")
+        inside = isinstance(saved_out, str) and isinstance(saved_ck, str) and \
+            os.path.normpath(saved_ck) == os.path.normpath(os.path.join(saved_out, "checkpoint"))
+        # OUT/checkpoint resumed: OUT is its parent. A --checkpoint-dir of its own: the run's --out (or --out now)
+        out = os.path.dirname(os.path.normpath(folder)) if inside else saved_out
+    merged = argparse.Namespace(**saved)
+    for k in _RESUME_RUNTIME | (_RESUME_FREE & explicit):
+        if hasattr(args, k):
+            setattr(merged, k, getattr(args, k))
+    if "out" not in explicit:
+        merged.out = out
     merged.checkpoint_dir = folder
+    merged.run_id, merged._run_file = blob.get("run_id"), blob
+    merged.started_with_overwrite = bool(saved.get("overwrite"))
+    for k, v in vars(args).items():  # options added since the run was started take their defaults
+        if not hasattr(merged, k):
+            setattr(merged, k, v)
     return merged
 
 
 def cmd_train(args) -> int:
     from .pipeline import RunSpec, run
+    from .run_outputs import new_run_id
 
     resume = args.resume is not None
     if resume:
         args = _resolve_resume(args, getattr(args, "_explicit", set()))
-    ckdir = args.checkpoint_dir or (os.path.join(args.out, "checkpoint") if args.checkpoint_every else None)
-    n_per_class = args.n_per_class if (args.n_per_class or args.n_pairs) else 100
+    # always a checkpoint folder (checkpoints at the end of each stage at least): a save that fails after training
+    # (a full disk) loses nothing, `--resume` finishes it
+    ckdir = args.checkpoint_dir or os.path.join(args.out, "checkpoint")
+    run_id = getattr(args, "run_id", None) or new_run_id()
     spec = RunSpec(data=args.data, format=getattr(args, "format", None), rescale=getattr(args, "rescale", False),
-                   task=args.task, factor=args.factor,
-                   n_per_class=None if args.n_pairs else n_per_class, n_pairs=args.n_pairs,
+                   task=args.task, factor=args.factor, n_per_class=args.n_per_class, n_pairs=args.n_pairs,
                    m_unpaired=args.m_unpaired, out=args.out, progress=not args.quiet,
                    classifier_steps=args.classifier_steps, eval_per_class=args.eval_per_class,
-                   evaluate=not getattr(args, "no_eval", False),
-                   overwrite=getattr(args, "overwrite", False) or resume,
-                   config=_config_from_args(args, args.ae_kind))
-    record = None  # what --resume reads back (the checks, of the config, data and folders, are run's and LSDM's)
-    if ckdir and not resume:
-        saved = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("resume",)}
-        record = {"args": {**saved, "checkpoint_dir": ckdir}}
+                   evaluate=not getattr(args, "no_eval", False), overwrite=getattr(args, "overwrite", False),
+                   config=_config_from_args(args, args.ae_kind), run_id=run_id,
+                   started_with_overwrite=getattr(args, "started_with_overwrite", False))
+    # what --resume reads back, written by LSDM.fit once every check (of the config, data and folders) has passed
+    if not resume:
+        saved = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("resume", "argv")}
+        record = {"args": {**saved, "checkpoint_dir": ckdir}, "run_id": run_id}
+    else:  # a run.json from before run ids gets one, so that the run's outputs are known as its own
+        record = None if args.run_id else {**args._run_file, "run_id": run_id}
     m = run(spec, checkpoint_dir=ckdir, resume=resume, run_record=record)
     if "rank" in m:  # not rank 0 under torch.distributed: rank 0 reports
         return 0
-    print(json.dumps({k: v for k, v in m.items() if k not in ("config", "versions", "written")}, indent=2))
+    if not args.quiet:
+        print(_summary(m))
     print(f"wrote {', '.join(m['written'])}")
     return 0
+
+
+def _summary(m: dict) -> str:
+    """A few lines of what a run did and scored (the whole record is metrics.json)."""
+    lines = [f"{m['paired']} pairs + {m['unpaired']} unpaired images; fit {sum(m['fit_seconds'].values()):.0f} s, "
+             f"total {m['total_seconds']:.0f} s; critic backend {m.get('critic_backend')}",
+             f"test reconstruction MSE {m['test_reconstruction_mse']:.4g}"]
+    if "conditional_accuracy" in m:
+        lines.append(f"conditional accuracy of samples {m['conditional_accuracy']:.3f} (the judging classifier on "
+                     f"real test images: {m['classifier_test_accuracy']:.3f})")
+    if "psnr_db" in m:
+        lines.append(f"PSNR {m['psnr_db']:.2f} dB, consistency RMSE {m['consistency_rmse']:.4f}")
+    return "\n".join(lines)
 
 
 def cmd_sample(args) -> int:
     import torch
 
     from .api import LSDM
+    from .pipeline import locked_output_folder
+    from .run_outputs import register_output, run_folder_of
     from .viz import save_grid
 
-    if os.path.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"--out {args.out}: exists; pass --overwrite to replace it or choose another name")
+    def refuse_existing():
+        if os.path.exists(args.out) and not args.overwrite:
+            raise FileExistsError(f"--out {args.out}: exists; pass --overwrite to replace it or choose another name")
+
+    refuse_existing()
     model = LSDM.load(args.model, device=args.device)
     k = args.n_per_class
     if model.meta["cond_kind"] == "onehot":
@@ -278,19 +359,24 @@ def cmd_sample(args) -> int:
         x = _superres_inputs(model, args)
         rows, row_labels = len(x), None
     shape = model.meta["image_shape"] or (int(round(model.meta["data_dim"] ** 0.5)),) * 2
-    if args.out.endswith(".npy"):  # chunked, straight to a memory-mapped file (written whole or not at all)
-        model.sample(x, k, seed=args.seed, backend=args.backend, path=args.out, progress=True)  # memmap: dropped
-        n = len(x) * k
-    else:
-        y = model.sample(x, k, seed=args.seed, backend=args.backend).cpu()
-        n = len(y)
-        if model.meta["cond_kind"] == "onehot":
-            save_grid(y, args.out, rows, k, shape, row_labels=row_labels)
-        else:  # columns: the input (upsampled to the output size) | k samples
-            up = torch.nn.functional.interpolate(x.reshape(len(x), 1, *_lowres_shape(model)), size=tuple(shape),
-                                                 mode="nearest").reshape(len(x), 1, -1)
-            grid = torch.cat([up, y.reshape(len(x), k, -1)], 1).reshape(-1, y.shape[1])
-            save_grid(grid, args.out, rows, k + 1, shape, title="input | samples")
+    run_folder = run_folder_of(args.out)  # a file written into a run folder: one writer, and replaced with the run
+    with locked_output_folder(run_folder, "lsdm sample") if run_folder else contextlib.nullcontext():
+        refuse_existing()
+        if args.out.endswith(".npy"):  # chunked, straight to the file (temporary name, renamed when whole)
+            model.sample(x, k, seed=args.seed, backend=args.backend, path=args.out, progress=True)
+            n = len(x) * k
+        else:
+            y = model.sample(x, k, seed=args.seed, backend=args.backend).cpu()
+            n = len(y)
+            if model.meta["cond_kind"] == "onehot":
+                save_grid(y, args.out, rows, k, shape, row_labels=row_labels)
+            else:  # columns: the input (upsampled to the output size) | k samples
+                up = torch.nn.functional.interpolate(x.reshape(len(x), 1, *_lowres_shape(model)), size=tuple(shape),
+                                                     mode="nearest").reshape(len(x), 1, -1)
+                grid = torch.cat([up, y.reshape(len(x), k, -1)], 1).reshape(-1, y.shape[1])
+                save_grid(grid, args.out, rows, k + 1, shape, title="input | samples")
+        if run_folder:
+            register_output(run_folder, args.out)
     print(f"wrote {n} samples to {args.out}")
     return 0
 
@@ -316,6 +402,9 @@ def _superres_inputs(model, args):
             x = np.load(args.input, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ValueError(f"--input {args.input}: cannot read a .npy array ({exc})") from None
+        if x.size == 0:
+            raise ValueError(f"--input {args.input}: holds no images (shape {x.shape}); give (N, h, w) or (N, {d}) "
+                             "low-resolution images, N >= 1")
         x = x.reshape(len(x), -1) if x.ndim >= 2 else x
         if x.ndim != 2 or x.shape[1] != d:
             raise ValueError(f"--input {args.input}: expected (N, h, w) or (N, {d}) low-resolution images for this "
@@ -384,7 +473,8 @@ def cmd_experiment(args) -> int:
     run_experiment(args.name, data=args.data, seeds=seeds, out=args.out, quick=args.quick, backend=args.backend,
                    budget=budget, cache_dir=args.cache_dir, methods=methods, resume=args.resume,
                    settings=tuple(x.strip() for x in args.settings.split(",") if x.strip()) if args.settings else None,
-                   command="lsdm " + " ".join(args.argv))
+                   command="lsdm " + " ".join(args.argv), progress=not args.quiet,
+                   log=(lambda *a, **k: None) if args.quiet else print)
     return 0
 
 
@@ -471,18 +561,47 @@ def main(argv=None) -> int:
         args._explicit = _explicit_dests(argv)
     handler = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "experiment": cmd_experiment,
                "info": cmd_info}[args.command]
-    if hasattr(args, "threads"):
-        _set_threads(args.threads)
-    try:
-        if args.command in ("demo", "train"):
-            _init_distributed(args)
-        return handler(args)
-    except (DataError, ValueError, OSError, RuntimeError) as exc:  # OSError: missing, existing or unwritable files
-        print(f"lsdm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    from .io import Terminated
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)
+        try:
+            if hasattr(args, "threads"):
+                _set_threads(args.threads)
+            if args.command in ("demo", "train"):
+                _init_distributed(args)
+            _note_interpreter(args)
+            return handler(args)
+        except (DataError, ValueError, OSError, RuntimeError) as exc:  # OSError: missing, existing, unwritable files
+            print(f"lsdm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        except Terminated as exc:
+            print(f"lsdm {args.command}: {exc}; partial files removed", file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _one_line_warning(command: str):
+    """Warnings as one line each, `lsdm CMD: warning: ...` (not Python's file:line and source echo)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"lsdm {command}: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+    return show
+
+
+def _note_interpreter(args) -> None:
+    """Triton's interpreter (TRITON_INTERPRET=1) runs kernels on the CPU thousands of times slower: say so before a
+    long silence (it is for tests, not runs)."""
+    backend = getattr(args, "backend", None)
+    if os.environ.get("TRITON_INTERPRET") == "1" and backend == "triton":
+        warnings.warn("TRITON_INTERPRET=1: the Triton kernels run in Triton's CPU interpreter, thousands of times "
+                      "slower than compiled (two stage-2 steps have taken minutes); it is meant for tests: unset it, "
+                      "or use --backend auto", UserWarning, stacklevel=2)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# training seeds: torch.manual_seed takes 64 bits and the runs derive seeds from it (seed + 1000, ...): [0, 2^63)
+SEED_LIMIT = 2**63
 KINDS = ("auto", "mlp", "conv")
 STOPS = ("plateau", "steps")
 # Fields added after configs were first saved, and what a saved config without them meant: an old
@@ -117,6 +119,7 @@ class LSDMConfig:
     def validate(self) -> None:
         for section in (self, self.autoencoder, self.matching):
             _check_types(section)
+        check_seed(self.seed)
         a, m = self.autoencoder, self.matching
         checks = [
             (a.kind in KINDS, f"autoencoder.kind must be one of {KINDS}, got {a.kind!r}"),
@@ -145,6 +148,34 @@ class LSDMConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+
+def check_seed(seed) -> int:
+    """A training seed: an integer in [0, 2^63) (the one message for the API and `lsdm train --seed`)."""
+    if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+    return seed
+
+
+def check_sampling_seed(seed) -> int:
+    """A sampling seed (the Philox key of lsdm_fast.ops.generate): an integer in [0, 2^64), with the message the op
+    itself gives, for `LSDM.sample` and `lsdm sample --seed` alike, before anything is allocated."""
+    if isinstance(seed, bool) or not hasattr(seed, "__index__") or not 0 <= seed.__index__() < 2**64:
+        raise ValueError(f"seed must be in [0, 2^64), got {seed!r}")
+    return seed.__index__()
+
+
+def as_config(config) -> "LSDMConfig":
+    """`config` as an LSDMConfig: one already, None (the defaults), or a dict in LSDMConfig.to_dict()'s layout
+    (sections as nested dicts, unknown keys refused by name)."""
+    if config is None:
+        return LSDMConfig()
+    if isinstance(config, LSDMConfig):
+        return config
+    if isinstance(config, dict):
+        return LSDMConfig.from_dict(config)
+    raise TypeError(f"config must be an LSDMConfig (or a dict of its fields, or None), got {type(config).__name__} "
+                    f"{config!r:.60}")
 
 
 def _is_int(v) -> bool:

@@ -232,11 +232,18 @@ def _listdir(folder: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ normalisation
 
+def refuse_channels_last(shape: tuple, where: str) -> None:
+    """A 4-D image batch whose last axis looks like channels (1, 3 or 4) and whose second does not: refused with the
+    fix, never guessed (the one check for the loaders and LSDM.fit)."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] > 4:
+        raise DataError(f"{where}: shape {shape} looks channels-last (N, H, W, C); images must be channels-first "
+                        "(N, C, H, W): use x.transpose(0, 3, 1, 2) (numpy) or x.permute(0, 3, 1, 2) (torch)")
+
+
 def _image_layout(arr: np.ndarray, where: str) -> np.ndarray:
     """(N, H, W) or (N, C, H, W) with C >= 2 (a single channel squeezed); refuses anything else."""
-    if arr.ndim == 4 and arr.shape[3] in (1, 3, 4) and arr.shape[1] > 4:
-        raise DataError(f"{where}: shape {arr.shape} looks channels-last (N, H, W, C); images must be channels-first "
-                        "(N, C, H, W): use x.transpose(0, 3, 1, 2)")
+    refuse_channels_last(arr.shape, where)
     if arr.ndim not in (3, 4):
         raise DataError(f"{where}: images must be (N, H, W) or (N, C, H, W), got shape {arr.shape}")
     if 0 in arr.shape:

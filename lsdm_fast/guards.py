@@ -145,3 +145,24 @@ class HostGuard:
 
     def read(self) -> None:
         return None
+
+
+def nonfinite_tensors(tensors: dict) -> list[str]:
+    """Names of the floating tensors in `tensors` (name -> tensor, nested dicts allowed) holding a NaN or an Inf."""
+    bad = []
+    for name, t in tensors.items():
+        if isinstance(t, dict):
+            bad += [f"{name}.{k}" for k in nonfinite_tensors(t)]
+        elif isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            bad.append(name)
+    return bad
+
+
+def check_finite_state_dict(tensors: dict, path: str, error=ValueError) -> None:
+    """Refuse weights read from `path` that hold NaN/Inf (they would sample NaN images without a word), naming the
+    file and the first bad tensors; `error` is the exception class to raise."""
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise error(f"{path}: damaged: the tensor {', '.join(repr(b) for b in bad[:3])}{more} holds NaN or Inf "
+                    "values: non-finite weights make every output NaN; retrain, or use an earlier checkpoint")

@@ -11,6 +11,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import LSDMConfig
+from .guards import check_finite_state_dict
 from .io import atomic_write_bytes, atomic_write_json
 from .state import MODEL_NAMES
 
@@ -102,18 +103,25 @@ def load_model(cls, folder: str, device: str | None = None):
         config.device = device
     model = cls(config)
     model.meta = {**meta, "image_shape": tuple(meta["image_shape"]) if meta.get("image_shape") else None}
-    model._build(meta["data_dim"], meta["cond_dim"], model.meta["image_shape"])
+    model.device  # noqa: B018 - an unusable device is the caller's error (raised here), not the file's
+    try:
+        model._build(meta["data_dim"], meta["cond_dim"], model.meta["image_shape"])
+    except Exception as exc:  # noqa: BLE001 - an edited config can break the networks' construction anywhere
+        raise ModelFolderError(f"{cfg_path}: its config and meta do not describe a model that can be built "
+                               f"({type(exc).__name__}: {exc})") from None
     with open(w_path, "rb") as fh:
         try:
             tensors = st_load(fh.read())
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise ModelFolderError(f"{w_path}: cannot read the safetensors file ({exc})") from None
+    check_finite_state_dict(tensors, w_path, ModelFolderError)
     for name, mod in zip(MODEL_NAMES, model.modules()):
         sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
         try:
             mod.load_state_dict(sd)
         except RuntimeError as exc:
-            raise ModelFolderError(f"{w_path}: the {name} weights do not match the config ({exc})") from None
+            raise ModelFolderError(f"{w_path}: the {name} weights do not match the networks {cfg_path} "
+                                   f"describes ({exc})") from None
         mod.to(model.device).eval().requires_grad_(False)
     for key in ("latent_mean", "latent_std"):
         t = tensors.get(key)

@@ -2,9 +2,11 @@
 `demo` and `train` are this with different defaults."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +16,9 @@ from .api import LSDM
 from .classifier import accuracy, train_classifier
 from .config import LSDMConfig
 from .data import TASKS, DataError, Dataset, average_pool, load_dataset, make_conditions, split_paired_unpaired
-from .io import atomic_write_json, check_writable_dir
+from .io import WriteError, atomic_write_json, check_writable_dir
+from .run_outputs import RunOutputs, current_outputs, new_run_id, recover, run_state
+from .runlock import RunLockedError, run_lock
 from .viz import save_grid, save_loss_plot
 
 
@@ -24,8 +28,10 @@ class RunSpec:
     format: str | None = None  # None: detected from `data`
     rescale: bool = False  # float images outside [0, 1]: map the training split's range onto [0, 1]
     task: str = "class"  # "class" or "superres"
-    factor: int = 4  # super-resolution pooling factor (data without their own low-resolution images)
-    n_per_class: int | None = 20
+    # super-resolution pooling factor for data without their own low-resolution images (None: 4); pair data have
+    # their own, which a factor given here must match
+    factor: int | None = None
+    n_per_class: int | None = None  # pairs per class, labelled data only (None: 100, unless n_pairs)
     n_pairs: int | None = None
     m_unpaired: int | None = None  # None: every remaining training image
     out: str = "runs/demo"
@@ -34,18 +40,56 @@ class RunSpec:
     classifier_steps: int = 2000
     progress: bool = True
     evaluate: bool = True  # False: train and save the model only
-    overwrite: bool = False  # replace a finished run already in `out` (refused otherwise)
+    # replace a run already in `out` (refused otherwise): its outputs, as a unit once the new model is saved, and
+    # (a new run) the checkpoint in checkpoint_dir; resuming, redo the outputs of a finished run
+    overwrite: bool = False
     config: LSDMConfig = field(default_factory=LSDMConfig)
+    run_id: str | None = None  # ties the outputs to the run's checkpoint (run.json); None: a new run
+    started_with_overwrite: bool = False  # resuming: the run replaces the outputs of another, maybe still in `out`
 
 
+DEFAULT_PAIRS_PER_CLASS = 100
 RUN_OUTPUTS = ("model", "metrics.json", "samples.png", "losses.png")
 
 
-def prepare_output_folder(out: str, overwrite: bool) -> None:
-    """Refuse a folder that holds a finished run (unless overwrite), and one that cannot be written, before any
-    training: nothing is lost and no training time is wasted."""
-    existing = [f for f in RUN_OUTPUTS if os.path.exists(os.path.join(out, f))]
-    if existing and not overwrite:
+class EvaluationError(RuntimeError):
+    """Training and the model's save succeeded, a later, optional output (evaluation, pictures) failed."""
+
+
+@contextlib.contextmanager
+def locked_output_folder(out: str, what: str = "lsdm train"):
+    """Hold the one-writer lock of run folder `out` (lsdm_fast.runlock); a folder that cannot be written fails here,
+    before any training, with a ValueError naming it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_lock(out, what))
+        except RunLockedError:
+            raise
+        except OSError as exc:
+            raise ValueError(f"{out}: cannot write the run's output there ({exc.strerror or exc})") from None
+        yield
+
+
+def prepare_output_folder(out: str, overwrite: bool, *, resume: bool = False, run_id: str | None = None,
+                          started_with_overwrite: bool = False) -> None:
+    """Under the folder's lock (locked_output_folder), before any training: finish a replacement of outputs that a
+    killed writer left half done, then refuse what would lose a run, and a folder that cannot be written: nothing
+    is lost and no training time is wasted. A new run refuses a folder holding a run's outputs unless overwrite.
+    A resumed run (`run_id`) refuses its own finished outputs unless overwrite (which redoes them all), and another
+    run's unless overwrite or the run was started with overwrite. Nothing is removed here: the outputs are replaced
+    as a unit when the new model is saved (run_outputs.py)."""
+    recover(out)
+    existing = current_outputs(out)
+    if resume:
+        state, listed = run_state(out, run_id), ", ".join(existing)
+        if state == "finished" and not overwrite:
+            raise FileExistsError(f"{out}: this run is finished ({listed}); --resume continues unfinished runs only: "
+                                  "pass --overwrite to redo its outputs (all of them, as one), or start a new run "
+                                  "in another folder")
+        if state == "other" and not (overwrite or started_with_overwrite):
+            raise FileExistsError(f"{out}: holds the outputs of another run ({listed}); pass --overwrite to replace "
+                                  "them, or resume a copy of the checkpoint folder elsewhere")
+    elif existing and not overwrite:
         raise FileExistsError(f"{out}: holds a finished run ({', '.join(existing)}); pass --overwrite to replace it "
                               "(or overwrite=True), or choose another output folder")
     try:
@@ -66,7 +110,8 @@ def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = Fals
     """Train and evaluate. With checkpoint_dir, training is checkpointed there (and resumed from it
     when resume=True; see LSDM.fit, which also writes `run_record`). Every check of the run is made
     once, here or in LSDM, before any training: the config, the data, the output folder, the
-    backend, the checkpoint folder. Under torch.distributed only rank 0 evaluates and writes."""
+    backend, the checkpoint folder; the output folder's one-writer lock is taken before anything is
+    written. Under torch.distributed only rank 0 evaluates and writes."""
     from . import distributed as D
 
     t_start = time.perf_counter()
@@ -75,16 +120,44 @@ def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = Fals
     train, test = (load_dataset(spec.data, split, format=spec.format, rescale=spec.rescale, seed=cfg.seed)
                    for split in ("train", "test"))
     paired_x, paired_y, unpaired_y, factor = task_data(train, spec, cfg.seed)
-    if D.is_main():  # after the data checks (bad data must not leave a folder behind), before any training
-        prepare_output_folder(spec.out, spec.overwrite)
-    model.fit(paired_x, paired_y, unpaired_y, num_classes=train.num_classes, progress=spec.progress and D.is_main(),
-              checkpoint_dir=checkpoint_dir, resume=resume, run_record=run_record)
-    if not D.is_main():
-        return {"rank": D.rank_world()[0], "fit_seconds": model.history["seconds"]}
+    # after the data checks (bad data must not leave a folder behind), before anything is written: one writer
+    with locked_output_folder(spec.out) if D.is_main() else contextlib.nullcontext():
+        if D.is_main():
+            prepare_output_folder(spec.out, spec.overwrite, resume=resume, run_id=spec.run_id,
+                                  started_with_overwrite=spec.started_with_overwrite)
+        model.fit(paired_x, paired_y, unpaired_y, num_classes=train.num_classes, progress=spec.progress and D.is_main(),
+                  checkpoint_dir=checkpoint_dir, resume=resume, run_record=run_record, overwrite=spec.overwrite)
+        if not D.is_main():
+            return {"rank": D.rank_world()[0], "fit_seconds": model.history["seconds"]}
+        return _write_outputs(model, spec, train, test, paired_y, unpaired_y, factor, checkpoint_dir, t_start)
+
+
+def _write_outputs(model: LSDM, spec: RunSpec, train: Dataset, test: Dataset, paired_y, unpaired_y, factor,
+                   checkpoint_dir: str | None, t_start: float) -> dict:
+    """The model first, replacing the folder's previous outputs as a unit (run_outputs.py), then the optional
+    outputs (evaluation, pictures, metrics), each added to the manifest: a late failure loses nothing trained."""
     if spec.task == "superres":  # lets `lsdm sample --data` make inputs the way training did
         model.meta.update(task="superres", factor=factor)
-    model.save(os.path.join(spec.out, "model"), overwrite=spec.overwrite)
-    written = [os.path.join(spec.out, "model") + os.sep]
+    outputs = RunOutputs(spec.out, spec.run_id or new_run_id())
+    model_dir = os.path.join(spec.out, "model")
+    try:
+        outputs.publish("model", lambda folder: model.save(folder))
+    except OSError as exc:
+        kept = (f"the trained state is kept in {os.path.join(checkpoint_dir, 'checkpoint.pt')}: make room and run "
+                f"`lsdm train --resume {spec.out}` to finish the save" if checkpoint_dir else
+                "no checkpoint folder was given, so the trained model is lost (give checkpoint_dir to keep one)")
+        raise WriteError(exc.errno, f"saving the model failed: {exc}; {kept}") from None
+    written = [model_dir + os.sep]
+    try:
+        return _optional_outputs(model, spec, train, test, paired_y, unpaired_y, factor, outputs, written, t_start)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise EvaluationError(f"{exc} (after training: the model is saved in {model_dir}; `lsdm train --resume "
+                              f"{spec.out}` redoes the evaluation and pictures)") from exc
+
+
+def _optional_outputs(model, spec, train, test, paired_y, unpaired_y, factor, outputs: RunOutputs, written: list,
+                      t_start: float) -> dict:
+    cfg = spec.config
 
     metrics = {"data": train.describe(), "provenance": {"train": train.provenance, "test": test.provenance},
                "task": spec.task, "paired": len(paired_y), "unpaired": len(unpaired_y), "seed": cfg.seed,
@@ -99,11 +172,15 @@ def run(spec: RunSpec, *, checkpoint_dir: str | None = None, resume: bool = Fals
         metrics.update(_evaluate_class(model, train, test, spec) if spec.task == "class"
                        else _evaluate_superres(model, test, spec, factor))
         written.append(os.path.join(spec.out, "samples.png"))
+        outputs.add("samples.png")
     written.append(save_loss_plot(model.history, os.path.join(spec.out, "losses.png")))
+    outputs.add("losses.png")
     metrics["total_seconds"] = time.perf_counter() - t_start
     written.append(os.path.join(spec.out, "metrics.json"))
     metrics["written"] = written
     atomic_write_json(written[-1], metrics)
+    outputs.add("metrics.json")
+    outputs.complete()
     return metrics
 
 
@@ -117,6 +194,14 @@ def task_data(train: Dataset, spec: RunSpec, seed: int):
     if train.low is not None:  # pair data: no labels, the pairs are given
         if spec.task != "superres":
             raise DataError(f"{train.name}: holds super-resolution pairs (no labels); use --task superres")
+        if spec.n_per_class is not None:
+            raise DataError(f"{train.name}: holds super-resolution pairs without labels, so --n-per-class "
+                            f"{spec.n_per_class} (pairs per class) does not apply; give --n-pairs N (pairs in total) "
+                            f"or nothing (all {len(train)} pairs)")
+        if spec.factor is not None and spec.factor != train.superres_factor:
+            raise DataError(f"{train.name}: its low-resolution images are 1/{train.superres_factor} of the high ones "
+                            f"(factor {train.superres_factor}); --factor {spec.factor} does not match: drop it or "
+                            f"give {train.superres_factor}")
         n_pairs = spec.n_pairs if spec.n_pairs is not None else len(train)
         split = split_paired_unpaired(np.zeros(len(train), dtype=np.int64), n_pairs=n_pairs,
                                       m_unpaired=spec.m_unpaired, seed=seed, num_classes=1)
@@ -126,13 +211,16 @@ def task_data(train: Dataset, spec: RunSpec, seed: int):
         x = make_conditions(train, "superres", None)[split.paired]
         return torch.from_numpy(x), torch.from_numpy(train.images[split.paired]), torch.from_numpy(unpaired), \
             train.superres_factor
-    split = split_paired_unpaired(train.labels, n_per_class=spec.n_per_class, n_pairs=spec.n_pairs,
-                                  m_unpaired=spec.m_unpaired, seed=seed, num_classes=train.num_classes)
+    n_per_class = spec.n_per_class if spec.n_per_class is not None or spec.n_pairs is not None \
+        else DEFAULT_PAIRS_PER_CLASS
+    split = split_paired_unpaired(train.labels, n_per_class=None if spec.n_pairs is not None else n_per_class,
+                                  n_pairs=spec.n_pairs, m_unpaired=spec.m_unpaired, seed=seed,
+                                  num_classes=train.num_classes)
+    factor = (spec.factor or 4) if spec.task == "superres" else None
     if spec.task == "class":
         x = torch.from_numpy(train.labels[split.paired])
     else:
-        x = torch.from_numpy(make_conditions(train, "superres", spec.factor)[split.paired])
-    factor = spec.factor if spec.task == "superres" else None
+        x = torch.from_numpy(make_conditions(train, "superres", factor)[split.paired])
     return x, torch.from_numpy(train.images[split.paired]), torch.from_numpy(train.images[split.unpaired]), factor
 
 

@@ -10,11 +10,17 @@ CUDA no chunk reads anything back to the host (lsdm_fast.ops.encode_generate.val
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import os
+import re
+import socket
 
 import numpy as np
 import torch
 
+from . import io as lsdm_io
 from .ops.encode_generate import LABEL_DTYPES, OUT_DTYPES, generate, validate_labels
 from .ops.mlp import MLPParams, check_mlp
 
@@ -33,8 +39,11 @@ def generate_chunked(generator: MLPParams, decoder: MLPParams, cond: torch.Tenso
     cond: integer labels (N,) (with num_classes) or a float condition tensor (N, cond_dim), on the
     device to compute on. Output goes to
       - `out`: a preallocated (N, decoder.out_features) tensor of dtype `out_dtype` (any device);
-      - `path`: a .npy file, written through numpy.lib.format.open_memmap under a temporary name
-        and renamed to `path` when complete (bfloat16 is not a numpy dtype: not allowed here);
+      - `path`: a .npy file, written chunk by chunk under a temporary name and renamed to `path` when
+        complete (bfloat16 is not a numpy dtype: not allowed here). No memory map is written through (a
+        full disk would kill the process with SIGBUS): the free space is checked and the file preallocated
+        before any sample is drawn, and every failure (disk full, an error, Ctrl-C, SIGTERM) removes it;
+        (see write_npy_chunks);
       - neither: a new tensor on cond's device.
     Returns `out`, the read-write memmap of `path`, or the new tensor.
     """
@@ -63,8 +72,11 @@ def generate_chunked(generator: MLPParams, decoder: MLPParams, cond: torch.Tenso
         raise ValueError("with a tail, give out_features (the width of the tail's output)")
     n, width = int(cond.shape[0]), (decoder.out_features if tail is None else int(out_features))
 
+    def draw(start: int, stop: int) -> torch.Tensor:
+        return generate(generator, decoder, cond[start:stop], noise_dim=noise_dim, num_classes=num_classes, seed=seed,
+                        offset=offset + start, out_dtype=out_dtype, tail=tail, backend=backend)
+
     target = out
-    tmp_path = None
     if out is not None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
@@ -84,37 +96,117 @@ def generate_chunked(generator: MLPParams, decoder: MLPParams, cond: torch.Tenso
         if out_dtype not in _NUMPY_DTYPES:
             raise ValueError(f"out_dtype {out_dtype} cannot be stored in a .npy file; use one of "
                              f"{tuple(_NUMPY_DTYPES)}")
-        tmp_path = os.path.join(parent, f".{os.path.basename(path)[:-4]}.partial-{os.getpid()}.npy")
-        target = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=_NUMPY_DTYPES[out_dtype], shape=(n, width))
+        return write_npy_chunks(path, n, width, out_dtype, draw, chunk_size, progress)
     else:
         target = torch.empty((n, width), dtype=out_dtype, device=cond.device)
 
-    try:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, unit="sample", unit_scale=True, disable=not progress, desc="generate")
-        try:
-            for start in range(0, n, chunk_size):
-                stop = min(start + chunk_size, n)
-                y = generate(generator, decoder, cond[start:stop], noise_dim=noise_dim, num_classes=num_classes,
-                             seed=seed, offset=offset + start, out_dtype=out_dtype, tail=tail, backend=backend)
-                if tmp_path is not None:
-                    target[start:stop] = y.cpu().numpy()
-                else:
-                    target[start:stop].copy_(y)
-                bar.update(stop - start)
-        finally:
-            bar.close()
-        if tmp_path is not None:
-            target.flush()
-            del target
-            os.replace(tmp_path, path)
-            tmp_path = None
-            return np.load(path, mmap_mode="r+")
-        return target
+    bar = tqdm(total=n, unit="sample", unit_scale=True, disable=not progress, desc="generate")
+    try:
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            target[start:stop].copy_(draw(start, stop))
+            bar.update(stop - start)
     finally:
-        if tmp_path is not None and os.path.exists(tmp_path):  # failed part-way: leave nothing behind
+        bar.close()
+    return target
+
+
+# ------------------------------------------------------------------------------ .npy files
+
+def npy_header(dtype: torch.dtype, n: int, width: int) -> bytes:
+    """The .npy header of an (n, width) C-order array of `dtype` (format 1.0)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(_NUMPY_DTYPES[dtype])),
+                                               "fortran_order": False, "shape": (int(n), int(width))})
+    return buf.getvalue()
+
+
+def npy_bytes(dtype: torch.dtype, n: int, width: int) -> int:
+    """Size of the .npy file of an (n, width) array of `dtype`."""
+    return len(npy_header(dtype, n, width)) + int(n) * int(width) * np.dtype(_NUMPY_DTYPES[dtype]).itemsize
+
+
+def check_npy_fits(path: str, dtype: torch.dtype, n: int, width: int) -> None:
+    """Refuse (WriteError, naming the size and the free space) an (n, width) .npy file that cannot fit at `path`:
+    before anything is allocated or drawn."""
+    lsdm_io.require_free_space(path, npy_bytes(dtype, n, width),
+                               f"{n:,} samples x {width} {np.dtype(_NUMPY_DTYPES[dtype]).name} values")
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40]
+
+
+def _partial_name(path: str, pid: int) -> str:
+    base = os.path.basename(path)[:-4]
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{base}.partial-{_HOST}-{pid}.npy")
+
+
+def remove_stale_partials(path: str) -> list[str]:
+    """Partial files of `path` left by writers that died on this host without cleaning up (SIGKILL): removed."""
+    folder, base = os.path.dirname(os.path.abspath(path)), os.path.basename(path)[:-4]
+    pattern = re.compile(re.escape(f".{base}.partial-{_HOST}-") + r"(\d+)\.npy$")
+    removed = []
+    for name in os.listdir(folder):
+        m = pattern.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_npy_chunks(path: str, n: int, width: int, dtype: torch.dtype, chunk, chunk_size: int, progress: bool):
+    """Write the (n, width) array whose rows [start, stop) `chunk(start, stop)` returns to the .npy file `path`:
+    free space checked and the whole file preallocated (posix_fallocate) before the first chunk is drawn, plain
+    writes (no memory map), fsync, rename. Any failure, Ctrl-C or SIGTERM removes the partial file; one left by a
+    SIGKILLed writer is removed by the next write to `path`. Returns a read-write memmap of the finished file."""
+    from tqdm.auto import tqdm
+
+    remove_stale_partials(path)
+    header = npy_header(dtype, n, width)
+    total = len(header) + n * width * np.dtype(_NUMPY_DTYPES[dtype]).itemsize
+    check_npy_fits(path, dtype, n, width)
+    tmp = _partial_name(path, os.getpid())
+    with lsdm_io.signals_as_exceptions():
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
             try:
-                os.remove(tmp_path)
-            except OSError:
-                pass
+                try:  # reserve every block now: a full disk fails here, not after the samples are drawn
+                    os.posix_fallocate(fd, 0, total)
+                except (AttributeError, OSError) as exc:
+                    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                        raise
+                lsdm_io.write_all(fd, header)
+                bar = tqdm(total=n, unit="sample", unit_scale=True, disable=not progress, desc="generate")
+                try:
+                    for start in range(0, n, chunk_size):
+                        stop = min(start + chunk_size, n)
+                        y = chunk(start, stop)
+                        lsdm_io.write_all(fd, np.ascontiguousarray(y.cpu().numpy()))
+                        bar.update(stop - start)
+                finally:
+                    bar.close()
+                os.fsync(fd)
+            except OSError as exc:
+                raise lsdm_io.write_error(exc, path, total) from None
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            lsdm_io._fsync_dir(os.path.dirname(os.path.abspath(path)))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    return np.load(path, mmap_mode="r+")

@@ -170,6 +170,14 @@ class AutoencoderStep:
             self.plateau = dict(d["plateau"])
 
 
+def _plateau_state(step_fn: AutoencoderStep) -> str:
+    """Where the plateau rule stands: the best held-out loss, checks without gain, learning-rate drops."""
+    p, cfg = step_fn.plateau, step_fn.cfg
+    best = f"{p['best']:.4f}" if math.isfinite(p["best"]) else "not measured yet"
+    return (f"held-out best {best}, {p['bad']}/{cfg.plateau_patience} checks without gain, "
+            f"{p['drops']}/{cfg.plateau_decays} lr drops" + (" (plateaued)" if p["done"] else ""))
+
+
 def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderConfig, *, precision: str = "fp32",
                       progress: bool = True, checkpoint: Checkpointer | None = None, seed: int = 0) -> None:
     """Stage 1: minimise the reconstruction error of state.encoder/decoder over every row of y (N, D) in [0, 1],
@@ -180,7 +188,9 @@ def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderCon
         step_fn.load_state_dict(state.optim)
     losses = state.history.setdefault("reconstruction", [])
     heldout = state.history.setdefault("reconstruction_heldout", []) if step_fn.heldout is not None else None
-    bar = _steps(state.step, step_fn.total, "stage 1: autoencoder", progress)
+    plateau = step_fn.heldout is not None
+    bar = _steps(state.step, step_fn.total, f"stage 1: autoencoder (until the held-out loss plateaus, at most "
+                 f"{step_fn.total} steps)" if plateau else "stage 1: autoencoder", progress)
     for step in bar:
         if step_fn.done:
             break
@@ -190,11 +200,14 @@ def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderCon
         v = step_fn.check(state.step)
         if v is not None:
             heldout.append([state.step, v])
-        if state.step % LOG_EVERY == 0:
-            bar.set_postfix(reconstruction=f"{losses[-1]:.4f}")
+        if state.step % LOG_EVERY == 0 or v is not None:
+            bar.set_postfix_str(f"loss {losses[-1]:.4f}" + (f", {_plateau_state(step_fn)}" if plateau else ""))
         if checkpoint is not None and _due(cfg.checkpoint_every, state.step, step_fn.total) and not step_fn.done:
             state.optim = step_fn.state_dict()
             checkpoint.save(state)
+    if plateau and step_fn.done and progress:
+        bar.write(f"stage 1: stopped by the plateau rule at step {state.step} of at most {step_fn.total}: "
+                  f"{_plateau_state(step_fn)}")
     bar.close()
     state.history["stage1_steps"] = state.step
     state.optim = step_fn.state_dict()

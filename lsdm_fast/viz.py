@@ -41,7 +41,7 @@ def save_grid(images, path: str, rows: int, cols: int, image_shape, row_labels=N
     if canvas.ndim == 3:
         ax.imshow(canvas.clip(0, 1), interpolation="nearest")
     else:
-        ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")  # 0 black, 1 white, as in the data
     ax.set_xticks([])
     if row_labels is not None:
         ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(rows)], [str(l) for l in row_labels])

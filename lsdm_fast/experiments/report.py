@@ -94,7 +94,7 @@ def figures(out: str, agg: list[dict], grids_by_setting: dict, image_shape, budg
             for i in range(r):
                 for j in range(c):
                     canvas[1 + i * (h + 1): 1 + i * (h + 1) + h, 1 + j * (w + 1): 1 + j * (w + 1) + w] = g[i, j].reshape(h, w)
-            ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")  # 0 black, 1 white, as in the data
             ax.set_title(name.replace("latent_diffusion", "latent diff.").replace("[", " (").replace("]", " steps)"),
                          fontsize=8)
             ax.axis("off")

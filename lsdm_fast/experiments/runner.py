@@ -10,12 +10,14 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import metrics as M
 from ..api import LSDM
 from ..baselines import LatentDiffusion, PixelMatching, fit_paired_only, one_hot
 from ..data import load_dataset, make_conditions, split_paired_unpaired
 from ..io import atomic_write_bytes
+from ..runlock import run_lock
 from .evaluate import Evaluator, timed
 from .registry import DIGITS, EXPERIMENTS, QUICK, Budget, Setting, lsdm_config, scale_setting
 from .report import slug, write_report
@@ -30,7 +32,8 @@ def _grid(y: np.ndarray, labels: np.ndarray, task: str, cols: int = 8) -> np.nda
     return y[:8 * c].reshape(-1, c, y.shape[1])
 
 
-def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: bool, backend: str, nets, log):
+def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: bool, backend: str, nets, log,
+              progress: bool = False):
     # the train/test split is the one the evaluation nets were trained on, whatever the seed (the seed varies
     # the pairs, the initialisation and every draw): otherwise the sklearn digits' test images of seeds > 0
     # would be in the nets' training set
@@ -73,7 +76,7 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
         real = np.concatenate([pick.choice(np.flatnonzero(train.labels == c), (ev.labels == c).sum(), replace=False)
                                for c in np.unique(ev.labels)])
         real_y = torch.from_numpy(train.images[real].reshape(len(real), -1))
-    ref, dt = timed(lambda: LSDM(cfg).fit(px, py, uy, num_classes=train.num_classes, progress=False))
+    ref, dt = timed(lambda: LSDM(cfg).fit(px, py, uy, num_classes=train.num_classes, progress=progress))
     if "lsdm" in s.methods:
         res, y = ev(lsdm_sampler(ref), ref, ref)
         record("lsdm", dt, res, y, stage1_steps=ref.history["stage1_steps"])
@@ -84,27 +87,28 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
         allx = torch.from_numpy(train.labels) if s.task == "class" else \
             torch.from_numpy(make_conditions(train, "superres", s.factor))
         model, dt = timed(lambda: LSDM(cfg).fit(allx, torch.from_numpy(train.images), None,
-                                                   num_classes=train.num_classes, progress=False))
+                                                   num_classes=train.num_classes, progress=progress))
         res, y = ev(lsdm_sampler(model), ref, model)
         record("lsdm_all_labels", dt, res, y, stage1_steps=model.history["stage1_steps"])
     if "lsdm_paired_only" in s.methods:
-        model, dt = timed(lambda: fit_paired_only(cfg, px, py, num_classes=train.num_classes))
+        model, dt = timed(lambda: fit_paired_only(cfg, px, py, num_classes=train.num_classes, progress=progress))
         res, y = ev(lsdm_sampler(model), ref, model)
         record("lsdm_paired_only", dt, res, y, stage1_steps=model.history["stage1_steps"])
     if "lsdm_paired_only_equal_steps" in s.methods:  # equal compute: LSDM's stage-1 step count, no early stop
         n1 = ref.history["stage1_steps"]
         equal = replace(cfg, autoencoder=replace(cfg.autoencoder, stop="steps", steps=n1, epochs=0.0))
-        model, dt = timed(lambda: fit_paired_only(equal, px, py, num_classes=train.num_classes))
+        model, dt = timed(lambda: fit_paired_only(equal, px, py, num_classes=train.num_classes, progress=progress))
         res, y = ev(lsdm_sampler(model), ref, model)
         record("lsdm_paired_only_equal_steps", dt, res, y, stage1_steps=model.history["stage1_steps"])
     if "pixel_matching" in s.methods:
         pm, dt = timed(lambda: PixelMatching(cfg.matching, seed=seed, generator_hidden=budget.match_hidden,
-                                             critic_hidden=budget.match_hidden).fit(cond, py.reshape(len(py), -1)))
+                                             critic_hidden=budget.match_hidden).fit(cond, py.reshape(len(py), -1),
+                                                                                         progress=progress))
         res, y = ev(lambda c: pm.sample(c, seed=seed + 1000), ref)
         record("pixel_matching", dt, res, y)
     if "latent_diffusion" in s.methods:
         ld, dt = timed(lambda: LatentDiffusion(ref, steps=budget.diffusion_steps, batch_size=budget.batch_size,
-                                                seed=seed).fit(cond, py))
+                                                seed=seed).fit(cond, py, progress=progress))
         for n_steps in budget.ddim_steps:
             res, y = ev(lambda c: ld.sample(c, n_steps, seed=seed + 1000), ref, ref)
             record("latent_diffusion", dt, res, y, ddim_steps=n_steps)
@@ -114,9 +118,11 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
 def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str | None = None, quick: bool = False,
                    backend: str = "auto", budget: Budget | None = None, cache_dir: str | None = None,
                    methods: tuple | None = None, command: str | None = None, resume: bool = False,
-                   settings: tuple | None = None,
+                   settings: tuple | None = None, progress: bool = False,
                    log=print) -> dict:
-    """Run experiment `name` for every seed; write results.json, table.md, README.md and figures to `out`."""
+    """Run experiment `name` for every seed; write results.json, table.md, README.md and figures to `out` (held
+    by one writer: lsdm_fast.runlock). progress: a bar over the (setting, seed) cells with an ETA, and one per fit
+    (stage 1's says its stop rule's state)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
@@ -126,7 +132,13 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
     if budget is None:
         budget = QUICK if quick else (DIGITS if data in ("digits", "sklearn-digits") else Budget())
     out = out or os.path.join("results", "experiments", name)
-    os.makedirs(out, exist_ok=True)
+    with run_lock(out, "lsdm experiment"):
+        return _run_experiment(name, exp, data, seeds, out, quick, backend, budget, cache_dir, methods, command,
+                               resume, settings, progress, log)
+
+
+def _run_experiment(name, exp, data, seeds, out, quick, backend, budget, cache_dir, methods, command, resume,
+                    settings, progress, log) -> dict:
     t_start = time.perf_counter()
     train = load_dataset(data, "train")
     if train.labels is None or len(train.image_shape) != 2:
@@ -163,23 +175,29 @@ def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str
                data=train.name, shape=train.image_shape)
     cell_seconds = prior_seconds
     summary = None
+    cells = []  # (setting, seed) to run: only the chosen settings (rows of others in results.json are kept)
     for setting in exp.settings:
-        if settings is not None and setting.label not in settings:
-            continue  # run only the chosen settings (rows of others already in results.json are kept)
-        if methods is not None:
-            setting = replace(setting, methods=tuple(m for m in methods))
-        for seed in seeds:
+        if settings is None or setting.label in settings:
+            setting = setting if methods is None else replace(setting, methods=tuple(methods))
             label = scale_setting(setting, train.labels, quick).label
-            if (label, seed) in done:
-                continue
+            cells += [(setting, label, seed) for seed in seeds if (label, seed) not in done]
+    # a bar over the cells (ETA from the cells done), the fits' own bars under it; log lines printed above them
+    bar = tqdm(total=len(cells), desc=f"experiment {name}", unit="cell", disable=not progress, position=0)
+    cell_log = (lambda *a: bar.write(" ".join(map(str, a)))) if progress and log is print else log
+    try:
+        for setting, label, seed in cells:
+            bar.set_postfix_str(f"{label} seed {seed}: {', '.join(setting.methods)}")
             t_cell = time.perf_counter()
-            r, grids, _ = _run_cell(setting, seed, data, budget, quick, backend, (feat, judge), log)
+            r, grids, _ = _run_cell(setting, seed, data, budget, quick, backend, (feat, judge), cell_log, progress)
             cell_seconds += time.perf_counter() - t_cell
+            bar.update(1)
             rows += r
             buf = io.BytesIO()
             np.savez_compressed(buf, **{k: np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for k, v in grids.items()})
             atomic_write_bytes(os.path.join(out, f"grids_{slug(label)}_seed{seed}.npz"), buf.getvalue())
             summary = write_report(ctx, rows, cell_seconds)  # after every cell: partial results survive a kill
+    finally:
+        bar.close()
     if summary is None:
         summary = write_report(ctx, rows, cell_seconds)
     log(f"wrote {out}/README.md, table.md, results.json and {len(summary['figures'])} figures "

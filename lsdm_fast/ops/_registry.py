@@ -75,6 +75,12 @@ def available_backends(op: str, device: torch.device | str = "cpu") -> list[str]
     return [b for b in BACKENDS if b in _IMPLS.get(op, {}) and _IMPLS[op][b].available(device)]
 
 
+def implemented_backends(op: str) -> list[str]:
+    """The backends with an implementation of `op` in this installation (whether or not this machine can run them):
+    what a command line may offer for it."""
+    return [b for b in BACKENDS if b in _IMPLS.get(op, {})]
+
+
 def registered_ops() -> list[str]:
     return sorted(_IMPLS)
 
