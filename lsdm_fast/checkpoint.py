@@ -28,7 +28,7 @@ import torch
 
 from . import distributed as D
 from .guards import check_finite_state_dict
-from .io import atomic_write_bytes
+from .io import WriteError, atomic_write_bytes
 from .state import MATCHING_CURVES, MODEL_NAMES, Stage, TrainingState
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -230,5 +230,8 @@ class Checkpointer:
                 "rng": state.rng.get_state(), "optim": state.optim, "history": state.history}
         buf = io.BytesIO()
         torch.save(blob, buf)
-        atomic_write_bytes(self.path, buf.getvalue())
+        try:
+            atomic_write_bytes(self.path, buf.getvalue())
+        except OSError as exc:  # a full disk: the previous checkpoint is whole (atomic write); say which it is
+            raise WriteError(exc.errno, f"{exc}; {self.describe()}") from None
         self.last = (int(state.stage), state.step)

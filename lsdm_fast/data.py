@@ -50,7 +50,6 @@ import gzip
 import importlib.util
 import math
 import os
-import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -347,6 +346,33 @@ def _check_label_range(labels: np.ndarray, where: str, num_classes: int) -> None
         raise DataError(f"{where}: label {int(labels[i])} at index {i} is out of range [0, {num_classes})")
 
 
+def _check_classes(y_train: np.ndarray, y_test: np.ndarray, train_where: str, test_where: str) -> int:
+    """K, for labels 0..K-1 with every class in the training split; otherwise a DataError naming the array, the
+    label value and its index (a stray 1000 among 0..9, a class only in the test labels)."""
+    train_classes = np.unique(y_train)
+    if len(train_classes) == 0:
+        raise DataError(f"{train_where}: no training labels")
+    # the contiguous run 0..k-1 the training labels start with, and the first training label beyond it
+    k = int(np.argmax(train_classes != np.arange(len(train_classes)))) if (
+        train_classes != np.arange(len(train_classes))).any() else len(train_classes)
+    if k < len(train_classes):
+        value = int(train_classes[k])
+        i = int(np.argmax(y_train == value))
+        rest = train_classes[k:]
+        gap = f"class {k}" if value - 1 == k else f"classes {k}..{value - 1}"
+        raise DataError(f"{train_where}: label {value} at index {i} leaves {gap} without examples: "
+                        f"labels must be 0..K-1 with every class present (the labels here are 0..{k - 1}"
+                        + (f" and {', '.join(map(str, rest[:5].tolist()))}{' ...' if len(rest) > 5 else ''})"
+                           if k > 0 else f", starting at {value}: 1-based labels? subtract 1)"))
+    unseen = y_test[~np.isin(y_test, train_classes)]
+    if len(unseen):
+        value = int(unseen[0])
+        i = int(np.argmax(y_test == value))
+        raise DataError(f"{test_where}: label {value} at index {i} has no training examples (the training labels in "
+                        f"{train_where} are 0..{k - 1}); every test class must also appear in training")
+    return k
+
+
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) sorted indices: round(fraction * count) of each class, drawn with default_rng(seed)."""
     rng = np.random.default_rng(seed)
@@ -496,8 +522,10 @@ def _finish(ds: Dataset) -> Dataset:
 
 # ------------------------------------------------------------------------------ .npz / .npy arrays
 
-_NPY_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
-               RuntimeError, struct.error, OverflowError, MemoryError, UnicodeDecodeError, SyntaxError, TypeError)
+# numpy's header parser (tokenize, ast), zipfile and zlib raise many types for a damaged file (tokenize.TokenError,
+# SyntaxError, ValueError, struct.error, BadZipFile, NotImplementedError...): every one becomes a DataError naming
+# the file; MemoryError too (a header promising more than memory holds is a damaged header here)
+_NPY_ERRORS = (Exception,)
 
 
 @contextlib.contextmanager
@@ -636,6 +664,7 @@ def _from_arrays(src, split: str, fmt: str, seed: int, rescale: bool) -> Dataset
         arrays[part] = (x, _check_labels(src.read(b), src.where(b), len(x), src.where(a)))
     if layout != "class-split":
         x, y = arrays["train"]
+        _check_classes(y, y[:0], src.where(yn), src.where(yn))  # on the whole array: indices as in the file
         tr, te = stratified_holdout(y, TEST_FRACTION, seed)
         if len(te) == 0:
             raise DataError(f"{src.where(xn)}: too few images ({len(x)}) to hold out {TEST_FRACTION:.0%} of each class "
@@ -645,12 +674,7 @@ def _from_arrays(src, split: str, fmt: str, seed: int, rescale: bool) -> Dataset
     if x_te.shape[1:] != x_tr.shape[1:]:
         raise DataError(f"{src.where(sources['test'][0])}: test images are {x_te.shape[1:]} but training images are "
                         f"{x_tr.shape[1:]}")
-    num_classes = int(max(y_tr.max(initial=-1), y_te.max(initial=-1))) + 1
-    absent = sorted(set(range(num_classes)) - set(np.unique(y_tr).tolist()))
-    if absent:
-        raise DataError(f"{src.where(sources['train'][1])}: class {absent[0]} has no training examples "
-                        f"(labels must be 0..K-1 with every class present; found {len(absent)} absent of "
-                        f"{num_classes})")
+    num_classes = _check_classes(y_tr, y_te, src.where(sources["train"][1]), src.where(sources["test"][1]))
     rule, train_range, scaling = _train_rule(x_tr, src.where(sources["train"][0]), rescale)
     xs, ys = arrays[split]
     images, notes = _apply_rule(xs, src.where(xn), rule, train_range)

@@ -5,6 +5,7 @@ checked (ModelFolderError names the file and the field)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from safetensors.torch import load as st_load
@@ -35,6 +36,21 @@ _META_FIELDS = {
 
 class ModelFolderError(ValueError):
     """A model folder that cannot be loaded: a file missing or damaged (the message names file and field)."""
+
+
+def _check_meta_consistent(meta: dict, cfg_path: str) -> None:
+    """The meta fields agree with each other (an edited config.json may make each valid alone, wrong together)."""
+    problems = []
+    if meta["cond_kind"] == "onehot" and meta["num_classes"] != meta["cond_dim"]:
+        problems.append(f"a label-conditioned model has cond_dim = num_classes, but cond_dim is {meta['cond_dim']} "
+                        f"and num_classes {meta['num_classes']}")
+    if meta["cond_kind"] == "tensor" and meta["num_classes"] is not None:
+        problems.append(f"a model conditioned on tensors has no num_classes (got {meta['num_classes']})")
+    shape = meta["image_shape"]
+    if shape is not None and math.prod(shape) != meta["data_dim"]:
+        problems.append(f"image_shape {shape} holds {math.prod(shape)} values but data_dim is {meta['data_dim']}")
+    if problems:
+        raise ModelFolderError(f"{cfg_path}: damaged: 'meta' is inconsistent: " + "; ".join(problems))
 
 
 def meta_json(meta: dict) -> dict:
@@ -88,6 +104,7 @@ def _read_config(cfg_path: str) -> tuple[LSDMConfig, dict]:
             raise ModelFolderError(f"{cfg_path}: damaged: the field 'meta.{key}' is missing")
         if not ok(meta[key]):
             raise ModelFolderError(f"{cfg_path}: damaged: 'meta.{key}' has an invalid value {meta[key]!r}")
+    _check_meta_consistent(meta, cfg_path)
     return config, meta
 
 
@@ -103,7 +120,11 @@ def load_model(cls, folder: str, device: str | None = None):
         config.device = device
     model = cls(config)
     model.meta = {**meta, "image_shape": tuple(meta["image_shape"]) if meta.get("image_shape") else None}
-    model.device  # noqa: B018 - an unusable device is the caller's error (raised here), not the file's
+    try:
+        model.device  # noqa: B018 - resolved now: a device this machine lacks is named with the file
+    except (ValueError, RuntimeError) as exc:
+        raise ModelFolderError(f"{cfg_path}: the model's config asks for device {config.device!r}: {exc}; load "
+                               "it with device='cpu' (`lsdm sample --device cpu`)") from None
     try:
         model._build(meta["data_dim"], meta["cond_dim"], model.meta["image_shape"])
     except Exception as exc:  # noqa: BLE001 - an edited config can break the networks' construction anywhere

@@ -166,12 +166,13 @@ class RunOutputs:
 
 
 def run_folder_of(path: str) -> str | None:
-    """The run folder `path` (a file about to be written) lies directly in, if any: one with a manifest, or the
-    model/ of a run from before manifests."""
+    """The run folder `path` (a file about to be written) lies directly in, if any: one with a manifest, a run in
+    training (its lock or its checkpoint folder's run.json), or the model/ of a run from before manifests."""
+    from .runlock import LOCK_FILE
+
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(os.path.join(folder, MANIFEST)) or os.path.exists(os.path.join(folder, "model", "config.json")):
-        return folder
-    return None
+    marks = (MANIFEST, LOCK_FILE, os.path.join("checkpoint", "run.json"), os.path.join("model", "config.json"))
+    return folder if any(os.path.exists(os.path.join(folder, m)) for m in marks) else None
 
 
 def register_output(folder: str, path: str) -> None:

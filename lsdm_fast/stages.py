@@ -21,6 +21,7 @@ with the guard on the device, read every LOG_EVERY steps and before every checkp
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable
 
 import torch
@@ -206,7 +207,7 @@ def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderCon
             state.optim = step_fn.state_dict()
             checkpoint.save(state)
     if plateau and step_fn.done and progress:
-        bar.write(f"stage 1: stopped by the plateau rule at step {state.step} of at most {step_fn.total}: "
+        bar.write(file=sys.stderr, s=f"stage 1: stopped by the plateau rule at step {state.step} of at most {step_fn.total}: "
                   f"{_plateau_state(step_fn)}")
     bar.close()
     state.history["stage1_steps"] = state.step

@@ -9,6 +9,15 @@ if not torch.cuda.is_available():
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests are deterministic in CI: hypothesis derives its examples from each test's name ("derandomize"),
+# with no example database, so a run cannot fail by chance. LSDM_FUZZ_EXAMPLES=N turns on the long on-demand mode:
+# random examples, N per fuzz test (tests/test_fuzz.py), failures printed with their reproduction blob.
+FUZZ_EXAMPLES = int(os.environ.get("LSDM_FUZZ_EXAMPLES") or 0)
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("long", derandomize=False, database=None, print_blob=True)
+settings.load_profile("long" if FUZZ_EXAMPLES else "ci")
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
 """Fuzz (hypothesis): malformed IDX files, random or damaged .npz/.npy files, random image folders
 and random command lines get a clear error (DataError naming the file for data), never a traceback
-from deep inside. Few examples each, so the whole file stays well under a minute."""
+from deep inside. Few examples each, so the whole file stays well under a minute.
+
+Deterministic in CI (tests/conftest.py: derandomized, no example database). The long mode,
+    LSDM_FUZZ_EXAMPLES=2000 python -m pytest tests/test_fuzz.py
+draws that many fresh random examples per test; a failure it finds becomes a fixed regression test here."""
 import gzip
 import io
 import json
@@ -16,10 +20,16 @@ from hypothesis import strategies as st
 
 from PIL import Image
 
+from conftest import FUZZ_EXAMPLES
 from lsdm_fast.data import (ARRAY_NAMES, CLASS_SINGLE, CLASS_SPLIT, PAIRS_SINGLE, PAIRS_SPLIT, UNPAIRED, DataError,
                             check_dataset, load_dataset, load_mnist, read_idx)
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def examples(n: int) -> int:
+    """n examples in CI; LSDM_FUZZ_EXAMPLES in the long mode."""
+    return FUZZ_EXAMPLES or n
+
+
+FUZZ = settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def valid_idx(arr, code=0x08):
@@ -157,7 +167,7 @@ def test_random_command_lines_get_a_clear_error(command, rest, tmp_path, monkeyp
 
 # ------------------------------------------------------------------------------ the other loaders
 
-LOADER_FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+LOADER_FUZZ = settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                                  HealthCheck.too_slow])
 LAYOUTS = {"class-split": CLASS_SPLIT, "class-single": CLASS_SINGLE, "pairs-split": PAIRS_SPLIT + (UNPAIRED,),
            "pairs-single": PAIRS_SINGLE + (UNPAIRED,)}
@@ -257,6 +267,35 @@ def test_random_npy_folder_loads_or_names_the_file(arrays, seed, data):
             with open(p, "wb") as fh:
                 fh.write(corrupt(data.draw, raw))
         assert_loads_or_names(d, d, seed)
+
+
+def test_flipped_npy_header_length_is_a_data_error(tmp_path):
+    """The case that failed a fresh-clone CI run: a flipped bit in the header length makes numpy's header parser
+    raise tokenize.TokenError (not ValueError); it must be a DataError naming the file, like every damaged file."""
+    good = tmp_path / "good"
+    good.mkdir()
+    np.save(good / "images.npy", np.zeros((10, 4, 4), np.uint8))
+    np.save(good / "labels.npy", np.arange(10) % 2)
+    raw = bytearray((good / "images.npy").read_bytes())
+    raw[8] ^= 64  # header length 118 -> 54: the parser reads a cut dictionary
+    (good / "images.npy").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"images.npy: not a readable .npy array \(TokenError: "):
+        load_dataset(str(good))
+
+
+def test_damaged_npz_members_are_data_errors(tmp_path):
+    """Damage inside an .npz (a member's compressed bytes, its local header) is a DataError naming the file."""
+    path = tmp_path / "d.npz"
+    np.savez_compressed(path, images=np.arange(640, dtype=np.uint8).reshape(10, 8, 8), labels=np.arange(10) % 2)
+    raw = path.read_bytes()
+    for i in range(30, len(raw) - 30, 7):  # every 7th byte of the members and the directory, one at a time
+        b = bytearray(raw)
+        b[i] ^= 0xFF
+        path.write_bytes(bytes(b))
+        try:
+            load_dataset(str(path))
+        except DataError as exc:
+            assert str(path) in str(exc)
 
 
 IMAGE_KINDS = ["L", "RGB", "RGBA", "I;16", "P", "1", "LA", "F", "garbage", "cut", "text"]

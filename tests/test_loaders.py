@@ -356,7 +356,12 @@ X, Y = np.zeros((10, 4, 4), np.uint8), np.arange(10) % 2
     (dict(images=X, labels=Y.astype(float)), r"\['labels'\]: labels must be integers, got dtype float64 \(convert"),
     (dict(images=X, labels=Y[:, None]), r"labels must be 1-D \(N,\), got shape \(10, 1\)"),
     (dict(images=X, labels=Y - 3), r"label -3 at index 0 is negative"),
-    (dict(images=X, labels=Y + 1), r"class 0 has no training examples \(labels must be 0..K-1"),
+    (dict(images=X, labels=Y + 1), r"\['labels'\]: label 1 at index 0 leaves class 0 without examples: labels must "
+                                   r"be 0..K-1 with every class present \(the labels here are .*starting at 1: "
+                                   r"1-based labels\? subtract 1\)"),
+    (dict(images=X, labels=np.where(np.arange(10) == 7, 1000, Y)),
+     r"\['labels'\]: label 1000 at index 7 leaves classes 2..999 without examples: labels must be 0..K-1 with every "
+     r"class present \(the labels here are 0..1 and 1000\)"),
     (dict(images=X.astype(complex), labels=Y), r"got dtype complex128"),
     (dict(images=np.full((10, 4, 4), "a"), labels=Y), r"got dtype <U1"),
     (dict(images=X.astype(np.int16) - 1, labels=Y), r"integer pixel values must be in \[0, 255\] \(int16\), got \[-1"),
@@ -394,7 +399,8 @@ def test_test_split_of_another_dtype(tmp_path):
 
 def test_test_label_beyond_training_classes(tmp_path):
     path = npz(tmp_path, x_train=X, y_train=Y, x_test=X, y_test=Y * 2)
-    with pytest.raises(DataError, match=r"\['y_train'\]: class 2 has no training examples"):
+    with pytest.raises(DataError, match=r"\['y_test'\]: label 2 at index 1 has no training examples \(the training "
+                                        r"labels in .*\['y_train'\] are 0..1\)"):
         load_dataset(path, "test")
 
 
