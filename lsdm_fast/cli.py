@@ -24,24 +24,24 @@ def _positive(kind):
 
 
 def _nonneg_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    v = _int_arg(s)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
     return v
+
+
+def _int_arg(s) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
 
 
 def _seed(check):
     """A --seed parser giving the API's own message for a value out of range (`check` raises it)."""
     def parse(s):
         try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        try:
-            return check(v)
+            return check(_int_arg(s))
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
@@ -470,11 +470,14 @@ def cmd_experiment(args) -> int:
     if args.data != "digits":
         from .data import load_dataset
         load_dataset(args.data, "train"), load_dataset(args.data, "test")
-    run_experiment(args.name, data=args.data, seeds=seeds, out=args.out, quick=args.quick, backend=args.backend,
-                   budget=budget, cache_dir=args.cache_dir, methods=methods, resume=args.resume,
-                   settings=tuple(x.strip() for x in args.settings.split(",") if x.strip()) if args.settings else None,
-                   command="lsdm " + " ".join(args.argv), progress=not args.quiet,
-                   log=(lambda *a, **k: None) if args.quiet else print)
+    out = args.out or os.path.join("results", "experiments", args.name)
+    summary = run_experiment(
+        args.name, data=args.data, seeds=seeds, out=out, quick=args.quick, backend=args.backend, budget=budget,
+        cache_dir=args.cache_dir, methods=methods, resume=args.resume,
+        settings=tuple(x.strip() for x in args.settings.split(",") if x.strip()) if args.settings else None,
+        command="lsdm " + " ".join(args.argv), progress=not args.quiet, log=(lambda *a: None) if args.quiet else print)
+    if args.quiet:
+        print(f"wrote {out}: README.md, table.md, results.json and {len(summary['figures'])} figures")
     return 0
 
 

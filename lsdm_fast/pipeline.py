@@ -6,7 +6,6 @@ import contextlib
 import os
 import platform
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,6 +89,10 @@ def prepare_output_folder(out: str, overwrite: bool, *, resume: bool = False, ru
             raise FileExistsError(f"{out}: holds the outputs of another run ({listed}); pass --overwrite to replace "
                                   "them, or resume a copy of the checkpoint folder elsewhere")
     elif existing and not overwrite:
+        if run_state(out, None) == "partial":
+            raise FileExistsError(f"{out}: holds the outputs of an unfinished run ({', '.join(existing)}); finish it "
+                                  f"with `lsdm train --resume {out}`, pass --overwrite to replace it (or "
+                                  "overwrite=True), or choose another output folder")
         raise FileExistsError(f"{out}: holds a finished run ({', '.join(existing)}); pass --overwrite to replace it "
                               "(or overwrite=True), or choose another output folder")
     try:

@@ -66,6 +66,9 @@ def test_experiment_quick_class(tmp_path, capsys):
     rc = main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out),
                "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0
+    bars = capsys.readouterr().err  # progress: a bar over the cells with its ETA, one per fit under it
+    assert "experiment class_n10: 100%|" in bars and "1/1 [" in bars and "n=10/class seed 0: " in bars
+    assert "stage 1: autoencoder" in bars and "stage 2: joint matching" in bars
     for f in ("README.md", "table.md", "results.json", "samples_n_10_class.png", "steps_n_10_class.png"):
         assert os.path.getsize(out / f) > 0, f
     res = json.load(open(out / "results.json"))
@@ -84,6 +87,10 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert main(["experiment", "class_n10", "--quick", "--seeds", "0,2", "--out", str(out), "--resume",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     log = capsys.readouterr().out
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0,2", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0  # nothing left to run: quiet says only what it wrote
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and quiet.out == f"wrote {out}: README.md, table.md, results.json and 2 figures\n"
     assert "seed 0]" not in log and "seed 2]" in log
     res = json.load(open(out / "results.json"))
     assert res["rows"][: len(before)] == before and res["seeds"] == [0, 2]

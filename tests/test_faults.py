@@ -28,6 +28,7 @@ from lsdm_fast.cli import build_parser, main
 from lsdm_fast.run_outputs import MANIFEST, RunOutputs, read_manifest, recover
 from lsdm_fast.runlock import LOCK_FILE, RunLockedError, run_lock
 from test_models_api import tiny_config
+from test_user_errors import saved_model  # noqa: F401 - a fixture: a small saved model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--latent-dim", "3", "--ae-steps", "10", "--steps", "2", "--batch-size", "16", "--classifier-steps", "5",
@@ -55,16 +56,6 @@ def fail_writes_of(monkeypatch, name, code=errno.ENOSPC, after=0):
         return real(fd, data)
 
     monkeypatch.setattr(lsdm_io, "write_all", write_all)
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    torch.set_num_threads(1)
-    from lsdm_fast.data import load_digits_dataset
-    ds = load_digits_dataset("train")
-    folder = str(tmp_path_factory.mktemp("m") / "model")
-    LSDM(tiny_config()).fit(ds.labels[:40], ds.images[:40], num_classes=10, progress=False).save(folder)
-    return folder
 
 
 # ------------------------------------------------------------------------------ lost or corrupted

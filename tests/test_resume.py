@@ -52,7 +52,7 @@ def checkpoint_stage(path):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ref") / "run")
-    finish(lsdm(ARGS + ["--out", out]))  # no checkpoints at all: writing them must not change the run
+    finish(lsdm(ARGS + ["--out", out]))  # checkpoints only at the stage ends: their frequency must not change the run
     return out
 
 
