@@ -48,7 +48,6 @@ class RunSpec:
 
 
 DEFAULT_PAIRS_PER_CLASS = 100
-RUN_OUTPUTS = ("model", "metrics.json", "samples.png", "losses.png")
 
 
 class EvaluationError(RuntimeError):

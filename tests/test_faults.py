@@ -115,6 +115,19 @@ def test_disk_full_at_the_last_checkpoint_names_it_and_keeps_the_previous(tmp_pa
     assert LSDM.load(str(out / "model")).history["resumed_from"] == {"stage": 2, "step": 0}
 
 
+def test_too_little_space_for_the_checkpoints_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lsdm_io, "free_bytes", lambda path: 100_000)
+
+    def no_training(*a, **kw):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("lsdm_fast.stages.train_autoencoder", no_training)
+    assert train(tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'o' / 'checkpoint'}: this run's checkpoints and saved model (estimated) needs " in err
+    assert "but only 100.0 kB is free there" in err
+
+
 HOLD = ("import sys, time\nfrom lsdm_fast.runlock import run_lock\nwith run_lock(sys.argv[1], 'holder'):\n"
         "    print('locked', flush=True)\n    time.sleep(120)\n")
 

@@ -15,7 +15,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from PIL import Image
@@ -70,7 +70,7 @@ def malformed_idx(draw):
         data = bytes(z)
     else:
         data = good
-    return kind, data
+    return kind, data, good
 
 
 def assert_clear(exc: BaseException, path: str):
@@ -78,10 +78,16 @@ def assert_clear(exc: BaseException, path: str):
     assert path in str(exc) and len(str(exc)) > len(path) + 10
 
 
+# found by the long mode: a flipped bit the inflater never reads (the padding after the last deflate block)
+HARMLESS_FLIP = ("gzip_corrupt", b"\x1f\x8b\x08\x00\xa3\xa5\x0fk\x02\xffc`\xe0`b``\x00a\x06@}\xfd4<\x0c\x00\x00\x00",
+                 valid_idx(np.ones((2, 0)), 0x08))
+
+
 @FUZZ
 @given(case=malformed_idx())
+@example(case=HARMLESS_FLIP)
 def test_read_idx_never_fails_deep_inside(case):
-    kind, data = case
+    kind, data, good = case
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "f.idx")
         with open(path, "wb") as fh:
@@ -92,7 +98,9 @@ def test_read_idx_never_fails_deep_inside(case):
             assert_clear(exc, path)
         else:
             assert isinstance(arr, np.ndarray)
-            assert kind in ("valid", "dims", "magic", "truncated", "random", "gzip_cut")
+            # damaged gzip data reads only if the damage is in bits the inflater ignores: the same bytes come out
+            harmless = kind == "gzip_corrupt" and gzip.decompress(data) == good
+            assert kind in ("valid", "dims", "magic", "truncated", "random", "gzip_cut") or harmless
 
 
 def test_read_idx_folder_and_missing_file(tmp_path):
@@ -105,7 +113,7 @@ def test_read_idx_folder_and_missing_file(tmp_path):
 @FUZZ
 @given(which=st.sampled_from(["images", "labels"]), case=malformed_idx(), gz=st.booleans())
 def test_load_mnist_with_one_malformed_file(which, case, gz):
-    _, data = case
+    _, data, _ = case
     with tempfile.TemporaryDirectory() as d:
         n = 3
         imgs, labs = valid_idx(np.zeros((n, 4, 4))), valid_idx(np.arange(n))
