@@ -280,8 +280,10 @@ class LSDM:
         """n_per_x samples y ~ P(Y | x) for each condition; rows grouped by condition, flat (N, D).
 
         Reproducible: the noise of row i is a function of (seed, offset + i) only. With `path`
-        (a .npy file) the samples are generated `chunk_size` rows at a time straight into a
-        memory-mapped file, for batches larger than memory; the memmap is returned.
+        (a .npy file) the samples are generated `chunk_size` rows at a time and written to the
+        file (free space checked first; nothing left behind on failure), for batches larger than
+        memory; a memmap of the finished file is returned. A request that cannot fit on the disk
+        or in memory is refused, with its size, before anything is allocated.
         """
         self._require_fitted()
         if isinstance(n_per_x, bool) or not isinstance(n_per_x, (int, np.integer)) or n_per_x < 1:

@@ -8,6 +8,8 @@ import torch
 
 from .io import format_bytes
 
+SMALL = 64 * 2**20
+
 
 def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
     """Memory a new allocation can use now on `device`: free GPU memory, or the host's MemAvailable (Linux;
@@ -32,7 +34,10 @@ def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
 
 
 def check_allocation(nbytes: int, what: str, device: torch.device | str = "cpu", hint: str = "") -> None:
-    """ValueError naming `what`, its size and the memory available, if `nbytes` cannot fit on `device`."""
+    """ValueError naming `what`, its size and the memory available, if `nbytes` cannot fit on `device`. Requests
+    under SMALL bytes are not asked about (no query on every small call)."""
+    if nbytes < SMALL:
+        return
     avail = available_memory_bytes(device)
     if avail is not None and nbytes > avail:
         raise ValueError(f"{what} need {format_bytes(nbytes)} of memory, more than the {format_bytes(avail)} "
