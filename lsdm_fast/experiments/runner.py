@@ -33,7 +33,7 @@ def _grid(y: np.ndarray, labels: np.ndarray, task: str, cols: int = 8) -> np.nda
 
 
 def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: bool, backend: str, nets, log,
-              progress: bool = False):
+              progress: bool = False, inception=None):
     # the train/test split is the one the evaluation nets were trained on, whatever the seed (the seed varies
     # the pairs, the initialisation and every draw): otherwise the sklearn digits' test images of seeds > 0
     # would be in the nets' training set
@@ -42,7 +42,7 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
     split = split_paired_unpaired(train.labels, n_per_class=s.n_per_class, n_pairs=s.n_pairs, m_unpaired=s.m_unpaired,
                                   seed=seed, num_classes=train.num_classes)
     feat, judge = nets
-    ev = Evaluator(s.task, train, test, feat, judge, budget, s.factor, seed, split.paired)
+    ev = Evaluator(s.task, train, test, feat, judge, budget, s.factor, seed, split.paired, inception=inception)
     py = torch.from_numpy(train.images[split.paired])
     uy = torch.from_numpy(train.images[split.unpaired])
     if s.task == "class":
@@ -65,7 +65,8 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
         rows.append(row)
         grids[method if "ddim_steps" not in extra else f"{method}[{extra['ddim_steps']}]"] = _grid(y, ev.labels, s.task)
         log(f"  [{s.label} seed {seed}] {method}{'' if 'ddim_steps' not in extra else ' ' + str(extra['ddim_steps']) + ' steps'}: "
-            f"acc {res['conditional_accuracy']:.3f}  FD {res['classifier_fd']:.2f}  fit {fit_seconds:.0f}s")
+            f"acc {res['conditional_accuracy']:.3f}  FD {res['classifier_fd']:.2f}  "
+            + (f"Inception-FID {res['inception_fid']:.2f}  " if "inception_fid" in res else "") + f"fit {fit_seconds:.0f}s")
 
     if s.task == "superres":
         grids["ground truth"] = _grid(ev.truth.reshape(len(ev.truth), -1), ev.labels, s.task)
@@ -109,36 +110,41 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
     if "latent_diffusion" in s.methods:
         ld, dt = timed(lambda: LatentDiffusion(ref, steps=budget.diffusion_steps, batch_size=budget.batch_size,
                                                 seed=seed).fit(cond, py, progress=progress))
-        for n_steps in budget.ddim_steps:
-            res, y = ev(lambda c: ld.sample(c, n_steps, seed=seed + 1000), ref, ref)
+        for n_steps in budget.ddim_steps:  # Inception-FID (slow) for the main table's step counts only
+            res, y = ev(lambda c: ld.sample(c, n_steps, seed=seed + 1000), ref, ref,
+                        inception_fid=n_steps in (budget.ddim_few, budget.ddim_many))
             record("latent_diffusion", dt, res, y, ddim_steps=n_steps)
-    return rows, grids, train.image_shape
+    return rows, grids, train.image_shape, (ev.inception_seconds, ev.inception_images)
 
 
 def run_experiment(name: str, *, data: str = "digits", seeds=(0, 1, 2), out: str | None = None, quick: bool = False,
                    backend: str = "auto", budget: Budget | None = None, cache_dir: str | None = None,
                    methods: tuple | None = None, command: str | None = None, resume: bool = False,
-                   settings: tuple | None = None, progress: bool = False,
+                   settings: tuple | None = None, fid: str = "none", progress: bool = False,
                    log=print) -> dict:
     """Run experiment `name` for every seed; write results.json, table.md, README.md and figures to `out` (held
     by one writer: lsdm_fast.runlock). progress: a bar over the (setting, seed) cells with an ETA, and one per fit
-    (stage 1's says its stop rule's state)."""
+    (stage 1's says its stop rule's state). fid="inception" adds the Inception-FID of every row's samples against
+    the test images (slow on a CPU; needs the weights: lsdm_fast.metrics.inception_weights_path)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
     labels = [st.label for st in exp.settings]
     if settings is not None and set(settings) - set(labels):
         raise ValueError(f"unknown setting(s) {sorted(set(settings) - set(labels))} for {name}; choose from {labels}")
+    if fid not in ("none", "inception"):
+        raise ValueError(f"fid must be 'none' or 'inception', got {fid!r}")
+    inception_net = M.inception_net() if fid == "inception" else None  # missing weights: fail before any training
     if budget is None:
         budget = QUICK if quick else (DIGITS if data in ("digits", "sklearn-digits") else Budget())
     out = out or os.path.join("results", "experiments", name)
     with run_lock(out, "lsdm experiment"):
         return _run_experiment(name, exp, data, seeds, out, quick, backend, budget, cache_dir, methods, command,
-                               resume, settings, progress, log)
+                               resume, settings, fid, inception_net, progress, log)
 
 
 def _run_experiment(name, exp, data, seeds, out, quick, backend, budget, cache_dir, methods, command, resume,
-                    settings, progress, log) -> dict:
+                    settings, fid, inception_net, progress, log) -> dict:
     t_start = time.perf_counter()
     train = load_dataset(data, "train")
     if train.labels is None or len(train.image_shape) != 2:
@@ -158,22 +164,36 @@ def _run_experiment(name, exp, data, seeds, out, quick, backend, budget, cache_d
     log(f"  eval nets: feature CNN test acc {eval_nets['feature_net_test_accuracy']:.4f}, "
         f"judge MLP test acc {eval_nets['judge_test_accuracy']:.4f}")
     rows, done, prior_seconds, prior_commands = [], set(), 0.0, []
+    prior_fid_cost = {"seconds": 0.0, "images": 0}  # Inception forward passes over the samples (all cells)
     res_path = os.path.join(out, "results.json")
     if resume and os.path.exists(res_path):
         with open(res_path) as fh:
             old = json.load(fh)
         if old.get("budget") not in (None, json.loads(json.dumps(asdict(budget)))):
             raise ValueError(f"{res_path}: written with a different budget; use another --out or drop --resume")
+        if old.get("fid", "none") != fid:
+            raise ValueError(f"{res_path}: written with --fid {old.get('fid', 'none')}, this run has --fid {fid}; "
+                             "use another --out or the same --fid")
         rows = old.get("rows", [])
         done = {(r["setting"], r["seed"]) for r in rows}
         prior_seconds = float(old.get("cell_seconds", 0.0))
+        prior_fid_cost = dict(old.get("inception_cost", prior_fid_cost))
         prior_commands = old.get("commands", [old["command"]] if "command" in old else [])
         log(f"  resuming: {len(done)} (setting, seed) cells already in {res_path}")
+    inception = None
+    if inception_net is not None:
+        (ref_stats, t_ref) = timed(lambda: M.inception_stats(inception_net, test.images, test.image_shape,
+                                                             cache_dir=cache_dir))
+        inception = (inception_net, ref_stats)
+        eval_nets.update(inception_reference_images=len(test), inception_reference_seconds=t_ref,
+                         inception_sha1=inception_net.sha1)
+        log(f"  Inception reference statistics of {len(test)} test images: {t_ref:.0f}s (cached after the first run)")
     command = command or "lsdm_fast.experiments.run_experiment(" + repr(name) + ")"
     commands = prior_commands + ([command] if command not in prior_commands else [])
     ctx = dict(name=name, exp=exp, out=out, budget=budget, quick=quick, eval_nets=eval_nets, commands=commands,
-               data=train.name, shape=train.image_shape)
+               data=train.name, shape=train.image_shape, fid=fid)
     cell_seconds = prior_seconds
+    ctx["inception_cost"] = prior_fid_cost
     summary = None
     cells = []  # (setting, seed) to run: only the chosen settings (rows of others in results.json are kept)
     for setting in exp.settings:
@@ -188,9 +208,12 @@ def _run_experiment(name, exp, data, seeds, out, quick, backend, budget, cache_d
         for setting, label, seed in cells:
             bar.set_postfix_str(f"{label} seed {seed}: {', '.join(setting.methods)}")
             t_cell = time.perf_counter()
-            r, grids, _ = _run_cell(setting, seed, data, budget, quick, backend, (feat, judge), cell_log, progress)
+            r, grids, _, (fid_s, fid_n) = _run_cell(setting, seed, data, budget, quick, backend, (feat, judge),
+                                                     cell_log, progress, inception)
             cell_seconds += time.perf_counter() - t_cell
             bar.update(1)
+            ctx["inception_cost"] = {"seconds": ctx["inception_cost"]["seconds"] + fid_s,
+                                     "images": ctx["inception_cost"]["images"] + fid_n}
             rows += r
             buf = io.BytesIO()
             np.savez_compressed(buf, **{k: np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for k, v in grids.items()})
