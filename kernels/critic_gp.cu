@@ -117,8 +117,11 @@ __global__ void __launch_bounds__(GemmShape<T>::kThreads, GemmShape<T>::kMinBloc
 
   const int split = static_cast<int>(blockIdx.z) % batch.splits;
   const GemmProblem<T>& p = batch.p[blockIdx.z / batch.splits];
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
+  // Column tiles fastest (blockIdx.x): the blocks of one row tile run together, so the A rows
+  // they share come from HBM once and from L2 for the other column tiles (with row tiles fastest
+  // every column tile streamed the whole of A again: 4x at width 512).
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
   if (m0 >= p.m || n0 >= p.n) return;  // a smaller problem of the batch
   const int64_t k_begin = split * p.k_chunk;
   const int64_t k_end = p.k < k_begin + p.k_chunk ? p.k : k_begin + p.k_chunk;
@@ -231,14 +234,35 @@ cudaError_t launch_gemm(const GemmBatch<T>& batch, Operands ops, MathMode mode, 
   for (int i = 0; i < batch.count; ++i)
     if (!rows_aligned(batch.p[i].a.ptr, batch.p[i].a.ld) || !rows_aligned(batch.p[i].b.ptr, batch.p[i].b.ld))
       return cudaErrorInvalidValue;
-  if (mt > INT32_MAX || nt > 65535 || static_cast<int64_t>(batch.count) * batch.splits > 65535)
-    return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(mt), static_cast<unsigned>(nt), static_cast<unsigned>(batch.count * batch.splits));
-  switch (ops) {
-    case Operands::kForward: return launch_gemm_layout<T, true, false>(mode, batch, grid, stream);
-    case Operands::kBackward: return launch_gemm_layout<T, true, true>(mode, batch, grid, stream);
-    default: return launch_gemm_layout<T, false, true>(mode, batch, grid, stream);
+  if (nt > 65535 || static_cast<int64_t>(batch.count) * batch.splits > 65535) return cudaErrorInvalidConfiguration;
+  // gridDim.y (row tiles) stops at 65535: more rows (3B > 8.4M) go in several launches
+  constexpr int64_t kMaxRowTiles = 65535;
+  if (mt > kMaxRowTiles && ops == Operands::kWgrad) return cudaErrorInvalidConfiguration;  // m = a width
+  for (int64_t t0 = 0; t0 < mt; t0 += kMaxRowTiles) {
+    GemmBatch<T> b = batch;
+    const int64_t r0 = t0 * kBM;
+    for (int i = 0; i < b.count; ++i) {  // A row-major: the chunk's rows of A, out and gate
+      GemmProblem<T>& p = b.p[i];
+      if (p.m <= r0) {
+        p.m = 0;
+        continue;
+      }
+      p.m -= r0;
+      p.a.ptr += r0 * p.a.ld;
+      p.out.ptr += r0 * p.out.ld;
+      if (p.gate.ptr != nullptr) p.gate.ptr += r0 * p.gate.ld;
+    }
+    const int64_t rows = mt - t0 < kMaxRowTiles ? mt - t0 : kMaxRowTiles;
+    const dim3 grid(static_cast<unsigned>(nt), static_cast<unsigned>(rows), static_cast<unsigned>(b.count * b.splits));
+    cudaError_t err;
+    switch (ops) {
+      case Operands::kForward: err = launch_gemm_layout<T, true, false>(mode, b, grid, stream); break;
+      case Operands::kBackward: err = launch_gemm_layout<T, true, true>(mode, b, grid, stream); break;
+      default: err = launch_gemm_layout<T, false, true>(mode, b, grid, stream);
+    }
+    if (err != cudaSuccess) return err;
   }
+  return cudaSuccess;
 }
 
 template <typename T>
