@@ -42,6 +42,33 @@ computed in float32 whatever the precision, so CPU tests check the TF32 code pat
 accuracy. The entry point (critic_gp.py) validates inputs and hands this backend float32 or
 float64 tensors of one dtype.
 
+Memory traffic (issue 22). Every layer GEMM's grid runs column tiles fastest, so the programs of
+one row tile run together and its input rows come from HBM once (row tiles fastest re-streamed
+the whole input once per column tile: 4x at width 512). Every TF32 operand is K-major in memory
+or reaches the dot through registers (see "Operand layouts" below), so operand tiles are copied
+16 bytes at a time; before, the weight-gradient kernel and the backward's W loads copied 4.
+
+Estimates for an H200 (lsdm_fast/ops/roofline.py: HBM 4.8 TB/s, L2->SM 7-10 TB/s, TF32 434
+TFLOP/s measured on an H100, 60-100 % of the matrix peak, 75-100 % of HBM; never run on a GPU),
+critic 26-512-512-1, float32, B = 65536 (R = 3B = 196608 stacked rows):
+
+  kernel             GFLOP (TF32 executed)  HBM GB  L2->SM GB  bound    time
+  forward 1             5.2                   0.81     0.16     HBM      0.17-0.23 ms
+  forward 2           103                     0.91     3.2      L2       0.32-0.47 ms
+  backward 2          103 (172: 3xTF32 rows)  0.91     3.2      TF32     0.40-0.66 ms
+  input gradient        3.5 (7.0)             0.33     0.19     HBM      0.07-0.10 ms
+  r sweep 2            34                     0.17     1.1      L2       0.11-0.16 ms
+  weight gradients    108                     1.23     3.7      L2       0.37-0.53 ms
+  finish                -                     0.003    -        launch
+  step                358 (431)               4.35    11.6               1.5-2.2 ms (7 launches)
+
+Before issue 22 the same step moved 6.90 GB through HBM (forward 2 and backward 2 2.11 GB each,
+both HBM-bound at 0.44-0.66 ms; r sweep 0.57 GB): 1.6-2.3 ms by the same model, which does not
+price the 4-byte copies. B = 4096: 22 GFLOP, 0.28 GB, 0.10-0.16 ms in a CUDA graph
+(compute-bound); B = 256: 1.4 GFLOP, launch-bound, 0.02-0.04 ms for the 7 kernels in a graph.
+The L2 column is what 128 x 128 tiles cost (every row tile re-reads W, every column tile the
+input): wider tiles would need the operands by TMA to stay within the registers.
+
 No host synchronisation and no data-dependent host work: a step can be captured in a CUDA
 graph. Scratch and outputs are allocated per call from PyTorch's caching allocator (three
 allocations; no cudaMalloc after the first step, and under graph capture they live in the
