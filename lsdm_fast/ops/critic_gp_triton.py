@@ -242,7 +242,11 @@ def _layer_kernel(
 
     Grid: one program per tile, column tiles fastest, so that the programs of one row tile run
     together and its A rows come from HBM once (the other column tiles hit L2); with row tiles
-    fastest every column tile streamed the whole A again (4x at width 512)."""
+    fastest every column tile streamed the whole A again (4x at width 512).
+
+    Estimate (H200, B = 65536, 26-512-512-1; module docstring): forward 1 0.17-0.23 ms (HBM),
+    forward 2 0.32-0.47 ms (L2), backward 2 0.40-0.66 ms (TF32, 3xTF32 on the interpolated rows),
+    r sweep 0.11-0.16 ms (L2)."""
     DT: tl.constexpr = W.dtype.element_ty
     pid = tl.program_id(0)
     tiles_n = tl.cdiv(N, BN)
@@ -324,7 +328,10 @@ def _input_grad_kernel(
     """Per row tile: g_0 = D_1 W_1 (column blocks of BNG: N_0 is small; B operand W_1^T). score:
     dz = g_0[:, DX:]. Otherwise (interpolated rows): ||g_0||, the penalty partial, r_0 = coef g_0
     (row-major in R0 for r_1, column-major in VT0 for dW_1) and r_1 = s'(a_1) (r_0 W_1^T)
-    (column-major in VT1, or the dw_L partial when layer 1 is the last hidden layer)."""
+    (column-major in VT1, or the dw_L partial when layer 1 is the last hidden layer).
+
+    Estimate (H200, B = 65536, 26-512-512-1): 3.5 GFLOP (7 executed), 0.33 GB of HBM: 0.07-0.10 ms,
+    HBM-bound."""
     DT: tl.constexpr = W1.dtype.element_ty
     pm = tl.program_id(0)
     row0 = (pm * BM).to(tl.int64)
@@ -415,7 +422,10 @@ def _wgrad_kernel(
     The layer's widths and offsets are picked at run time, so Triton cannot see their alignment;
     ALIGN (16 when every hidden width, D's row stride, is a multiple of 16, the host checks; arena
     offsets always are) states it, so that the operand copies are 16 bytes wide. The programs of one split are
-    adjacent in the grid: they stream the same rows together, from HBM once."""
+    adjacent in the grid: they stream the same rows together, from HBM once.
+
+    Estimate (H200, B = 65536, 26-512-512-1): 108 GFLOP, 1.23 GB of HBM, 3.7 GB L2 -> SM (128 x 128
+    tiles): 0.37-0.53 ms, L2-bound."""
     t = tl.program_id(0)
     s = tl.program_id(1)
     li = (t >= T1).to(tl.int32) + (t >= T2).to(tl.int32)
@@ -441,7 +451,10 @@ def _finish_kernel(
     """Fixed-order reductions. Programs [0, PA): sum the SPLIT weight-gradient partials, FB
     elements each. Next cdiv(NL1, FB // 4): dw_L from its row-tile partials, FB // 4 columns
     each, in blocks of FB // 4 rows. Last: the scalars (and db_L = 0). score: one program,
-    OUT[0] = mean f."""
+    OUT[0] = mean f.
+
+    Estimate: reads the split partials (split x 0.27 M gradients for 26-512-512-1) once: a few
+    microseconds, launch-bound."""
     DT: tl.constexpr = OUT.dtype.element_ty
     CB: tl.constexpr = FB // 4
     pid = tl.program_id(0)

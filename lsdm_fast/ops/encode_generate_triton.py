@@ -223,6 +223,9 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
     noise. MODE 2: generate with eta loaded from in_ptr. Layer l maps DIMS[l] -> DIMS[l + 1]
     (padded widths); the last layer stores OUT_DIM columns.
 
+    Estimate (H200, module docstring): 2^20 MNIST generations 3.97-5.7 ms, 2^20 encodings 2.0-3.0
+    ms, both bound by L2 -> SM traffic (39.7 and 19.9 GB).
+
     Registers: every address is a 64-bit tile base plus 32-bit offsets within the tile, and the
     index vectors of each layer depend on `z = tile * zero` (zero is 0, passed at run time), so
     the compiler cannot hoist them out of the tile loop: hoisted, the fully unrolled K loops of
