@@ -3,6 +3,7 @@
     pytest bench/bench_critic_step.py --benchmark-only
     LSDM_BENCH_SKIP_LARGE=1 pytest bench/bench_critic_step.py --benchmark-only   # no batch 65536
     LSDM_BENCH_SMOKE=1 pytest bench/bench_critic_step.py --benchmark-only        # batch 256, width 256, 3 rounds
+    LSDM_BENCH_WIDTHS=512 pytest bench/bench_critic_step.py --benchmark-only     # one width (bench/gpu_check.py)
 
 Variants (every one ends its step with a device synchronisation):
   eager             autograd with create_graph=True in plain PyTorch (what a user writes), float32
@@ -37,7 +38,7 @@ GP_WEIGHT = 10.0
 SMOKE = os.environ.get("LSDM_BENCH_SMOKE", "0") not in ("", "0")
 SKIP_LARGE = os.environ.get("LSDM_BENCH_SKIP_LARGE", "0") not in ("", "0")
 BATCHES = [256] if SMOKE else [256, 4096, 65536]
-WIDTHS = [256] if SMOKE else [256, 512]
+WIDTHS = [256] if SMOKE else [int(w) for w in os.environ.get("LSDM_BENCH_WIDTHS", "256,512").split(",")]
 
 BACKENDS = available_backends("critic_gradient_penalty", DEVICE)
 VARIANTS = ["eager"] + [f"op:{b}" for b in BACKENDS]

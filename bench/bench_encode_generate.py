@@ -7,7 +7,13 @@
 Models (issue 11's): generator 26->512->512->32 (16 noise + 10 classes), decoder 32->512->512->784
 with a sigmoid, encoder 784->512->512->32, LeakyReLU(0.2).
 Sizes: N = 2^16 and 2^20 rows on a GPU; 256 and 1024 on the CPU (or with LSDM_BENCH_SMALL=1), and
-64 rows for Triton under the CPU interpreter (a correctness tool there, not a fast path).
+64 rows for Triton under the CPU interpreter (a correctness tool there, not a fast path);
+LSDM_BENCH_ROWS=1048576 (comma-separated) picks the sizes.
+
+Group "default-model-generate-N" / "default-model-encode-N" (the largest size): the package's default
+autoencoder for 28 x 28 images (a conv one), built with random weights: eager-fp32 / eager-bf16 (the
+modules themselves), cudagraph-bf16, compile-bf16, and lsdm-B (LSDM.sample / LSDM.encode with backend
+B: the fused entry points, the convolutions in their front / tail); extra_info peak_extra_gb.
 
 Variants per op and size (group "generate-N" / "encode-N"), all in one process:
   eager-fp32       plain PyTorch, float32 weights and inputs (what a user writes)
@@ -48,6 +54,8 @@ SMALL = os.environ.get("LSDM_BENCH_SMALL") == "1" or not CUDA
 NOISE, CLASSES, LATENT = 16, 10, 32
 GEN_W, DEC_W, ENC_W = [NOISE + CLASSES, 512, 512, LATENT], [LATENT, 512, 512, 784], [784, 512, 512, LATENT]
 SIZES = [256, 1024] if SMALL else [2**16, 2**20]
+if os.environ.get("LSDM_BENCH_ROWS"):  # e.g. 1048576 (bench/gpu_check.py): only these sizes
+    SIZES = [int(v) for v in os.environ["LSDM_BENCH_ROWS"].split(",")]
 SAMPLER_ROWS = 256 if SMALL else 2**16
 DIFFUSION_STEPS, DIFFUSION_T = 50, 1000
 INTERP_ROWS = 64
@@ -123,6 +131,11 @@ def _prepare(variant):
     return dtype, backend, backend == "triton" and not CUDA
 
 
+def _precision(variant):
+    """The matmul precision an lsdm variant passes (None: the op's default, ieee for float32)."""
+    return "tf32" if variant == "lsdm-triton-tf32" else None
+
+
 def _wrap(variant, body):
     if variant == "compile-bf16":
         return torch.compile(body)
@@ -134,16 +147,14 @@ def _wrap(variant, body):
 @pytest.mark.parametrize("rows", SIZES)
 @pytest.mark.parametrize("variant", _variants("generate"))
 @torch.no_grad()
-def test_bench_generate(benchmark, rows, variant, monkeypatch):
+def test_bench_generate(benchmark, rows, variant):
     dtype, backend, quick = _prepare(variant)
     rows = min(rows, INTERP_ROWS) if quick else rows
     gen, dec = _mlp(GEN_W, dtype=dtype), _mlp(DEC_W, "sigmoid", dtype=dtype)
     labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
     if backend is not None:
-        if variant == "lsdm-triton-tf32":
-            monkeypatch.setenv("LSDM_TRITON_FP32_PRECISION", "tf32")
         fn = lambda: generate(gen, dec, labels, noise_dim=NOISE, num_classes=CLASSES, seed=1,  # noqa: E731
-                              out_dtype=dtype, backend=backend)
+                              out_dtype=dtype, backend=backend, precision=_precision(variant))
     else:
         fn = _wrap(variant, lambda: _eager_generate(gen, dec, labels))
     _run(benchmark, fn, rows, _flops(rows, GEN_W, DEC_W), f"generate-{rows}", quick)
@@ -152,15 +163,13 @@ def test_bench_generate(benchmark, rows, variant, monkeypatch):
 @pytest.mark.parametrize("rows", SIZES)
 @pytest.mark.parametrize("variant", _variants("encode"))
 @torch.no_grad()
-def test_bench_encode(benchmark, rows, variant, monkeypatch):
+def test_bench_encode(benchmark, rows, variant):
     dtype, backend, quick = _prepare(variant)
     rows = min(rows, INTERP_ROWS) if quick else rows
     enc = _mlp(ENC_W, dtype=dtype)
     y = torch.rand(rows, 784, device=DEVICE, dtype=dtype)
     if backend is not None:
-        if variant == "lsdm-triton-tf32":
-            monkeypatch.setenv("LSDM_TRITON_FP32_PRECISION", "tf32")
-        fn = lambda: encode(enc, y, backend=backend)  # noqa: E731
+        fn = lambda: encode(enc, y, backend=backend, precision=_precision(variant))  # noqa: E731
     else:
         fn = _wrap(variant, lambda: _eager_forward(enc, y))
     _run(benchmark, fn, rows, _flops(rows, ENC_W), f"encode-{rows}", quick)
@@ -232,3 +241,88 @@ def test_bench_one_step_vs_50_step(benchmark, variant):
         flops = DIFFUSION_STEPS * _flops(rows, den_w) + _flops(rows, DEC_W)
     benchmark.extra_info["latent_dim"] = LATENT
     _run(benchmark, fn, rows, flops, "sampler-one-step-vs-50-step")
+
+
+# ------------------------------------------------------------------ the package's default (conv) autoencoder
+
+def _default_model():
+    """An LSDM built (not trained) with the package defaults for 28 x 28 grey images and 10 labels: the
+    autoencoder kind="auto" picks, its encode / sample paths (the fused entry points with the convolutional
+    front / tail), random weights."""
+    from lsdm_fast import LSDM, LSDMConfig
+
+    torch.manual_seed(0)
+    model = LSDM(LSDMConfig(device=DEVICE.type))
+    model._build(784, CLASSES, (28, 28))
+    model.meta.update(cond_kind="onehot", num_classes=CLASSES, cond_dim=CLASSES, data_dim=784, image_shape=(28, 28))
+    for m in model.modules():
+        m.eval()
+    return model
+
+
+def _conv_variants():
+    return ["eager-fp32", "eager-bf16", "cudagraph-bf16", "compile-bf16"] + [
+        f"lsdm-{b}" for b in available_backends("generate", DEVICE)]
+
+
+def _peak_extra_gb(fn) -> float | None:
+    """Device memory one call takes beyond what was allocated before it (GB); None off CUDA."""
+    if not CUDA:
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del out
+    return peak / 1e9
+
+
+def _conv_case(variant, op, rows):
+    """(callable, flops placeholder) for one variant of the default model's generate / encode."""
+    import copy
+
+    model = _default_model()
+    labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
+    y = torch.rand(rows, 784, device=DEVICE)
+    if variant.startswith("lsdm-"):
+        backend = variant.split("-", 1)[1]
+        if op == "generate":
+            return lambda: model.sample(labels, seed=1, backend=backend)
+        return lambda: model.encode(y, backend=backend, batch_size=rows)
+    dtype = torch.float32 if variant == "eager-fp32" else torch.bfloat16
+    enc, dec, gen = (copy.deepcopy(m).to(dtype) for m in (model.encoder, model.decoder, model.generator))
+    x = F.one_hot(labels, CLASSES).to(dtype)
+    yd = y.to(dtype)
+
+    def body():
+        if op == "generate":
+            eta = torch.randn(rows, gen.noise_dim, device=DEVICE, dtype=dtype)
+            return dec(gen(eta, x))
+        return enc(yd)
+    return _wrap(variant, body)
+
+
+@pytest.mark.parametrize("rows", SIZES[-1:])
+@pytest.mark.parametrize("op", ["generate", "encode"])
+@pytest.mark.parametrize("variant", _conv_variants())
+@torch.no_grad()
+def test_bench_default_model(benchmark, variant, op, rows):
+    """The package's default autoencoder (a conv one for MNIST-shaped images): one-step generation
+    (generator + decoder) and encoding of `rows` images; extra_info peak_extra_gb: device memory
+    one call takes beyond the model and inputs."""
+    if variant == "compile-bf16" and not COMPILE:
+        pytest.skip("torch.compile runs on CUDA (on the CPU only with LSDM_BENCH_COMPILE=1)")
+    if variant == "cudagraph-bf16" and not CUDA:
+        pytest.skip("CUDA graphs need a GPU")
+    quick = variant == "lsdm-triton" and not CUDA
+    rows = min(rows, INTERP_ROWS) if quick else rows
+    try:
+        fn = _conv_case(variant, op, rows)
+        peak = _peak_extra_gb(fn)
+    except Exception as exc:  # noqa: BLE001 - a competitor that cannot run here is reported, not fatal
+        pytest.skip(f"{variant} {op} unavailable: {type(exc).__name__}: {exc}")
+    benchmark.extra_info.update(peak_extra_gb=peak, model="default")
+    _run(benchmark, fn, rows, 0, f"default-model-{op}-{rows}", quick)

@@ -1,16 +1,32 @@
-"""The one-shot GPU check (run it through bench/gpu_check.sh): on a bare CUDA machine, record the
-machine, build the extension for sm_90, run the CUDA tests and the parity tests, run every
-bench/bench_*.py with JSON + markdown output and, given a data folder, time a short real stage 2.
-Everything lands in OUTDIR; OUTDIR/summary.md lists each step's exit code, time and log.
+"""The one-shot GPU check (run it through bench/gpu_check.sh): on a bare CUDA machine, build the
+extension for sm_90, measure the machine's ceilings, time the hot paths that carry the issue-22
+targets first, then a short real stage 2 (given a data folder), then the parity tests; pack
+everything into OUTDIR/gpu_check.tar.gz and write a short OUTDIR/summary.txt (measured against
+the roofline estimates of lsdm_fast/ops/roofline.py). OUTDIR ends with those two files only: the
+machine that runs this returns at most 8.
 
     bench/gpu_check.sh OUTDIR [DATA]             # DATA: a folder of MNIST IDX files, or 'digits'
     bench/gpu_check.sh --dry-run OUTDIR          # what would run; only the CPU-side records
 
-The whole run fits GPU_CHECK_BUDGET_S seconds (default 450: under 8 minutes with the start-up);
-each step has its own cap within what is left, a step that fails or runs out of time does not stop
-the next, and a step that no time is left for is skipped and says so. A step past its cap gets
-SIGINT first, so pytest still writes its JUnit XML and pytest-benchmark its JSON for what finished.
-Without CUDA (or with --dry-run) the GPU steps are skipped and the summary says why.
+Steps, in order, each with its own cap (seconds; a step gets the smaller of its cap and what is
+left of GPU_CHECK_BUDGET_S, default 510: a run of at most 9 minutes with the start-up):
+
+  environment      15   nvidia-smi, nvcc, package versions, the commit
+  build           190   pip install --no-build-isolation --no-deps -e . (CUDA_HOME, LSDM_CUDA_ARCH=90)
+  ceilings         25   HBM copy, L2 read, bf16 and TF32 matrix rates on this GPU
+  bench-critic     75   critic step B = 256 / 4096 / 65536, width 512: eager fp32, eager TF32, the CUDA
+                        graph of eager, the Triton and CUDA ops eager and graph-captured
+  bench-mlp        75   generate / encode 2^20 rows, MLP model: eager fp32 / bf16, CUDA graph, torch.compile,
+                        the fused backends
+  bench-default   100   the same for the package's default (conv) autoencoder, with peak memory
+  stage2-timing    60   (given DATA) 2,000 generator steps, backend torch vs auto
+  parity           90   pytest -m "gpu or parity"
+
+A step that fails or runs out of time does not stop the next; a step no time is left for is
+skipped and says so. A step past its cap gets SIGINT first, so pytest still writes its JUnit XML
+and pytest-benchmark its JSON for what finished. The tarball and summary are rewritten after every
+step, so a run cut short still returns what it did. Without CUDA (or with --dry-run) the GPU steps
+are skipped and the summary says why.
 
 Standard library only at the top level: the runner must work where the package does not import.
 """
@@ -23,17 +39,21 @@ import shlex
 import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUDGET_S = float(os.environ.get("GPU_CHECK_BUDGET_S", "450"))
+BUDGET_S = float(os.environ.get("GPU_CHECK_BUDGET_S", "510"))
 GRACE_S = 15.0  # after SIGINT, before SIGKILL: pytest writes its reports
 MIN_STEP_S = 10.0  # a step with less time than this left is skipped
-# the variant each benchmark's speed-ups are taken against (bench/report.py --baseline)
-BASELINES = {"bench_critic_step": "eager", "bench_stage2_step": "sync:torch", "bench_encode_generate": "eager-fp32"}
-# benchmarks in order of importance: with little time left the first ones still run
-BENCH_ORDER = ["bench_critic_step", "bench_stage2_step", "bench_encode_generate"]
+TARBALL, SUMMARY = "gpu_check.tar.gz", "summary.txt"
+STAGE2_STEPS = 2000
+# pytest-benchmark on the GPU: few, short rounds (the budget), no calibration warm-up
+BENCH_OPTS = ("--benchmark-only -q -p no:cacheprovider --benchmark-min-rounds=3 --benchmark-max-time=0.1 "
+              "--benchmark-warmup=off")
+BASELINES = {"bench-critic": "eager", "bench-mlp": "eager-fp32", "bench-default": "eager-fp32"}
 
 
 @dataclass
@@ -56,30 +76,31 @@ class Result:
     command: str = ""
 
 
-def build_steps(out: str, data: str | None, python: str) -> list[Step]:
-    py, o = shlex.quote(python), shlex.quote(out)
-    # a test module that cannot be imported here (a missing optional package) must not stop the others
-    pytest_opts = "-q -rfEs -p no:cacheprovider --continue-on-collection-errors"
+def build_steps(work: str, data: str | None, python: str) -> list[Step]:
+    py, w = shlex.quote(python), shlex.quote(work)
+    bench = f"{py} -m pytest {BENCH_OPTS}"
     steps = [
         Step("environment", f"(nvidia-smi || echo 'nvidia-smi: not available'); "
                             f"(nvcc --version || $CUDA_HOME/bin/nvcc --version || echo 'nvcc: not found'); "
-                            f"{py} bench/gpu_check.py versions; git log -1 --oneline 2>/dev/null || true", 60, gpu=False),
+                            f"{py} bench/gpu_check.py versions; git log -1 --oneline 2>/dev/null || true", 15, gpu=False),
         Step("build", f"CUDA_HOME=${{CUDA_HOME:-/usr/local/cuda}} LSDM_CUDA_ARCH=90 MAX_JOBS=${{MAX_JOBS:-16}} "
-                      f"{py} -m pip install --no-build-isolation --no-deps -v -e .", 200),
-        Step("info", f"{py} -m lsdm_fast.cli info", 60),
-        Step("tests-cuda", f"{py} -m pytest tests -m gpu {pytest_opts} --junitxml={o}/tests-cuda.xml", 90),
-        Step("tests-parity", f"{py} -m pytest tests -m 'parity and not gpu' {pytest_opts} "
-                             f"--junitxml={o}/tests-parity.xml", 150),
+                      f"{py} -m pip install --no-build-isolation --no-deps -v -e . && {py} -m lsdm_fast.cli info", 190),
+        Step("ceilings", f"{py} bench/gpu_check.py ceilings --out {w}/ceilings.json", 25),
+        Step("bench-critic", f"LSDM_BENCH_WIDTHS=512 {bench} bench/bench_critic_step.py -k 'not torch' "
+                             f"--benchmark-json={w}/bench-critic.json", 75),
+        Step("bench-mlp", f"LSDM_BENCH_ROWS=1048576 {bench} bench/bench_encode_generate.py "
+                          f"-k '(bench_generate or bench_encode) and not torch' --benchmark-json={w}/bench-mlp.json", 75),
+        Step("bench-default", f"LSDM_BENCH_ROWS=1048576 {bench} bench/bench_encode_generate.py "
+                              f"-k 'default_model and not torch' --benchmark-json={w}/bench-default.json", 100),
     ]
-    benches = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "bench")) if f.startswith("bench_") and f.endswith(".py"))
-    for b in sorted(benches, key=lambda b: (BENCH_ORDER.index(b) if b in BENCH_ORDER else len(BENCH_ORDER), b)):
-        steps.append(Step(b, f"{py} -m pytest bench/{b}.py --benchmark-only -q -p no:cacheprovider "
-                             f"--benchmark-json={o}/{b}.json", 100))
-        steps.append(Step(f"{b}-report", f"{py} bench/report.py {o}/{b}.json --baseline {BASELINES.get(b, 'eager')} "
-                                          f"> {o}/{b}.md", 30, gpu=False, needs=[f"{out}/{b}.json"]))
+    for b in ("bench-critic", "bench-mlp", "bench-default"):
+        steps.append(Step(f"{b}-report", f"{py} bench/report.py {w}/{b}.json --baseline {BASELINES[b]} > {w}/{b}.md",
+                          15, gpu=False, needs=[os.path.join(work, f"{b}.json")]))
     if data:
         steps.append(Step("stage2-timing", f"{py} bench/gpu_check.py stage2-timing --data {shlex.quote(data)} "
-                                           f"--out {o}/stage2_timing.json", 90))
+                                           f"--out {w}/stage2_timing.json", 60))
+    steps.append(Step("parity", f"{py} -m pytest tests -m 'gpu or parity' -q -rfEs -p no:cacheprovider "
+                                f"--continue-on-collection-errors --junitxml={w}/parity.xml", 90))
     return steps
 
 
@@ -108,8 +129,11 @@ def _run(command: str, cap_s: float, log_path: str) -> tuple[int, bool]:
             return 124, True
 
 
-def run_steps(steps: list[Step], out: str, *, budget_s: float, skip_gpu: str | None) -> list[Result]:
-    """Run the steps in order within budget_s; `skip_gpu`: why the GPU steps are skipped (None: run them)."""
+def run_steps(steps: list[Step], work: str, out: str | None = None, *, budget_s: float,
+              skip_gpu: str | None) -> list[Result]:
+    """Run the steps in order within budget_s; `skip_gpu`: why the GPU steps are skipped (None: run
+    them). Logs and results go to `work`; after every step the summary is rewritten and, given
+    `out`, everything is packed there (pack)."""
     start, results = time.monotonic(), []
     for s in steps:
         left = budget_s - (time.monotonic() - start)
@@ -118,36 +142,130 @@ def run_steps(steps: list[Step], out: str, *, budget_s: float, skip_gpu: str | N
         if s.gpu and skip_gpu:
             results.append(Result(s.name, "skipped", None, 0.0, None, skip_gpu, s.command))
         elif missing:
-            results.append(Result(s.name, "skipped", None, 0.0, None, f"{', '.join(missing)} not written", s.command))
+            results.append(Result(s.name, "skipped", None, 0.0, None,
+                                  f"{', '.join(os.path.basename(m) for m in missing)} not written", s.command))
         elif left - GRACE_S < MIN_STEP_S:
             results.append(Result(s.name, "skipped", None, 0.0, None,
                                   f"out of time ({left:.0f} s of the {budget_s:.0f} s budget left)", s.command))
         else:
             cap = min(s.cap_s, left - GRACE_S)
             t0 = time.monotonic()
-            rc, timed_out = _run(s.command, cap, os.path.join(out, log))
+            rc, timed_out = _run(s.command, cap, os.path.join(work, log))
             status = "timed out" if timed_out else "ok" if rc == 0 else "failed"
             note = f"stopped after its {cap:.0f} s cap" if timed_out else ""
             results.append(Result(s.name, status, rc, time.monotonic() - t0, log, note, s.command))
-        write_summary(results, out, time.monotonic() - start, budget_s, skip_gpu)
+        write_summary(results, work, time.monotonic() - start, budget_s, skip_gpu)
+        if out is not None:
+            pack(work, out)
     return results
 
 
-def write_summary(results: list[Result], out: str, elapsed: float, budget_s: float, skip_gpu: str | None) -> None:
-    lines = ["# GPU check", "",
-             f"{elapsed:.0f} s of a {budget_s:.0f} s budget. "
-             + (f"GPU steps skipped: {skip_gpu}." if skip_gpu else "GPU steps run."), "",
-             "| step | status | rc | seconds | log | note |", "|---|---|---:|---:|---|---|"]
+def write_summary(results: list[Result], work: str, elapsed: float, budget_s: float, skip_gpu: str | None) -> str:
+    """summary.json (everything) and summary.txt (short: steps, then the hot paths against their
+    estimates and targets) in `work`; returns the text."""
+    lines = [f"GPU check: {elapsed:.0f} s of a {budget_s:.0f} s budget; "
+             + (f"GPU steps skipped: {skip_gpu}." if skip_gpu else "GPU steps run."), ""]
     for r in results:
-        lines.append(f"| {r.name} | {r.status} | {'' if r.rc is None else r.rc} | {r.seconds:.1f} | "
-                     f"{r.log or ''} | {r.note} |")
-    lines += ["", "## Commands", ""] + [f"- `{r.name}`: `{r.command}`" for r in results]
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({"elapsed_s": elapsed, "budget_s": budget_s, "gpu_skipped": skip_gpu,
-                   "steps": [r.__dict__ for r in results]}, f, indent=1)
+        rc = "" if r.rc is None else f" rc={r.rc}"
+        lines.append(f"  {r.name:<22} {r.status:<9}{rc:<7} {r.seconds:6.1f} s  {r.note}")
+    try:
+        lines += ["", *hot_path_lines(work)]
+    except Exception as exc:  # noqa: BLE001 - the step table must be written whatever the results hold
+        lines += ["", f"(hot paths not summarised: {type(exc).__name__}: {exc})"]
+    text = "\n".join(lines) + "\n"
+    _write(os.path.join(work, SUMMARY), text)
+    _write(os.path.join(work, "summary.json"),
+           json.dumps({"elapsed_s": elapsed, "budget_s": budget_s, "gpu_skipped": skip_gpu,
+                       "steps": [asdict(r) for r in results]}, indent=1))
+    return text
 
+
+def _write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def pack(work: str, out: str) -> None:
+    """OUTDIR/gpu_check.tar.gz (every file of `work`) and OUTDIR/summary.txt, each written atomically."""
+    tmp = os.path.join(out, TARBALL + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for name in sorted(os.listdir(work)):
+            tar.add(os.path.join(work, name), arcname=os.path.join("gpu_check", name))
+    os.replace(tmp, os.path.join(out, TARBALL))
+    with open(os.path.join(work, SUMMARY)) as f:
+        _write(os.path.join(out, SUMMARY), f.read())
+
+
+# ------------------------------------------------------------------------------ the hot paths
+
+def _medians(path: str) -> dict[tuple[str, str], dict]:
+    """{(group, variant): {"ms": median ms, **extra_info}} of a pytest-benchmark JSON file."""
+    if not os.path.exists(path):
+        return {}
+    out = {}
+    for b in json.load(open(path)).get("benchmarks", []):
+        variant = (b.get("params") or {}).get("variant", b["name"])
+        out[(b.get("group") or "", variant)] = {"ms": b["stats"]["median"] * 1e3, **(b.get("extra_info") or {})}
+    return out
+
+
+def _fmt(row: dict | None, key: str = "ms") -> str:
+    if not row or row.get(key) is None:
+        return "-"
+    return f"{row[key]:.3f}" if key == "ms" else f"{row[key]:.2f}"
+
+
+def hot_path_lines(work: str) -> list[str]:
+    """The issue-22 hot paths: the best fused variant against the target, the roofline estimate and
+    the eager / graph / compile competitors measured in the same run (ms, medians)."""
+    sys.path.insert(0, ROOT)
+    from lsdm_fast.ops import roofline  # noqa: PLC0415 - only where the package imports
+
+    est = {name: roofline.total(costs, graph=True) for name, _, costs in roofline.hot_paths()}
+    critic, mlp, default = (_medians(os.path.join(work, f"{b}.json"))
+                            for b in ("bench-critic", "bench-mlp", "bench-default"))
+    lines = ["hot path | target | best fused (ms) | estimate (ms) | eager fp32 | eager TF32/bf16 | eager graph | "
+             "compile | peak extra GB"]
+
+    def best(rows, group, prefixes):
+        cands = {v: r for (g, v), r in rows.items() if g == group and v.startswith(prefixes)}
+        return min(cands.items(), key=lambda kv: kv[1]["ms"], default=(None, None))
+
+    def line(name, target, rows, group, fused, eager, half, graph, compile_, estimate):
+        v, r = best(rows, group, fused)
+        e = est.get(estimate)
+        peak = rows.get((group, v), {}).get("peak_extra_gb") if v else None
+        lines.append(" | ".join([name, target, f"{_fmt(r)} ({v})" if v else "-",
+                                 f"{e[0] * 1e3:.2f}-{e[1] * 1e3:.2f}" if e else "-",
+                                 _fmt(rows.get((group, eager))), _fmt(rows.get((group, half))),
+                                 _fmt(rows.get((group, graph))), _fmt(rows.get((group, compile_))),
+                                 f"{peak:.2f}" if peak is not None else "-"]))
+
+    for B, target in ((256, "<= 0.15"), (4096, "-"), (65536, "<= 2.5")):
+        line(f"critic step B={B} w512", target, critic, f"critic step cuda batch={B} width=512", ("op:", "graph:"),
+             "eager", "eager_tf32", "eager_cuda_graph", "-", f"critic step B={B}, 26-512-512-1, Triton")
+    for op, target, key in (("generate", "<= 3", "generate 2^20 MLP bf16, Triton"),
+                            ("encode", "<= 3.5", "encode 2^20 MLP bf16, Triton")):
+        line(f"{op} 2^20 MLP", target, mlp, f"{op}-1048576", ("lsdm-",), "eager-fp32", "eager-bf16",
+             "cudagraph-bf16", "compile-bf16", key)
+    for op, target in (("generate", "<= 8, <= 4 GB"), ("encode", "<= 8")):
+        line(f"{op} 2^20 default model", target, default, f"default-model-{op}-1048576", ("lsdm-",), "eager-fp32",
+             "eager-bf16", "cudagraph-bf16", "compile-bf16", f"{op} 2^20 default model")
+    ceil = os.path.join(work, "ceilings.json")
+    if os.path.exists(ceil):
+        c = json.load(open(ceil))
+        lines += ["", "ceilings measured here: " + ", ".join(f"{k} {v:.3g}" for k, v in c.items()
+                                                            if isinstance(v, (int, float)))]
+    s2 = os.path.join(work, "stage2_timing.json")
+    if os.path.exists(s2):
+        lines += ["", "stage 2: " + "; ".join(f"{r['backend']} ({r.get('backend_ran')}) {r['ms_per_generator_step']:.2f} "
+                                              f"ms/step" for r in json.load(open(s2)))]
+    return lines
+
+
+# ------------------------------------------------------------------------------ subcommands
 
 def cuda_available(python: str) -> bool:
     probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
@@ -178,7 +296,61 @@ def versions() -> int:
 
     print("torch.version.cuda", torch.version.cuda, "| cuda available", torch.cuda.is_available())
     for i in range(torch.cuda.device_count()):
-        print("device", i, torch.cuda.get_device_name(i), "capability", torch.cuda.get_device_capability(i))
+        p = torch.cuda.get_device_properties(i)
+        print("device", i, p.name, "capability", (p.major, p.minor), "SMs", p.multi_processor_count,
+              "L2", getattr(p, "L2_cache_size", "?"), "memory", p.total_memory)
+    return 0
+
+
+def ceilings(out: str) -> int:
+    """HBM copy (bytes read + written), L2-resident reads (a Triton kernel re-reading a 24 MB buffer),
+    bf16 and TF32 matrix products 8192^3, on this GPU: the ceilings to read the timings against."""
+    import torch
+    import triton
+    import triton.language as tl
+
+    def timed(fn, reps=10):
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3 / reps
+
+    res = {"device": torch.cuda.get_device_name()}
+    x = torch.empty(2**29, dtype=torch.float32, device="cuda")  # 2 GiB
+    y = torch.empty_like(x)
+    res["hbm_copy_TBps"] = 2 * x.numel() * 4 / timed(lambda: y.copy_(x)) / 1e12
+    del x, y
+
+    @triton.jit
+    def l2_read(X, OUT, N, REPS, BLOCK: tl.constexpr):
+        pid, nprog = tl.program_id(0), tl.num_programs(0)
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for _ in range(REPS):
+            for b in range(pid, N // BLOCK, nprog):
+                acc += tl.load(X + b * BLOCK + tl.arange(0, BLOCK))
+        tl.store(OUT + pid * BLOCK + tl.arange(0, BLOCK), acc)
+
+    n, reps = 6 * 2**20, 20  # 24 MB: stays in the L2
+    buf = torch.rand(n, device="cuda")
+    grid = 4 * torch.cuda.get_device_properties(0).multi_processor_count
+    sink = torch.empty(grid * 2048, device="cuda")
+    res["l2_read_TBps"] = reps * n * 4 / timed(lambda: l2_read[(grid,)](buf, sink, n, reps, BLOCK=2048)) / 1e12
+    for name, dtype, tf32 in (("bf16_TFLOPs", torch.bfloat16, False), ("tf32_TFLOPs", torch.float32, True)):
+        a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+        b = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            res[name] = 2 * 8192**3 / timed(lambda: a @ b) / 1e12
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+    print(json.dumps(res))
+    _write(out, json.dumps(res, indent=1))
     return 0
 
 
@@ -195,7 +367,8 @@ def stage2_timing(data: str, out: str, steps: int, ae_steps: int, device: str, n
                                   num_classes=train.num_classes)
     rows = []
     for backend in ("torch", "auto"):
-        cfg = LSDMConfig(AutoencoderConfig(steps=ae_steps), MatchingConfig(steps=steps, backend=backend), device=device)
+        cfg = LSDMConfig(AutoencoderConfig(stop="steps", steps=ae_steps), MatchingConfig(steps=steps, backend=backend),
+                         device=device)
         model = LSDM(cfg).fit(torch.from_numpy(train.labels[split.paired]), torch.from_numpy(train.images[split.paired]),
                               torch.from_numpy(train.images[split.unpaired]), num_classes=train.num_classes,
                               progress=False)
@@ -205,8 +378,7 @@ def stage2_timing(data: str, out: str, steps: int, ae_steps: int, device: str, n
                      "final_wasserstein": model.history["wasserstein"][-1],
                      "device": torch.cuda.get_device_name() if device == "cuda" else device})
         print(json.dumps(rows[-1]))
-    with open(out, "w") as f:
-        json.dump(rows, f, indent=1)
+    _write(out, json.dumps(rows, indent=1))
     return 0
 
 
@@ -215,11 +387,15 @@ def main(argv=None) -> int:
         argv = sys.argv[1:]
     if argv and argv[0] == "versions":
         return versions()
+    if argv and argv[0] == "ceilings":
+        ap = argparse.ArgumentParser(prog="gpu_check.py ceilings")
+        ap.add_argument("--out", required=True)
+        return ceilings(ap.parse_args(argv[1:]).out)
     if argv and argv[0] == "stage2-timing":
         ap = argparse.ArgumentParser(prog="gpu_check.py stage2-timing")
         ap.add_argument("--data", required=True)
         ap.add_argument("--out", required=True)
-        ap.add_argument("--steps", type=int, default=300, help="stage-2 generator steps")
+        ap.add_argument("--steps", type=int, default=STAGE2_STEPS, help="stage-2 generator steps")
         ap.add_argument("--ae-steps", type=int, default=200, help="stage-1 steps (not timed)")
         ap.add_argument("--device", default="cuda")
         ap.add_argument("--n-per-class", type=int, default=100, help="pairs per class")
@@ -228,16 +404,17 @@ def main(argv=None) -> int:
         return stage2_timing(a.data, a.out, a.steps, a.ae_steps, a.device, a.n_per_class, a.m_unpaired)
     ap = argparse.ArgumentParser(prog="bench/gpu_check.sh", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="skip every GPU step; record what would run")
-    ap.add_argument("out", help="output folder")
-    ap.add_argument("data", nargs="?", default=None, help="data folder (MNIST IDX files) or 'digits': time a short stage 2")
+    ap.add_argument("out", help="output folder: gpu_check.tar.gz and summary.txt land there")
+    ap.add_argument("data", nargs="?", default=None, help="data folder (MNIST IDX files) or 'digits': time stage 2")
     a = ap.parse_args(argv)
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="gpu_check_")  # packed into out after every step
     python = sys.executable
     skip = ("--dry-run given" if a.dry_run else None if cuda_available(python)
             else "no CUDA device (torch.cuda.is_available() is False)")
-    results = run_steps(build_steps(out, a.data, python), out, budget_s=BUDGET_S, skip_gpu=skip)
-    print(open(os.path.join(out, "summary.md")).read())
+    results = run_steps(build_steps(work, a.data, python), work, out, budget_s=BUDGET_S, skip_gpu=skip)
+    print(open(os.path.join(out, SUMMARY)).read())
     return 0 if all(r.status in ("ok", "skipped") for r in results) else 1
 
 

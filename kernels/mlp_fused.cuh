@@ -12,6 +12,14 @@
 // (wmma m16n16k16), or float32 operands rounded to TF32 (m16n16k8), always float accumulation;
 // bias and activation in float32, then rounded to the operand type for the next layer.
 //
+// Estimates for an H200 (lsdm_fast/ops/roofline.py; never run on a GPU): the activations never
+// leave shared memory, so the L2 -> SM traffic is the weights once per block. 2^20 MNIST
+// generations (26->512->512->32->512->512->784, bf16): the two 512-wide buffers of 128 rows do not
+// fit with the weight stages, so blocks are 64 rows: 16384 blocks x 2.1 MB = 34 GB from L2, 2.06
+// TFLOP on mma.sync (taken at 40-60 % of the wgmma peak): 4.4-10.9 ms, bound by the matrix rate.
+// 2^20 encodings (784->512->512->32): 64-row blocks, 24 GB from L2, 1.43 TFLOP: 3.0-7.6 ms. The
+// Triton kernel (wgmma) is estimated at 4.0-5.7 ms and 2.0-3.0 ms: "auto" ranks it first.
+//
 // Layers are packed once per model (the Python side caches them): weights[l] is
 // (lsdm_mlp_pad(dims[l+1]), lsdm_mlp_pad(dims[l])) row-major in the operand type, zero outside
 // (dims[l+1], dims[l]); biases[l] is float32 (lsdm_mlp_pad(dims[l+1])), zero padded. Generate

@@ -39,6 +39,19 @@ TARGET_ARGS = ("cuda", 90, 32)
 
 TENSOR_CORE_PTX = re.compile(r"\b(wgmma\.mma_async|mma\.sync|wmma\.mma)")
 TENSOR_CORE_SASS = re.compile(r"\b(HGMMA|HMMA|QGMMA|IMMA)\b")
+GLOBAL_LOAD_SASS = re.compile(r"\b(LDGSTS|LDG|UTMALDG)((?:\.[A-Z0-9_]+)*)")
+
+
+def _load_bytes(op: str, suffix: str) -> str:
+    """"OPCODE.bytes per thread" of one global-load SASS opcode: LDGSTS (cp.async) or LDG; UTMALDG
+    (a bulk tensor copy) as "UTMALDG"."""
+    if op == "UTMALDG":
+        return op
+    parts = suffix.split(".")
+    for width, nbytes in (("128", "16"), ("64", "8"), ("U16", "2"), ("S16", "2"), ("U8", "1"), ("S8", "1")):
+        if width in parts:
+            return f"{op}.{nbytes}"
+    return f"{op}.4"
 
 
 @dataclass
@@ -54,6 +67,9 @@ class KernelReport:
     ptx_tensor_core: list = field(default_factory=list)  # distinct tensor-core PTX opcodes
     sass_tensor_core: list = field(default_factory=list)  # distinct tensor-core SASS opcodes
     sass_ffma: int = 0  # FFMA instructions in the SASS (the non-tensor-core path)
+    # global loads in the SASS: static instruction counts by opcode and bytes per thread
+    # ("LDGSTS.16": 16-byte cp.async, "LDGSTS.4": 4-byte cp.async, "LDG.16", "LDG.1", ...)
+    global_loads: dict = field(default_factory=dict)
     error: str | None = None  # compile error (the kernel did not compile)
 
     @property
@@ -109,14 +125,17 @@ def _sass_stats(cubin: str) -> dict[str, dict]:
     cur = None
     for line in sass.splitlines():
         if (m := re.search(r"Function : (\S+)", line)):
-            cur = stats.setdefault(m.group(1), {"tc": set(), "ffma": 0, "local": 0})
+            cur = stats.setdefault(m.group(1), {"tc": set(), "ffma": 0, "local": 0, "loads": {}})
         elif cur is not None:
             cur["tc"].update(TENSOR_CORE_SASS.findall(line))
             cur["ffma"] += len(re.findall(r"\bFFMA\b", line))
+            for op, suffix in GLOBAL_LOAD_SASS.findall(line):
+                key = _load_bytes(op, suffix)
+                cur["loads"][key] = cur["loads"].get(key, 0) + 1
     cur = None
     for line in res.splitlines():
         if (m := re.search(r"Function (\S+):", line)):
-            cur = stats.setdefault(m.group(1), {"tc": set(), "ffma": 0, "local": 0})
+            cur = stats.setdefault(m.group(1), {"tc": set(), "ffma": 0, "local": 0, "loads": {}})
         elif cur is not None and (m := re.search(r"LOCAL:(\d+)", line)):
             cur["local"] = int(m.group(1))
     return stats
@@ -154,8 +173,14 @@ def _install_standin():
 
     def getitem(self, grid):
         def launch(*args, **kwargs):
+            # which integer arguments Triton sees as multiples of 16 (what its alignment analysis,
+            # and so the width of each copy, rests on), by name
+            div16 = sorted(name for name, v in zip(self.arg_names, args)
+                           if isinstance(v, int) and not isinstance(v, bool) and v % 16 == 0
+                           and name not in self.do_not_specialize)
+            kwargs = {**kwargs, "div16": ",".join(div16)}
             try:
-                kernel = self.warmup(*args, grid=grid, **kwargs)
+                kernel = self.warmup(*args, grid=grid, **{k: v for k, v in kwargs.items() if k != "div16"})
             except Exception as exc:  # noqa: BLE001 - recorded, and the caller goes on to the next case
                 compiled.append((self.fn.__name__, kwargs, None, f"{type(exc).__name__}: {exc}"))
                 raise _CompileFailed() from exc
@@ -195,8 +220,9 @@ def _triton_report(name: str, kwargs: dict, kernel, error: str | None, tmp: str)
     info = next(iter(_ptxas_report(v.stdout + v.stderr).values()), {})
     rep.registers = info.get("registers", -1)
     rep.spill_stores, rep.spill_loads, rep.stack = (info.get(k, 0) for k in ("spill_stores", "spill_loads", "stack"))
-    s = next(iter(_sass_stats(base + ".cubin").values()), {"tc": set(), "ffma": 0, "local": 0})
+    s = next(iter(_sass_stats(base + ".cubin").values()), {"tc": set(), "ffma": 0, "local": 0, "loads": {}})
     rep.sass_tensor_core, rep.sass_ffma, rep.local = sorted(s["tc"]), s["ffma"], s["local"]
+    rep.global_loads = dict(sorted(s["loads"].items()))
     return rep
 
 
@@ -215,7 +241,11 @@ def compile_triton_cases(specs: list[str]) -> list[KernelReport]:
             except _CompileFailed:
                 pass
     reports, seen = [], set()
+    keep = os.environ.get("SM90_KEEP")  # a folder to keep each kernel's PTX and cubins in, for reading
+    if keep:
+        os.makedirs(keep, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = keep or tmp
         for name, kwargs, kernel, err in compiled:
             key = (name, kernel.metadata.hash if kernel is not None else json.dumps(_config(kwargs), sort_keys=True))
             if key in seen:
@@ -269,7 +299,8 @@ def compile_cuda(path: str, tmp: str, extra: tuple = ()) -> list[KernelReport]:
         reports.append(KernelReport(name=readable, config={"mangled": name}, registers=p.get("registers", -1),
                                     spill_stores=p.get("spill_stores", 0), spill_loads=p.get("spill_loads", 0),
                                     stack=p.get("stack", 0), shared=p.get("shared", 0), local=s["local"],
-                                    sass_tensor_core=sorted(s["tc"]), sass_ffma=s["ffma"]))
+                                    sass_tensor_core=sorted(s["tc"]), sass_ffma=s["ffma"],
+                                    global_loads=dict(sorted(s["loads"].items()))))
     return reports
 
 
@@ -278,11 +309,13 @@ def cuda_sources() -> list[str]:
 
 
 def format_table(reports: list[KernelReport]) -> str:
-    rows = ["kernel | config | regs | spill st/ld | stack | local | smem | tensor cores (SASS) | FFMA | error"]
+    rows = ["kernel | config | regs | spill st/ld | stack | local | smem | tensor cores (SASS) | FFMA | "
+            "global loads (bytes: count) | error"]
     for r in reports:
         cfg = ",".join(f"{k}={v}" for k, v in r.config.items() if k != "mangled")
         rows.append(f"{r.name} | {cfg} | {r.registers} | {r.spill_stores}/{r.spill_loads} | {r.stack} | {r.local} | "
                     f"{r.shared} | {'/'.join(r.sass_tensor_core) or '-'} | {r.sass_ffma} | "
+                    f"{' '.join(f'{k}:{v}' for k, v in r.global_loads.items()) or '-'} | "
                     f"{(r.error or '').splitlines()[0][:80] if r.error else ''}")
     return "\n".join(rows)
 

@@ -67,3 +67,33 @@ def test_tf32_kernels_use_tensor_cores(reports):
     # the norm path (backward of the interpolated rows, g_0) runs 3xTF32, also on tensor cores
     assert any(r.config.get("PREC_I") == "tf32x3" for r in tf32)
     assert any(r.config.get("PREC_G") == "tf32x3" for r in tf32)
+
+
+# the width arguments of each kernel whose GEMM operands they lay out (the weight-gradient kernel
+# states its alignment in ALIGN)
+_WIDTHS = {"_layer_kernel": ("K", "N"), "_input_grad_kernel": ("N0", "N1"), "_wgrad_kernel": ()}
+
+
+def _gemm_copies(r):
+    return r.global_loads.get("LDGSTS.16", 0), r.global_loads.get("LDGSTS.4", 0) + r.global_loads.get("LDGSTS.8", 0)
+
+
+def test_tf32_gemm_operands_load_16_bytes_at_a_time(reports):
+    """With every width a multiple of 16 (the default critics), the backward, r-sweep, input-gradient
+    and weight-gradient GEMMs fill shared memory with 16-byte cp.async only (LDGSTS.128): their
+    operands are K-major in memory or go through registers (see the critic_gp_triton module). The
+    forward's first layer is excluded: its operand is built from x and z, whose widths (10, 16) are not.
+    Before the layouts were specialised the weight-gradient kernel used only 4-byte copies."""
+    checked = []
+    for r in reports:
+        c = r.config
+        if c.get("PREC") != "tf32" or r.name not in _WIDTHS or c.get("MODE") == ct.MODE_FWD:
+            continue
+        aligned = set(c.get("div16", "").split(","))
+        if not set(_WIDTHS[r.name]) <= aligned or c.get("ALIGN", 16) != 16:
+            continue
+        wide, narrow = _gemm_copies(r)
+        checked.append(f"{r.name} {c.get('MODE')}")
+        assert wide > 0 and narrow == 0, f"{r.name} {c}: {r.global_loads}"
+    kinds = {k.split()[0] for k in checked}
+    assert kinds == {"_layer_kernel", "_input_grad_kernel", "_wgrad_kernel"}, checked

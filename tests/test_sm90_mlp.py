@@ -69,11 +69,22 @@ def test_cases_cover_every_configuration_and_branch(reports):
     acts = {a for c in cfgs for a in _tuple(c["ACTS"])}
     assert acts == {0, 1, 2, 3, 4}  # none, leaky_relu, relu, silu, sigmoid
     assert {True, False} <= {c["TO_UINT8"] for c in cfgs}
-    assert {b for c in cfgs for b in _tuple(c["BNS"])} == {16, 32, 64, 128}
+    assert {b for c in cfgs for b in _tuple(c["BNS"])} == {16, 32, 64, 128, 256}
     assert {b for c in cfgs for b in _tuple(c["BKS"])} == {16, 32, 64}
     n_tails = {(n % bn, t) for c in cfgs for n, bn, t in zip(_tuple(c["DIMS"])[1:], _tuple(c["BNS"]), _tuple(c["BN_TAILS"]))}
     assert (0, 0) in n_tails and any(0 < rest == t for rest, t in n_tails) and any(0 < rest < t for rest, t in n_tails)
-    assert {0, 16, 32} <= {t for c in cfgs for t in _tuple(c["BK_TAILS"])}
+    # K steps past the width (784 in steps of 64: the last reads zero weights, masked activations)
+    assert any(k % bk for c in cfgs for k, bk in zip(_tuple(c["DIMS"])[:-1], _tuple(c["BKS"])))
+    assert {True, False} == {c["W_TMA"] for c in cfgs}
+
+
+def test_tensor_core_variants_take_their_weights_by_tma(reports):
+    """The weights reach shared memory by the bulk tensor copy (UTMALDG in the SASS), so the
+    kernels hold no address registers for them."""
+    tma = [r for r in reports if r.config["W_TMA"]]
+    assert tma and all(r.config["DOT"] in ("bf16", "fp16") or r.config["PRECISION"] == "tf32" for r in tma)
+    missing = [_label(r) for r in tma if not r.global_loads.get("UTMALDG")]
+    assert not missing, "\n".join(missing)
 
 
 def _tuple(text) -> tuple:

@@ -12,20 +12,30 @@ Structure (FullyFusedMLP idea):
 - Every width is padded to a multiple of 16 (zero weights and biases, so padded activations
   are exactly 0) and passed as a constexpr, with the weight offsets, activations and block
   sizes of each layer: all loads have provable 16-byte alignment and bounds, and each layer's
-  K loop is software-pipelined (cp.async, NUM_STAGES deep) into the dot.
+  K loop is software-pipelined (NUM_STAGES deep) into the dot.
+- Weights reach shared memory by TMA (host-side tensor descriptors, one per layer and column
+  block shape, `_weight_descriptors`) on the tensor-core paths: no address registers for them,
+  and a K step past a layer's width reads zeros (784 in steps of 64: the last step is 16 wide).
+  The FMA path (float32 "ieee") loads them by pointer.
 - A persistent grid (one program per SM on a GPU) walks row tiles of BM rows and runs all
   layers of a tile back to back. Between layers the tile's activations ping-pong through a
   per-program scratch (2 x BM x scratch width, compute dtype) that only this program touches;
   the grid is capped so that the whole scratch takes at most `_L2_SHARE` of the L2 and stays
   there. The last layer writes the output exactly once, in its dtype.
 - Each layer is a loop over BN-wide column tiles, each a pipelined loop over BK-wide K steps;
-  per layer the host picks power-of-two blocks up to BN_MAX / BK_MAX and one narrower tail
-  tile / step for what is left (`_blocks`: 784 = 6 x 128 + 16, 208 = 3 x 64 + 16), so no
-  padded column beyond the 16-grid is computed.
-- L2 traffic (what bounds the speed of this design, untimed): per 128-row tile every weight is
-  read once and each layer's input N / BN times; for 26->512->512->32->512->512->784 in bf16
-  that is about 4 MB per tile, 33 GB for 2^20 samples. BN = 256 would cut it by a quarter but
-  spills 24-40 bytes in the silu/relu variants (ptxas, sm_90), so BN_MAX is 128.
+  per layer the host picks power-of-two blocks up to the config's widest and one narrower tail
+  tile for what is left (`_blocks`: 784 = 6 x 128 + 16 = 3 x 256 + 16), so no padded column
+  beyond the 16-grid is computed.
+- L2 traffic, what bounds this design (lsdm_fast/ops/roofline.py; H200 estimates, never run on a
+  GPU): per BM = 128-row tile every weight is read once and each layer's input N / BN times.
+  generate 2^20 (26->512->512->32->512->512->784, bf16, BN 128): 2.04 TFLOP, 1.65 GB HBM,
+  39.7 GB L2->SM: 3.97-5.7 ms, L2-bound (the bf16 peak alone would allow 2.6 ms). encode 2^20
+  (784->512->512->32, bf16): 1.43 TFLOP, 1.78 GB HBM (the bf16 input), 19.9 GB L2->SM with
+  256-wide column tiles, 25.4 GB with 128 before issue 22: 2.0-3.0 ms (was 2.5-3.6). BN = 256
+  compiles without spills only for the bf16 / fp16 encode kernels (ptxas for sm_90: the generate
+  kernels spill 8-324 bytes at 256, TF32 at 256 asks for 272 KB of shared memory), so generate
+  keeps 128 (see _config). The default conv model's dense parts are small: its head (generator
+  42->512->512->32, then 32->3136) writes 3136 activations a row, 6.6 GB in bf16 for 2^20 rows.
 - generate: a prologue builds the generator input cat(eta, x) for the tile: eta from
   `tl.randn(seed, (row_offset + i) * noise_dim + j)` as int64 (exactly
   lsdm_fast.ops.philox.philox_normal, so noise is independent of tiling and of batch splits),
@@ -58,6 +68,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._backend_util import env_precision
 from ._backend_util import triton_available as _available
@@ -90,44 +101,35 @@ def _activate(v, slope, CODE: tl.constexpr):
 
 
 @triton.jit
-def _mma_step(acc, src, src_stride, src_mask, r, w_ptr, rn, rk, K_LOAD: tl.constexpr, K: tl.constexpr,
-              N: tl.constexpr, MASK_W: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-              UPCAST: tl.constexpr):
-    """acc += src[r, rk] @ W[rn, rk]^T for the rows r of a tile (W is (N, K) row-major)."""
-    a = tl.load(src + r[:, None] * src_stride + rk[None, :], mask=src_mask[:, None] & (rk < K_LOAD)[None, :],
-                other=0.0)
-    w_ptrs = w_ptr + rn[:, None] * K + rk[None, :]
-    if MASK_W:
-        w = tl.load(w_ptrs, mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0)
-    else:
-        w = tl.load(w_ptrs)
-    if UPCAST:  # interpreter: its tl.dot mishandles bf16, so dot the (exact) fp32 upcasts
-        acc = tl.dot(a.to(DOT).to(tl.float32), tl.trans(w.to(DOT).to(tl.float32)), acc, input_precision=PRECISION)
-    else:
-        acc = tl.dot(a.to(DOT), tl.trans(w.to(DOT)), acc, input_precision=PRECISION)
-    return acc
-
-
-@triton.jit
-def _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z, n0,
+def _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_desc, w_ptr, b_ptr, slope, z, n0,
                 K_LOAD: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_STORE: tl.constexpr, ACT: tl.constexpr,
                 TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, MASK_N: tl.constexpr, BK: tl.constexpr,
-                BK_TAIL: tl.constexpr, NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-                UPCAST: tl.constexpr):
-    """Output columns n0 .. n0 + BN of one layer for the BM rows of a tile: full BK steps through
-    K (software-pipelined), then one BK_TAIL step for the rest, then bias, activation, store."""
+                NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                W_TMA: tl.constexpr):
+    """Output columns n0 .. n0 + BN of one layer for the BM rows of a tile: BK steps through K
+    (software-pipelined; a last step past K reads zero weights and masked activations), then
+    bias, activation, store. W_TMA: W tiles by TMA (w_desc, block (BN, BK)), which needs no
+    address registers (what lets the encode kernel's tiles be 256 wide without spills);
+    otherwise (the FMA path) by pointer from w_ptr, W (N x K) row-major."""
     r = tl.arange(0, BM) + z
     rn = n0 + tl.arange(0, BN) + z
-    k_shift = tl.multiple_of(n0 * z, 16)  # 0, but not hoistable out of the column loop
-    K_FULL: tl.constexpr = K // BK * BK
+    rk0 = tl.arange(0, BK) + tl.multiple_of(n0 * z, 16)  # + 0, not hoistable out of the column loop
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in tl.range(0, K_FULL, BK, num_stages=NUM_STAGES):
-        acc = _mma_step(acc, src, src_stride, src_mask, r, w_ptr, rn, k0 + tl.arange(0, BK) + k_shift, K_LOAD, K,
-                        N, MASK_N, DOT, PRECISION, UPCAST)
-    if BK_TAIL > 0:
-        MASK_TAIL: tl.constexpr = MASK_N or (K_FULL + BK_TAIL > K)
-        acc = _mma_step(acc, src, src_stride, src_mask, r, w_ptr, rn, K_FULL + tl.arange(0, BK_TAIL) + k_shift,
-                        K_LOAD, K, N, MASK_TAIL, DOT, PRECISION, UPCAST)
+    for k0 in tl.range(0, K, BK, num_stages=NUM_STAGES):
+        rk = k0 + rk0
+        a = tl.load(src + r[:, None] * src_stride + rk[None, :], mask=src_mask[:, None] & (rk < K_LOAD)[None, :],
+                    other=0.0)
+        if W_TMA:
+            w = w_desc.load([n0, k0])
+        elif MASK_N or (K % BK != 0):
+            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0)
+        else:
+            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :])
+        if UPCAST:  # interpreter: its tl.dot mishandles bf16, so dot the (exact) fp32 upcasts
+            acc = tl.dot(a.to(DOT).to(tl.float32), tl.trans(w.to(DOT).to(tl.float32)), acc,
+                         input_precision=PRECISION)
+        else:
+            acc = tl.dot(a.to(DOT), tl.trans(w), acc, input_precision=PRECISION)
     if MASK_N:
         bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0)
     else:
@@ -142,29 +144,30 @@ def _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_p
 
 
 @triton.jit
-def _dense_layer(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z,
+def _dense_layer(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_desc, w_tail_desc, w_ptr, b_ptr, slope, z,
                  K_LOAD: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_STORE: tl.constexpr,
                  ACT: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                 BN_TAIL: tl.constexpr, BK: tl.constexpr, BK_TAIL: tl.constexpr, NUM_STAGES: tl.constexpr,
-                 DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                 BN_TAIL: tl.constexpr, BK: tl.constexpr, NUM_STAGES: tl.constexpr,
+                 DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, W_TMA: tl.constexpr):
     """dst[r, :N_STORE] = act(src[r, :K] @ W^T + b) for the BM rows r of a tile.
 
     W is (N, K) row-major in the dots' operand dtype DOT (N, K padded to multiples of 16, padding
-    zero), b float32 (N,). Row r of the tile lives at src + r * src_stride (K_LOAD <= K valid
-    columns, the rest read as 0; rows outside src_mask read as 0) and dst + r * dst_stride (rows
+    zero), at w_ptr, read through w_desc (block (BN, BK)) and, for the last BN_TAIL columns,
+    w_tail_desc (block (BN_TAIL, BK)) when W_TMA; b float32 (N,). Row r of the tile lives at src + r * src_stride (K_LOAD <= K
+    valid columns, the rest read as 0; rows outside src_mask read as 0) and dst + r * dst_stride (rows
     outside dst_mask are not stored). Full BN-wide column tiles, then one BN_TAIL-wide tile for the
     rest (784 = 3 x 256 + 16: no padded columns computed). `z` is 0 at run time, opaque to the
     compiler: index vectors that depend on it are not hoisted out of the tile and column loops,
     where they would hold registers across every layer (see _fused_mlp_kernel)."""
     N_FULL: tl.constexpr = N // BN * BN
     for n0 in range(0, N_FULL, BN):
-        _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z, n0, K_LOAD, K, N,
-                    N_STORE, ACT, TO_UINT8, BM, BN, False, BK, BK_TAIL, NUM_STAGES, DOT, PRECISION, UPCAST)
+        _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_desc, w_ptr, b_ptr, slope, z, n0, K_LOAD,
+                    K, N, N_STORE, ACT, TO_UINT8, BM, BN, False, BK, NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
     if BN_TAIL > 0:
         MASK_TAIL: tl.constexpr = N_FULL + BN_TAIL > N
-        _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_ptr, b_ptr, slope, z, N_FULL, K_LOAD, K,
-                    N, N_STORE, ACT, TO_UINT8, BM, BN_TAIL, MASK_TAIL, BK, BK_TAIL, NUM_STAGES, DOT, PRECISION,
-                    UPCAST)
+        _dense_tile(src, src_stride, src_mask, dst, dst_stride, dst_mask, w_tail_desc, w_ptr, b_ptr, slope, z,
+                    N_FULL, K_LOAD, K, N, N_STORE, ACT, TO_UINT8, BM, BN_TAIL, MASK_TAIL, BK, NUM_STAGES, DOT,
+                    PRECISION, UPCAST, W_TMA)
 
 
 @triton.jit
@@ -198,16 +201,20 @@ def _generator_input(in_tile, in_stride, cond_tile, cond_stride, dst, row_mask, 
 
 
 @triton.jit(do_not_specialize=["M", "seed", "row_offset", "zero"])
-def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_stride, w_ptr, b_ptr, slope_ptr,
-                      scratch_ptr, M, seed, row_offset, zero,
+def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_stride, w_descs, w_tail_descs, w_ptr,
+                      b_ptr, slope_ptr, scratch_ptr, M, seed, row_offset, zero,
                       NL: tl.constexpr, DIMS: tl.constexpr, IN_DIM: tl.constexpr, OUT_DIM: tl.constexpr,
                       W_OFF: tl.constexpr, B_OFF: tl.constexpr, ACTS: tl.constexpr, BNS: tl.constexpr,
-                      BN_TAILS: tl.constexpr, BKS: tl.constexpr, BK_TAILS: tl.constexpr, SW: tl.constexpr, MODE: tl.constexpr, NOISE: tl.constexpr,
+                      BN_TAILS: tl.constexpr, BKS: tl.constexpr, SW: tl.constexpr, MODE: tl.constexpr, NOISE: tl.constexpr,
                       COND: tl.constexpr, LABELS: tl.constexpr, TO_UINT8: tl.constexpr, BM: tl.constexpr,
-                      NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                      NUM_STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                      W_TMA: tl.constexpr):
     """MODE 0: encode (layer 0 reads IN_DIM columns of in_ptr). MODE 1: generate with in-kernel
     noise. MODE 2: generate with eta loaded from in_ptr. Layer l maps DIMS[l] -> DIMS[l + 1]
     (padded widths); the last layer stores OUT_DIM columns.
+
+    Estimate (H200, module docstring): 2^20 MNIST generations 3.97-5.7 ms, 2^20 encodings 2.0-3.0
+    ms, both bound by L2 -> SM traffic (39.7 and 19.9 GB).
 
     Registers: every address is a 64-bit tile base plus 32-bit offsets within the tile, and the
     index vectors of each layer depend on `z = tile * zero` (zero is 0, passed at run time), so
@@ -230,7 +237,6 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
                              row_mask, row_offset + row0, seed, z, SW, NOISE, COND, DIMS[0], MODE, LABELS, BM, 16)
             tl.debug_barrier()
         for l in tl.static_range(NL):
-            w_l = w_ptr + W_OFF[l]
             b_l = b_ptr + B_OFF[l]
             slope = tl.load(slope_ptr + l)
             if l % 2 == 0:
@@ -244,41 +250,51 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
             else:
                 src, src_stride, src_mask, k_load = s_src, SW, all_rows, DIMS[l]
             if l == NL - 1:
-                _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_l, b_l, slope, z,
-                             k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8, BM, BNS[l], BN_TAILS[l],
-                             BKS[l], BK_TAILS[l], NUM_STAGES, DOT, PRECISION, UPCAST)
+                _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_descs[l], w_tail_descs[l],
+                             w_ptr + W_OFF[l], b_l, slope, z, k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8,
+                             BM, BNS[l], BN_TAILS[l], BKS[l], NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
             else:
                 # rows past M read zeros (or noise) and are never stored
-                _dense_layer(src, src_stride, src_mask, s_dst, SW, all_rows, w_l, b_l, slope, z,
-                             k_load, DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l], BN_TAILS[l],
-                             BKS[l], BK_TAILS[l], NUM_STAGES, DOT, PRECISION, UPCAST)
+                _dense_layer(src, src_stride, src_mask, s_dst, SW, all_rows, w_descs[l], w_tail_descs[l],
+                             w_ptr + W_OFF[l], b_l, slope, z, k_load, DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False,
+                             BM, BNS[l], BN_TAILS[l], BKS[l], NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
             tl.debug_barrier()
 
 
 # ----------------------------------------------------------------------------- host side
 
+BN_MAX = 128  # widest column tile
+BN_MAX_ENCODE_HALF = 256  # widest column tile of the bf16 / fp16 encode kernel
+
+
 class _Config(NamedTuple):
     bm: int
-    bn_max: int
+    bn_max: int  # widest column tile (generate)
+    bn_max_encode: int  # widest column tile (encode)
     bk_max: int
     warps: int
     stages: int
     precision: str
+    w_tma: bool  # weights by TMA (tensor-core paths) or by pointer (FMA)
     maxnreg: int | None = None
 
 
 def _config(dtype: torch.dtype, precision: str) -> _Config:
     if _interpreting():  # every program and every op is Python: few tiles, a GPU's BN/BK (same tails)
-        return _Config(32, 128, 64, 4, 1, precision)
-    # two stages, BN_MAX 128: deeper pipelines or wider tiles spill in the 5-6 layer generate
-    # kernels (ptxas for sm_90, tests/test_sm90_mlp.py)
+        return _Config(32, BN_MAX, BN_MAX_ENCODE_HALF, 64, 4, 1, precision, precision == "tf32" or dtype in _HALF)
+    # Weights by TMA: no address registers for them. Column tiles of 256 (each layer's input
+    # re-read from L2 N / BN times: half as often as at 128) compile without spills only for the
+    # bf16 / fp16 encode kernels; the generate kernels (more layers, the noise prologue, the uint8
+    # epilogue) spill 8-324 bytes at 256 and TF32 at 256 asks for 272 KB of shared memory, so
+    # they keep 128 (ptxas for sm_90, tests/test_sm90_mlp.py). Two stages: deeper spills.
     if dtype in _HALF:
-        return _Config(128, 128, 64, 8, 2, precision)
+        return _Config(128, BN_MAX, BN_MAX_ENCODE_HALF, 64, 8, 2, precision, True)
     if precision == "tf32":
-        return _Config(128, 128, 32, 8, 2, precision)
+        return _Config(128, BN_MAX, BN_MAX, 32, 8, 2, precision, True)
     # ieee fp32 FMA path: register-bound, small tiles; 255 registers because one program per SM
-    # leaves no occupancy to trade them for (ptxas otherwise caps at 168 and spills)
-    return _Config(64, 64, 16, 4, 2, precision, maxnreg=255)
+    # leaves no occupancy to trade them for (ptxas otherwise caps at 168 and spills); weights by
+    # pointer (by TMA this path spilled 80 bytes in one case)
+    return _Config(64, 64, 64, 16, 4, 2, precision, False, maxnreg=255)
 
 
 def _pad16(n: int) -> int:
@@ -294,6 +310,14 @@ def _blocks(width: int, block_max: int) -> tuple[int, int]:
         block //= 2
     rest = width % block
     return block, (triton.next_power_of_2(rest) if rest else 0)
+
+
+def _k_step(width: int, block_max: int) -> int:
+    """The K step of a layer: a power of two up to block_max; a last step past the width reads zero
+    weights (TMA) and masked activations. The one that pads least, counting a step as 16 columns of
+    overhead (784 -> 64: 13 steps, 832 columns)."""
+    cands = [b for b in (16, 32, 64, 128) if b <= block_max]
+    return min(cands, key=lambda b: (-(-width // b) * (b + 16), -b))
 
 
 class _Packed(NamedTuple):
@@ -361,6 +385,19 @@ def _precision(dtype: torch.dtype, precision: str | None) -> str:
     return precision if dtype == torch.float32 else "ieee"  # half dtypes always run on the tensor cores
 
 
+def _weight_descriptors(pk: _Packed, bns, bn_tails, bks) -> tuple[tuple, tuple]:
+    """Per layer, TMA descriptors of its packed (N, K) weight with blocks (BN, BK) and (BN_TAIL, BK)
+    (the main one again where there is no tail). Packed widths are multiples of 16 and every
+    layer's offset a multiple of 256 elements: the 16-byte alignment TMA needs."""
+    main, tail = [], []
+    for l, (bn, bt, bk) in enumerate(zip(bns, bn_tails, bks)):
+        n, k = pk.dims[l + 1], pk.dims[l]
+        base = pk.w[pk.w_off[l]:pk.w_off[l] + n * k]
+        main.append(TensorDescriptor(base, [n, k], [k, 1], [bn, bk]))
+        tail.append(TensorDescriptor(base, [n, k], [k, 1], [bt, bk]) if bt else main[-1])
+    return tuple(main), tuple(tail)
+
+
 def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, row_offset=0, noise_dim=0,
             cond_dim=0, precision=None):
     M = out.shape[0]
@@ -370,11 +407,16 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
     pk = _pack(layers, compute_dtype, device)
     cfg = _config(compute_dtype, _precision(compute_dtype, precision))
     nl = len(layers)
-    bns, bn_tails = zip(*(_blocks(n, cfg.bn_max) for n in pk.dims[1:]))
+    bn_max = cfg.bn_max_encode if mode == 0 else cfg.bn_max
+    bns, bn_tails = zip(*(_blocks(n, bn_max) for n in pk.dims[1:]))
     bk_max = [cfg.bk_max] * nl
     if mode == 0 and in_t.dtype != compute_dtype:  # converted in registers on the way in: narrower K steps
         bk_max[0] = max(16, cfg.bk_max // 2)
-    bks, bk_tails = zip(*(_blocks(k, b) for k, b in zip(pk.dims[:-1], bk_max)))
+    bks = tuple(_k_step(k, b) for k, b in zip(pk.dims[:-1], bk_max))
+    if cfg.w_tma:
+        w_descs, w_tail_descs = _weight_descriptors(pk, bns, bn_tails, bks)
+    else:
+        w_descs = w_tail_descs = (pk.w,) * nl  # unused placeholders
     # scratch: the generator input (generate) and every hidden activation
     sw = max(pk.dims[1:-1] + ((pk.dims[0],) if mode != 0 else ()), default=16)
     elt = compute_dtype.itemsize
@@ -388,14 +430,14 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
     in_t = scratch if in_t is None else in_t  # unused in MODE 1
     cond_t = scratch if cond_t is None else cond_t  # unused in MODE 0
     _fused_mlp_kernel[(nprog,)](
-        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), pk.w, pk.b, pk.slopes, scratch,
-        M, int(seed), int(row_offset), 0,
+        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), w_descs, w_tail_descs, pk.w, pk.b,
+        pk.slopes, scratch, M, int(seed), int(row_offset), 0,
         NL=nl, DIMS=pk.dims, IN_DIM=int(layers[0][0].shape[1]), OUT_DIM=int(layers[-1][0].shape[0]),
-        W_OFF=pk.w_off, B_OFF=pk.b_off, ACTS=pk.acts, BNS=bns, BN_TAILS=bn_tails, BKS=bks, BK_TAILS=bk_tails,
+        W_OFF=pk.w_off, B_OFF=pk.b_off, ACTS=pk.acts, BNS=bns, BN_TAILS=bn_tails, BKS=bks,
         SW=sw, MODE=mode,
         NOISE=int(noise_dim), COND=int(cond_dim), LABELS=bool(labels), TO_UINT8=out.dtype == torch.uint8,
         BM=cfg.bm, NUM_STAGES=cfg.stages, DOT=_TL_DTYPES[compute_dtype], PRECISION=cfg.precision,
-        UPCAST=_interpreting(),
+        UPCAST=_interpreting(), W_TMA=cfg.w_tma,
         num_warps=cfg.warps, maxnreg=cfg.maxnreg,
     )
     return out
