@@ -160,7 +160,9 @@ def test_score_grad_parity(rng, backend, B, dx, widths, dtype):
     s, g = run_or_skip_dtype(backend, lambda: critic_score_grad(cast(critic, dtype), x.to(dtype), z.to(dtype),
                                                                 backend=backend), dtype)
     assert s.dtype == dtype and g.dtype == dtype and g.shape == z.shape
-    assert rel_err(s, s_ref) < TOL[dtype] and rel_err(g, g_ref) < TOL[dtype]
+    # the score is a mean of outputs of both signs: judged against their size, as the W estimate is
+    terms = float(mlp_forward_reference(critic, torch.cat([x, z], 1)).abs().mean())
+    assert scalar_err(s, s_ref, terms) < TOL[dtype] and rel_err(g, g_ref) < TOL[dtype]
 
 
 @pytest.mark.skipif(not GP_BACKENDS, reason="no compiled backend for critic_gradient_penalty on CPU")
