@@ -70,8 +70,8 @@ class LSDM:
         a, m = self.config.autoencoder, self.config.matching
         k = m.noise_dim or a.latent_dim
         self.encoder, self.decoder = build_autoencoder(a.kind, data_dim, a.latent_dim, a.hidden, image_shape,
-                                                       conv_channels=a.conv_channels, res_blocks=a.res_blocks)
-        self.meta["autoencoder_kind"] = resolve_kind(a.kind, image_shape, a.conv_channels)
+                                                       **a.arch_kwargs())
+        self.meta["autoencoder_kind"] = resolve_kind(a.kind, image_shape, **a.arch_kwargs())
         self.generator = Generator(k, cond_dim, a.latent_dim, m.generator_hidden, m.negative_slope)
         self.critic = Critic(cond_dim, a.latent_dim, m.critic_hidden, m.negative_slope)
         self.latent_mean = torch.zeros(a.latent_dim)
@@ -243,7 +243,7 @@ class LSDM:
         if self.generator is None:
             raise RuntimeError("this LSDM is not fitted: call fit() or LSDM.load(dir) first")
 
-    def encode(self, y, *, backend: str = "auto", batch_size: int = 65536) -> torch.Tensor:
+    def encode(self, y, *, backend: str = "auto", batch_size: int | None = None) -> torch.Tensor:
         """Raw latents E(y) (before stage 2's standardisation)."""
         if self.encoder is None:
             raise RuntimeError("this LSDM is not fitted: call fit() or LSDM.load(dir) first")

@@ -8,25 +8,33 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # training seeds: torch.manual_seed takes 64 bits and the runs derive seeds from it (seed + 1000, ...): [0, 2^63)
 SEED_LIMIT = 2**63
 KINDS = ("auto", "mlp", "conv")
+CONV_DESIGNS = ("patch", "strided")
 STOPS = ("plateau", "steps")
 # Fields added after configs were first saved, and what a saved config without them meant: an old
 # checkpoint or model keeps its behaviour (and still resumes) instead of taking today's default.
 IMPLIED_BY_ABSENCE = {
-    "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0},
+    "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
+                    "conv_design": "strided", "warmup_steps": 0},
     "matching": {},
 }
 
 
 @dataclass
 class AutoencoderConfig:
-    # "auto": "conv" for images (H, W) or (C, H, W) with H == W divisible by 2**len(conv_channels), else "mlp"
-    # (flat rows). A convolutional stage 1 was what let unpaired data lower the sample FD (MNIST, 100 pairs
+    # "auto": "conv" for square images (H, W) or (C, H, W) that the conv design takes (models.conv_fits), else
+    # "mlp" (flat rows). A convolutional stage 1 was what let unpaired data lower the sample FD (MNIST, 100 pairs
     # per class: reconstruction FD 4.9 against 24.5 for the former MLP default; results/experiments/README.md)
     kind: str = "auto"
     latent_dim: int = 32  # 16 left the reconstruction FD at 25 whatever the autoencoder (same study)
     hidden: tuple[int, ...] = (1024, 512)  # MLP widths (kind "mlp")
-    conv_channels: tuple[int, ...] = (32, 64)  # one stride-2 stage per entry (kind "conv")
-    res_blocks: int = 0  # residual blocks at the lowest resolution (kind "conv")
+    # kind "conv": "patch" (models.PatchEncoder/PatchDecoder, every layer a GEMM; the default since issue 24) or
+    # "strided" (issue 14's 4x4 stride-2 convolutions, `conv_channels` and `res_blocks`; what old configs hold)
+    conv_design: str = "patch"
+    patch_width: int = 64  # "patch": channels at the H/stride x W/stride positions
+    patch_depth: int = 1  # "patch": per-position layers after the convolution (and before the transposed one)
+    patch_stride: int = 4  # "patch": the (2 stride) x (2 stride) convolution's stride; the image side divides by it
+    conv_channels: tuple[int, ...] = (32, 64)  # "strided": one stride-2 stage per entry
+    res_blocks: int = 0  # "strided": residual blocks at the lowest resolution
     # the budget: "plateau" trains until the held-out reconstruction loss stops improving (to convergence,
     # capped at `steps`); "steps" trains exactly `steps` steps (cosine learning-rate decay); `epochs` > 0
     # turns either cap into that many passes over the training images
@@ -40,12 +48,18 @@ class AutoencoderConfig:
     plateau_decays: int = 2  # plateau: drops before stopping (the next plateau ends stage 1)
     batch_size: int = 256
     lr: float = 1e-3
+    warmup_steps: int = 0  # linear learning-rate warm-up from lr / warmup_steps over the first steps
     loss: str = "bce"  # "bce" (images in [0, 1]) or "mse"
     latent_l2: float = 1e-4  # keeps the latent cloud compact: easier for stage 2 to match
     # decode z + latent_noise * std_batch(z) * N(0, I) in training: the decoder learns to map a
     # neighbourhood of each latent to a clean image, which forgives stage 2's small misses (0: off)
     latent_noise: float = 0.0
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of the stage); needs a checkpoint_dir
+
+    def arch_kwargs(self) -> dict:
+        """The conv architecture's fields, as models.build_autoencoder / conv_fits take them."""
+        return dict(conv_design=self.conv_design, conv_channels=self.conv_channels, res_blocks=self.res_blocks,
+                    patch_width=self.patch_width, patch_depth=self.patch_depth, patch_stride=self.patch_stride)
 
 
 @dataclass
@@ -130,6 +144,11 @@ class LSDMConfig:
              "autoencoder.check_every and plateau_patience must be >= 1, plateau_decays and plateau_tol >= 0"),
             (len(a.conv_channels) >= 1 and min(a.conv_channels) >= 1 and a.res_blocks >= 0,
              "autoencoder.conv_channels needs positive widths, res_blocks >= 0"),
+            (a.conv_design in CONV_DESIGNS, f"autoencoder.conv_design must be one of {CONV_DESIGNS}, got {a.conv_design!r}"),
+            (a.patch_width >= 1 and a.patch_depth >= 0, "autoencoder.patch_width must be >= 1, patch_depth >= 0"),
+            (a.patch_stride >= 2 and a.patch_stride % 2 == 0,
+             f"autoencoder.patch_stride must be an even number >= 2, got {a.patch_stride}"),
+            (a.warmup_steps >= 0, f"autoencoder.warmup_steps must be >= 0, got {a.warmup_steps}"),
             (0 <= m.generator_ema < 1, f"matching.generator_ema must be in [0, 1), got {m.generator_ema}"),
             (a.latent_noise >= 0, f"autoencoder.latent_noise must be >= 0, got {a.latent_noise}"),
             (a.latent_dim >= 1, f"autoencoder.latent_dim must be >= 1, got {a.latent_dim}"),

@@ -134,6 +134,158 @@ class ConvDecoder(nn.Module):
         return MLPParams([self.fc.weight], [self.fc.bias], "leaky_relu", 0.2, "leaky_relu")
 
 
+# ------------------------------------------------------------------ the patch autoencoder (default for images)
+#
+# Every layer is a GEMM on channels-last (N, H, W, C) tensors, the shape both oneDNN/MKL and the GPU's tensor
+# cores run at speed: a (2s)x(2s) stride-s convolution is a space-to-depth rearrangement of the padded image
+# into s x s cells, the 2 x 2 neighbouring cells side by side, and one matrix product; its transpose is one
+# matrix product per position followed by an overlap-add of the 2 x 2 cells it writes. Small convolutions with
+# one or a few channels (the image's own) are where oneDNN is slowest; here they are plain GEMMs.
+
+def space_to_depth(x: torch.Tensor, s: int) -> torch.Tensor:
+    """(N, H, W, C) -> (N, H/s, W/s, s*s*C), each s x s cell's values in (row, column, channel) order."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h // s, w // s, s * s * c)
+
+
+def depth_to_space(x: torch.Tensor, s: int) -> torch.Tensor:
+    """The inverse of space_to_depth."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h, w, s, s, c // (s * s)).permute(0, 1, 3, 2, 4, 5).reshape(n, h * s, w * s, c // (s * s))
+
+
+def _conv_init(weight: torch.Tensor, bias: torch.Tensor, fan_in: int) -> None:
+    # nn.Conv2d's default initialisation, for the same starting point as the layer this replaces
+    nn.init.kaiming_uniform_(weight, a=5 ** 0.5)
+    nn.init.uniform_(bias, -fan_in ** -0.5, fan_in ** -0.5)
+
+
+class PatchConv2d(nn.Module):
+    """Conv2d(cin, cout, 2s, stride s, padding s/2) on channels-last (N, H, W, cin) -> (N, H/s, W/s, cout),
+    computed as one GEMM. `weight` has nn.Conv2d's layout (cout, cin, 2s, 2s), so F.conv2d is its reference."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        if stride < 2 or stride % 2:
+            raise ValueError(f"PatchConv2d needs an even stride >= 2, got {stride}")
+        self.cin, self.cout, self.stride = cin, cout, stride
+        self.weight = nn.Parameter(torch.empty(cout, cin, 2 * stride, 2 * stride))
+        self.bias = nn.Parameter(torch.empty(cout))
+        _conv_init(self.weight, self.bias, cin * 4 * stride * stride)
+
+    def gemm_weight(self) -> torch.Tensor:
+        """(cout, 4 s^2 cin): kernel tap (s*du + a, s*dv + b) of channel c at column ((du, dv), (a, b), c)."""
+        s = self.stride
+        w = self.weight.reshape(self.cout, self.cin, 2, s, 2, s)  # (o, c, du, a, dv, b)
+        return w.permute(0, 2, 4, 3, 5, 1).reshape(self.cout, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        cells = space_to_depth(F.pad(x, (0, 0, s // 2, s // 2, s // 2, s // 2)), s)
+        h, w = cells.shape[1] - 1, cells.shape[2] - 1
+        window = torch.cat([cells[:, du:du + h, dv:dv + w] for du in (0, 1) for dv in (0, 1)], -1)
+        return F.linear(window, self.gemm_weight(), self.bias)
+
+
+class PatchConvTranspose2d(nn.Module):
+    """ConvTranspose2d(cin, cout, 2s, stride s, padding s/2) on channels-last (N, H, W, cin) ->
+    (N, sH, sW, cout): one GEMM gives every position's (2s)x(2s) patch, and the four s x s quarters of the
+    patches are added into place (overlap-add). `weight` has nn.ConvTranspose2d's layout (cin, cout, 2s, 2s)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        if stride < 2 or stride % 2:
+            raise ValueError(f"PatchConvTranspose2d needs an even stride >= 2, got {stride}")
+        self.cin, self.cout, self.stride = cin, cout, stride
+        self.weight = nn.Parameter(torch.empty(cin, cout, 2 * stride, 2 * stride))
+        self.bias = nn.Parameter(torch.empty(cout))
+        _conv_init(self.weight, self.bias, cout * 4 * stride * stride)
+
+    def gemm_weight(self) -> torch.Tensor:
+        """(4 s^2 cout, cin): row ((du, dv), (a, b), o) is kernel tap (s*du + a, s*dv + b) of output channel o."""
+        s = self.stride
+        w = self.weight.reshape(self.cin, self.cout, 2, s, 2, s)  # (c, o, du, a, dv, b)
+        return w.permute(2, 4, 3, 5, 1, 0).reshape(-1, self.cin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w, _ = x.shape
+        s = self.stride
+        q = F.linear(x, self.gemm_weight()).reshape(n, h, w, 4, s * s * self.cout)  # quarter (du, dv) of each patch
+        cells = (F.pad(q[:, :, :, 0], (0, 0, 0, 1, 0, 1)) + F.pad(q[:, :, :, 1], (0, 0, 1, 0, 0, 1))
+                 + F.pad(q[:, :, :, 2], (0, 0, 0, 1, 1, 0)) + F.pad(q[:, :, :, 3], (0, 0, 1, 0, 1, 0)))
+        p = s // 2
+        return depth_to_space(cells, s)[:, p:-p, p:-p] + self.bias
+
+
+class PatchEncoder(nn.Module):
+    """(N, C*H*W) channels-first images -> (N, latent_dim): a (2s)x(2s) stride-s convolution (C -> width) and
+    LeakyReLU(0.2), `depth` per-position linear layers (width -> width, LeakyReLU), a linear map of the
+    (H/s, W/s, width) features to the latent. Every layer a GEMM (see PatchConv2d)."""
+
+    def __init__(self, side: int, latent_dim: int, width: int = 64, depth: int = 1, stride: int = 4,
+                 in_channels: int = 1):
+        super().__init__()
+        self.low = _check_patch_side(side, stride)
+        self.side, self.width, self.stride, self.in_channels = side, width, stride, in_channels
+        self.conv = PatchConv2d(in_channels, width, stride)
+        self.mix = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.fc = nn.Linear(width * self.low ** 2, latent_dim)
+
+    def front(self, y: torch.Tensor) -> torch.Tensor:
+        """The convolutional part: (N, C*H*W) -> (N, low * low * width), the input of the dense `fc`."""
+        x = y.reshape(-1, self.in_channels, self.side, self.side).permute(0, 2, 3, 1)
+        h = F.leaky_relu(self.conv(x), 0.2)
+        for layer in self.mix:
+            h = F.leaky_relu(layer(h), 0.2)
+        return h.reshape(len(h), -1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.front(y))
+
+    def dense(self) -> MLPParams:
+        """`fc` as the fused encode op takes it: encoder(y) = ops.encode(enc.dense(), y, front=enc.front)."""
+        return MLPParams([self.fc.weight], [self.fc.bias], "leaky_relu", 0.2, None)
+
+
+class PatchDecoder(nn.Module):
+    """(N, latent_dim) -> (N, C*H*W) in [0, 1], channels first; the mirror of PatchEncoder: a linear map to
+    (H/s, W/s, width) and LeakyReLU, `depth` per-position linear layers, a (2s)x(2s) stride-s transposed
+    convolution (width -> C), a sigmoid."""
+
+    def __init__(self, side: int, latent_dim: int, width: int = 64, depth: int = 1, stride: int = 4,
+                 out_channels: int = 1):
+        super().__init__()
+        self.low = _check_patch_side(side, stride)
+        self.side, self.width, self.stride, self.out_channels = side, width, stride, out_channels
+        self.fc = nn.Linear(latent_dim, width * self.low ** 2)
+        self.mix = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.conv = PatchConvTranspose2d(width, out_channels, stride)
+
+    def tail(self, h: torch.Tensor) -> torch.Tensor:
+        """The convolutional part: the dense head's output (N, low * low * width) -> images (N, C*H*W)."""
+        h = h.reshape(-1, self.low, self.low, self.width)
+        for layer in self.mix:
+            h = F.leaky_relu(layer(h), 0.2)
+        y = torch.sigmoid(self.conv(h))
+        return (y if self.out_channels == 1 else y.permute(0, 3, 1, 2)).reshape(len(y), -1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.tail(F.leaky_relu(self.fc(z), 0.2))
+
+    def dense(self) -> MLPParams:
+        """`fc` + LeakyReLU as the fused generate op takes it: decoder(z) = tail(head(z)), head = this."""
+        return MLPParams([self.fc.weight], [self.fc.bias], "leaky_relu", 0.2, "leaky_relu")
+
+
+def _check_patch_side(side: int, stride: int) -> int:
+    if stride < 2 or stride % 2:
+        raise ValueError(f"the patch autoencoder needs an even stride >= 2, got {stride}")
+    if side < stride or side % stride:
+        raise ValueError(f"the patch autoencoder with stride {stride} needs an image side divisible by {stride}, "
+                         f"got {side}")
+    return side // stride
+
+
 class Generator(nn.Module):
     """G(eta, x) -> z: an MLP on cat(eta, x)."""
 
@@ -158,29 +310,35 @@ class Critic(nn.Module):
         return self.mlp(torch.cat([x, z], 1)).squeeze(1)
 
 
-def conv_fits(image_shape, conv_channels=(32, 64)) -> bool:
-    """Whether a conv autoencoder with `conv_channels` stages takes images of `image_shape` ((H, W) or (C, H, W))."""
+def conv_fits(image_shape, conv_channels=(32, 64), *, conv_design: str = "strided", patch_stride: int = 4,
+              **_) -> bool:
+    """Whether the conv autoencoder of `conv_design` takes images of `image_shape` ((H, W) or (C, H, W)):
+    square, with a side divisible by the design's total stride (2**len(conv_channels), or patch_stride)."""
     if image_shape is None or len(image_shape) not in (2, 3):
         return False
     h, w = image_shape[-2:]
-    factor = 2 ** len(conv_channels)
+    factor = patch_stride if conv_design == "patch" else 2 ** len(conv_channels)
     return h == w and h >= factor and h % factor == 0
 
 
-def resolve_kind(kind: str, image_shape, conv_channels=(32, 64)) -> str:
-    """'auto' -> 'conv' where the images fit a conv autoencoder, else 'mlp' (flat rows, odd sizes)."""
+def resolve_kind(kind: str, image_shape, conv_channels=(32, 64), **arch) -> str:
+    """'auto' -> 'conv' where the images fit the conv autoencoder (conv_fits), else 'mlp' (flat rows, odd sizes)."""
     if kind == "auto":
-        return "conv" if conv_fits(image_shape, conv_channels) else "mlp"
+        return "conv" if conv_fits(image_shape, conv_channels, **arch) else "mlp"
     return kind
 
 
 def build_autoencoder(kind: str, data_dim: int, latent_dim: int, hidden=(512, 256),
-                      image_shape: tuple[int, ...] | None = None, *, conv_channels=(32, 64),
-                      res_blocks: int = 0) -> tuple[nn.Module, nn.Module]:
+                      image_shape: tuple[int, ...] | None = None, *, conv_design: str = "strided",
+                      conv_channels=(32, 64), res_blocks: int = 0, patch_width: int = 64, patch_depth: int = 1,
+                      patch_stride: int = 4) -> tuple[nn.Module, nn.Module]:
     """The (encoder, decoder) pair: "mlp" uses `hidden` (decoder mirrored); "conv" needs square images,
-    `image_shape` (H, W) or (C, H, W), and uses `conv_channels` (one stride-2 stage each) and
-    `res_blocks`; "auto" picks (resolve_kind)."""
-    kind = resolve_kind(kind, image_shape, conv_channels)
+    `image_shape` (H, W) or (C, H, W), and builds `conv_design`: "patch" (PatchEncoder/PatchDecoder with
+    patch_width, patch_depth, patch_stride) or "strided" (ConvEncoder/ConvDecoder with conv_channels, one
+    stride-2 stage each, and res_blocks); "auto" picks (resolve_kind). AutoencoderConfig.arch_kwargs() gives
+    the keyword arguments."""
+    arch = dict(conv_design=conv_design, patch_stride=patch_stride)
+    kind = resolve_kind(kind, image_shape, conv_channels, **arch)
     if kind == "mlp":
         encoder = MLP([data_dim, *hidden, latent_dim], "leaky_relu", 0.2)
         decoder = MLP([latent_dim, *reversed(hidden), data_dim], "leaky_relu", 0.2, "sigmoid")
@@ -190,6 +348,11 @@ def build_autoencoder(kind: str, data_dim: int, latent_dim: int, hidden=(512, 25
             raise ValueError(f"the conv autoencoder needs square images (N, H, W) or (N, C, H, W) with H == W, "
                              f"got {image_shape}")
         side, c = image_shape[-1], (image_shape[0] if len(image_shape) == 3 else 1)
+        if conv_design == "patch":
+            return (PatchEncoder(side, latent_dim, patch_width, patch_depth, patch_stride, in_channels=c),
+                    PatchDecoder(side, latent_dim, patch_width, patch_depth, patch_stride, out_channels=c))
+        if conv_design != "strided":
+            raise ValueError(f"conv_design must be 'patch' or 'strided', got {conv_design!r}")
         return (ConvEncoder(side, latent_dim, conv_channels, res_blocks, in_channels=c),
                 ConvDecoder(side, latent_dim, conv_channels, res_blocks, out_channels=c))
     raise ValueError(f"autoencoder kind must be 'auto', 'mlp' or 'conv', got {kind!r}")

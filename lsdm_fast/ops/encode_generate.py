@@ -215,49 +215,92 @@ def _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offs
 
 # ---------------------------------------------------------------- entry points
 
+# Rows per piece when the entry points split a batch: the pieces' activations, not N, set the peak memory.
+# A conv front/tail holds ~10-30 KB of activations per row, the fused MLPs a few widths' worth.
+CHUNK_ROWS = {"conv": {"cpu": 4096, "cuda": 65536}, "mlp": {"cpu": 65536, "cuda": 1 << 20}}
+
+
+def chunk_rows(device: torch.device, conv: bool) -> int:
+    """Rows per piece for encode/generate on `device` (conv: with a front or tail)."""
+    table = CHUNK_ROWS["conv" if conv else "mlp"]
+    return table.get(device.type, table["cpu"])
+
+
 def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None, front=None,
            backend: str = "auto", precision: str | None = None) -> torch.Tensor:
     """encoder(y) without autograd, accumulating in float32 (float64 stays float64). With `front` (a module
-    or function, e.g. a ConvEncoder's `front`): encoder(front(y)), front applied `batch_size` rows at a time.
-    `precision`: the float32 matmul precision of the GPU backends (docs/design.md §4, "Precision"; None:
-    $LSDM_MATMUL_PRECISION, else "ieee")."""
-    if front is not None:
-        _check_tensor("y", y)
-        if batch_size is not None:
-            _int("batch_size", batch_size, 1)
-        step = len(y) if batch_size is None else operator.index(batch_size)
+    or function, e.g. a ConvEncoder's `front`): encoder(front(y)).
+
+    The rows go through `batch_size` at a time (None: chunk_rows for the device), so the peak memory
+    beyond the (N, out_features) result does not grow with N. `precision`: the float32 matmul precision of
+    the GPU backends (docs/design.md §4, "Precision"; None: $LSDM_MATMUL_PRECISION, else "ieee")."""
+    _check_tensor("y", y)
+    if batch_size is not None:
+        batch_size = _int("batch_size", batch_size, 1)
+    step = batch_size or chunk_rows(y.device, front is not None)
+    if front is None:
+        _check_encode(encoder, y, batch_size)
+        name, fn = resolve("encode", backend, y.device)
+        kw = precision_kwargs("encode", name, precision)
+        return _in_pieces(len(y), step, lambda a, b: fn(encoder, y[a:b], batch_size=None, **kw))
+    if y.dim() < 1:
+        raise ValueError(f"encode: y must be a batch of rows, got a {y.dim()}-D tensor")
+
+    def piece(a, b):
         with torch.no_grad():
-            parts = [encode(encoder, front(y[i:i + step]), backend=backend, precision=precision)
-                     for i in range(0, len(y), max(step, 1))]
-        return torch.cat(parts) if parts else encode(encoder, front(y), backend=backend, precision=precision)
-    _check_encode(encoder, y, batch_size)
-    name, fn = resolve("encode", backend, y.device)
-    return fn(encoder, y, batch_size=None if batch_size is None else operator.index(batch_size),
-              **precision_kwargs("encode", name, precision))
+            h = front(y[a:b])
+        _check_encode(encoder, h, None)
+        name, fn = resolve("encode", backend, h.device)
+        return fn(encoder, h, batch_size=None, **precision_kwargs("encode", name, precision))
+
+    return _in_pieces(len(y), step, piece, empty=lambda: piece(0, 0))
+
+
+def _in_pieces(n: int, step: int, piece, empty=None) -> torch.Tensor:
+    """piece(a, b) for consecutive row ranges of at most `step` rows, written into one result tensor."""
+    if n <= step:
+        return piece(0, n) if (n or empty is None) else empty()
+    out = None
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        part = piece(a, b)
+        if out is None:
+            out = torch.empty((n, *part.shape[1:]), dtype=part.dtype, device=part.device)
+        out[a:b] = part
+    return out
 
 
 def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, noise_dim: int,
              num_classes: int | None = None, seed: int = 0, offset: int = 0,
              eta: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32, tail=None,
-             backend: str = "auto", precision: str | None = None) -> torch.Tensor:
+             backend: str = "auto", precision: str | None = None, batch_size: int | None = None) -> torch.Tensor:
     """y = decoder(generator(cat(eta, x))) for each row of `cond`; with `tail` (a module or function, e.g. a
     ConvDecoder's `tail`), y = tail(decoder(generator(...))), out_dtype applied after the tail.
 
     Row i uses noise row `offset + i` of the stream `seed`, so a batch split into pieces with
-    matching offsets gives the same samples as the whole batch. `precision`: as encode's.
+    matching offsets gives the same samples as the whole batch; this call itself runs `batch_size`
+    rows at a time (None: chunk_rows for the device), so its peak memory beyond the result does not
+    grow with N. `precision`: as encode's.
     """
     noise_dim, seed, offset = _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offset, eta,
                                               out_dtype)
+    if batch_size is not None:
+        batch_size = _int("batch_size", batch_size, 1)
     name, fn = resolve("generate", backend, cond.device)
     kw = precision_kwargs("generate", name, precision)
-    if tail is None:
-        return fn(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed, offset=offset,
-                  eta=eta, out_dtype=out_dtype, **kw)
-    work = torch.float64 if decoder.weights[0].dtype == torch.float64 else torch.float32
-    h = fn(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed, offset=offset,
-           eta=eta, out_dtype=work, **kw)
-    with torch.no_grad():
-        return to_out_dtype(tail(h), out_dtype)
+    work = out_dtype
+    if tail is not None:
+        work = torch.float64 if decoder.weights[0].dtype == torch.float64 else torch.float32
+
+    def piece(a, b):
+        h = fn(generator, decoder, cond[a:b], noise_dim=noise_dim, num_classes=num_classes, seed=seed,
+               offset=offset + a, eta=None if eta is None else eta[a:b], out_dtype=work, **kw)
+        if tail is None:
+            return h
+        with torch.no_grad():
+            return to_out_dtype(tail(h), out_dtype)
+
+    return _in_pieces(int(cond.shape[0]), batch_size or chunk_rows(cond.device, tail is not None), piece)
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
