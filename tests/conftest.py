@@ -7,6 +7,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import hashlib  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
@@ -21,10 +23,17 @@ settings.load_profile("long" if FUZZ_EXAMPLES else "ci")
 
 
 @pytest.fixture
-def rng():
-    """Fresh random inputs every run (the seed is printed on failure via the test id's output)."""
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"random seed: {seed}")
+def rng(request):
+    """Random inputs for parity tests. In CI (CI set) each test draws from a seed fixed by its own id, so a
+    run is repeatable and a tolerance cannot fail by chance; elsewhere every run draws fresh inputs.
+    LSDM_TEST_SEED=N pins the seed anywhere (to replay a failure: the seed is printed)."""
+    if os.environ.get("LSDM_TEST_SEED"):
+        seed = int(os.environ["LSDM_TEST_SEED"])
+    elif os.environ.get("CI"):
+        seed = int.from_bytes(hashlib.sha256(request.node.nodeid.encode()).digest()[:4], "little")
+    else:
+        seed = int.from_bytes(os.urandom(4), "little")
+    print(f"random seed: {seed} (LSDM_TEST_SEED={seed} replays it)")
     return np.random.default_rng(seed)
 
 
