@@ -14,7 +14,7 @@ STOPS = ("plateau", "steps")
 # checkpoint or model keeps its behaviour (and still resumes) instead of taking today's default.
 IMPLIED_BY_ABSENCE = {
     "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
-                    "conv_design": "strided", "warmup_steps": 0},
+                    "conv_design": "strided", "warmup_steps": 0, "ema": 0.0},
     "matching": {},
 }
 
@@ -49,6 +49,7 @@ class AutoencoderConfig:
     batch_size: int = 256
     lr: float = 1e-3
     warmup_steps: int = 0  # linear learning-rate warm-up from lr / warmup_steps over the first steps
+    ema: float = 0.0  # decay of an average of the weights that the plateau checks measure and stage 1 ends with (0: off)
     loss: str = "bce"  # "bce" (images in [0, 1]) or "mse"
     latent_l2: float = 1e-4  # keeps the latent cloud compact: easier for stage 2 to match
     # decode z + latent_noise * std_batch(z) * N(0, I) in training: the decoder learns to map a
@@ -149,6 +150,7 @@ class LSDMConfig:
             (a.patch_stride >= 2 and a.patch_stride % 2 == 0,
              f"autoencoder.patch_stride must be an even number >= 2, got {a.patch_stride}"),
             (a.warmup_steps >= 0, f"autoencoder.warmup_steps must be >= 0, got {a.warmup_steps}"),
+            (0 <= a.ema < 1, f"autoencoder.ema must be in [0, 1), got {a.ema}"),
             (0 <= m.generator_ema < 1, f"matching.generator_ema must be in [0, 1), got {m.generator_ema}"),
             (a.latent_noise >= 0, f"autoencoder.latent_noise must be >= 0, got {a.latent_noise}"),
             (a.latent_dim >= 1, f"autoencoder.latent_dim must be >= 1, got {a.latent_dim}"),

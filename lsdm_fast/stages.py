@@ -56,6 +56,17 @@ def _due(every: int, step_done: int, total: int) -> bool:
 
 # ------------------------------------------------------------------------------ stage 1
 
+class _CosineWithWarmup:
+    """LambdaLR factor: a linear ramp over `warmup` steps, times a cosine from 1 to `floor` over `total`."""
+
+    def __init__(self, total: int, warmup: int, floor: float):
+        self.total, self.warmup, self.floor = total, warmup, floor
+
+    def __call__(self, step: int) -> float:
+        ramp = min(1.0, (step + 1) / self.warmup)
+        return ramp * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total)))
+
+
 class AutoencoderStep:
     """One stage-1 step: a batch of y through E then D, minimise reconstruction error (+ a small latent L2).
 
@@ -64,6 +75,9 @@ class AutoencoderStep:
     measures the reconstruction loss on them: after `plateau_patience` checks without a relative
     improvement of `plateau_tol` the learning rate drops 5x, and the plateau after `plateau_decays` drops
     ends the stage (`done`), capped at `total` steps: stage 1 to convergence, for any data size.
+    Either way the learning rate rises linearly over the first `warmup_steps`; with `ema` > 0 an
+    exponential moving average of the weights is what the held-out checks measure and what the stage
+    ends with (`finish`).
     """
 
     stage = "stage 1 (autoencoder)"
@@ -90,8 +104,14 @@ class AutoencoderStep:
         epoch = -(-n_train // cfg.batch_size)
         self.total = int(round(cfg.epochs * n_train / cfg.batch_size)) if cfg.epochs > 0 else cfg.steps
         self.period = max(epoch, cfg.check_every)
-        self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(self.total, 1), eta_min=cfg.lr * 0.05)
-                      if cfg.stop == "steps" else None)
+        self.sched = None
+        if cfg.stop == "steps" and cfg.warmup_steps == 0:
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(self.total, 1), eta_min=cfg.lr * 0.05)
+        elif cfg.stop == "steps":  # the same cosine, times the warm-up ramp
+            cosine = _CosineWithWarmup(max(self.total, 1), cfg.warmup_steps, 0.05)
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine)
+        self.ema = [p.detach().clone() for p in self.params] if cfg.ema > 0 else None
+        self.ema_updates = 0
         # plateau rule: best held-out loss, checks since it improved, drops so far, stopped
         self.plateau = {"best": math.inf, "bad": 0, "drops": 0, "done": False}
 
@@ -131,18 +151,54 @@ class AutoencoderStep:
         finite_or_raise(self.stage, where, {"the loss": float(loss_avg)}, self.describe, self.hint)
         if self.scaler is None:  # under fp16 the scaler skips steps with overflowing gradients by design
             finite_or_raise(self.stage, where, {"the gradient norm": float(grad_norm(grads))}, self.describe, self.hint)
+        if cfg.stop == "plateau" and step < cfg.warmup_steps:
+            for group in self.opt.param_groups:
+                group["lr"] = cfg.lr * 0.2 ** self.plateau["drops"] * (step + 1) / cfg.warmup_steps
         step_optimizer(self.opt, self.scaler)
         if self.sched is not None:
             self.sched.step()
+        if self.ema is not None:
+            self._update_ema()
         return float(rec_avg)
+
+    def _update_ema(self) -> None:
+        # the decay ramps up (1 + t) / (10 + t) -> cfg.ema, so the average forgets the initial weights early
+        self.ema_updates += 1
+        decay = min(self.cfg.ema, (1 + self.ema_updates) / (10 + self.ema_updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - decay)
+
+    def _swap_ema(self) -> None:
+        with torch.no_grad():
+            for p, e in zip(self.params, self.ema):
+                t = p.detach().clone()
+                p.copy_(e)
+                e.copy_(t)
+
+    def finish(self) -> None:
+        """End of the stage: the networks take the averaged weights (when the EMA is on)."""
+        if self.ema is not None:
+            with torch.no_grad():
+                for p, e in zip(self.params, self.ema):
+                    p.copy_(e)
+
+    def heldout_loss(self) -> float:
+        """The reconstruction loss on the held-out images (with the averaged weights when the EMA is on)."""
+        if self.ema is not None:
+            self._swap_ema()
+        try:
+            with torch.no_grad(), autocast(self.precision, self.y.device):
+                return sum(float(self._loss(self.decoder(self.encoder(h)).float(), h)) * len(h)
+                           for h in self.heldout.split(512)) / len(self.heldout)
+        finally:
+            if self.ema is not None:
+                self._swap_ema()
 
     def check(self, step_done: int) -> float | None:
         """Plateau rule, every `period` steps: the held-out loss (returned), learning-rate drops, `done`."""
         if self.heldout is None or step_done % self.period:
             return None
-        with torch.no_grad(), autocast(self.precision, self.y.device):
-            v = sum(float(self._loss(self.decoder(self.encoder(h)).float(), h)) * len(h)
-                    for h in self.heldout.split(512)) / len(self.heldout)
+        v = self.heldout_loss()
         p = self.plateau
         if v < p["best"] * (1 - self.cfg.plateau_tol):
             p["best"], p["bad"] = v, 0
@@ -159,7 +215,9 @@ class AutoencoderStep:
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict() if self.sched is not None else None,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "plateau": dict(self.plateau)}
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "plateau": dict(self.plateau),
+                "ema": [t.clone() for t in self.ema] if self.ema is not None else None,
+                "ema_updates": self.ema_updates}
 
     def load_state_dict(self, d: dict) -> None:
         self.opt.load_state_dict(d["opt"])
@@ -169,6 +227,13 @@ class AutoencoderStep:
             self.scaler.load_state_dict(d["scaler"])
         if d.get("plateau"):
             self.plateau = dict(d["plateau"])
+        if self.ema is not None:
+            if d.get("ema") is None:
+                raise ValueError(f"{self.stage}: the saved state has no weight average but ema={self.cfg.ema}")
+            with torch.no_grad():
+                for e, t in zip(self.ema, d["ema"]):
+                    e.copy_(t)
+            self.ema_updates = int(d.get("ema_updates", 0))
 
 
 def _plateau_state(step_fn: AutoencoderStep) -> str:
@@ -212,6 +277,7 @@ def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderCon
     bar.close()
     state.history["stage1_steps"] = state.step
     state.optim = step_fn.state_dict()
+    step_fn.finish()
 
 
 # ------------------------------------------------------------------------------ stage 2
