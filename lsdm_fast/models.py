@@ -207,14 +207,17 @@ class PatchConvTranspose2d(nn.Module):
         w = self.weight.reshape(self.cin, self.cout, 2, s, 2, s)  # (c, o, du, a, dv, b)
         return w.permute(2, 4, 3, 5, 1, 0).reshape(-1, self.cin)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on channels-last x (N, H, W, cin), its output channels first (N, cout, sH, sW): one GEMM
+        gives every position's (2s)x(2s) patch, torch's col2im (F.fold) adds the overlapping patches up."""
         n, h, w, _ = x.shape
         s = self.stride
-        q = F.linear(x, self.gemm_weight()).reshape(n, h, w, 4, s * s * self.cout)  # quarter (du, dv) of each patch
-        cells = (F.pad(q[:, :, :, 0], (0, 0, 0, 1, 0, 1)) + F.pad(q[:, :, :, 1], (0, 0, 1, 0, 0, 1))
-                 + F.pad(q[:, :, :, 2], (0, 0, 0, 1, 1, 0)) + F.pad(q[:, :, :, 3], (0, 0, 1, 0, 1, 0)))
-        p = s // 2
-        return depth_to_space(cells, s)[:, p:-p, p:-p] + self.bias
+        patches = F.linear(x.reshape(n, h * w, self.cin), self.weight.reshape(self.cin, -1).t())  # (n, hw, cout*4s^2)
+        out = F.fold(patches.transpose(1, 2), (h * s, w * s), 2 * s, padding=s // 2, stride=s)
+        return out + self.bias.view(1, -1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.channels_first(x).permute(0, 2, 3, 1)
 
 
 class PatchEncoder(nn.Module):
@@ -233,8 +236,13 @@ class PatchEncoder(nn.Module):
 
     def front(self, y: torch.Tensor) -> torch.Tensor:
         """The convolutional part: (N, C*H*W) -> (N, low * low * width), the input of the dense `fc`."""
-        x = y.reshape(-1, self.in_channels, self.side, self.side).permute(0, 2, 3, 1)
-        h = F.leaky_relu(self.conv(x), 0.2)
+        # channels-last strides, which oneDNN/cuDNN keep for the output (for one channel .contiguous(memory_format=
+        # channels_last) would keep NCHW strides, and the output would be NCHW)
+        x = y.reshape(-1, self.in_channels, self.side, self.side).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        # torch's own convolution (oneDNN / cuDNN) in channels-last: its output, permuted, is (N, H/s, W/s, width)
+        # without a copy
+        h = F.leaky_relu(F.conv2d(x, self.conv.weight, self.conv.bias, self.stride, self.stride // 2), 0.2)
+        h = h.permute(0, 2, 3, 1)
         for layer in self.mix:
             h = F.leaky_relu(layer(h), 0.2)
         return h.reshape(len(h), -1)
@@ -261,16 +269,23 @@ class PatchDecoder(nn.Module):
         self.mix = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.conv = PatchConvTranspose2d(width, out_channels, stride)
 
-    def tail(self, h: torch.Tensor) -> torch.Tensor:
-        """The convolutional part: the dense head's output (N, low * low * width) -> images (N, C*H*W)."""
+    def tail_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The convolutional part before the sigmoid: the dense head's output (N, low * low * width) -> (N, C*H*W)."""
         h = h.reshape(-1, self.low, self.low, self.width)
         for layer in self.mix:
             h = F.leaky_relu(layer(h), 0.2)
-        y = torch.sigmoid(self.conv(h))
-        return (y if self.out_channels == 1 else y.permute(0, 3, 1, 2)).reshape(len(y), -1)
+        return self.conv.channels_first(h).reshape(len(h), -1)
+
+    def tail(self, h: torch.Tensor) -> torch.Tensor:
+        """The convolutional part: the dense head's output (N, low * low * width) -> images (N, C*H*W)."""
+        return torch.sigmoid(self.tail_logits(h))
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder before its sigmoid (stage 1 trains through binary_cross_entropy_with_logits)."""
+        return self.tail_logits(F.leaky_relu(self.fc(z), 0.2))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.tail(F.leaky_relu(self.fc(z), 0.2))
+        return torch.sigmoid(self.logits(z))
 
     def dense(self) -> MLPParams:
         """`fc` + LeakyReLU as the fused generate op takes it: decoder(z) = tail(head(z)), head = this."""
