@@ -14,7 +14,7 @@ STOPS = ("plateau", "steps")
 # checkpoint or model keeps its behaviour (and still resumes) instead of taking today's default.
 IMPLIED_BY_ABSENCE = {
     "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
-                    "conv_design": "strided", "warmup_steps": 0, "ema": 0.0},
+                    "conv_design": "strided", "warmup_steps": 0, "ema": 0.0, "check_epochs": 1.0},
     "matching": {},
 }
 
@@ -42,7 +42,8 @@ class AutoencoderConfig:
     steps: int = 20000
     epochs: float = 0.0
     holdout: float = 0.05  # plateau: fraction of the images held out to measure the loss on (at most 2048)
-    check_every: int = 200  # plateau: steps between held-out checks (at least one epoch)
+    check_every: int = 200  # plateau: steps between held-out checks, at least (at least check_epochs epochs)
+    check_epochs: float = 1.0  # plateau: ... and at least this many passes over the training images between checks
     plateau_tol: float = 0.002  # plateau: a relative improvement below this is no improvement
     plateau_patience: int = 2  # plateau: checks without improvement before the learning rate drops (x0.2)
     plateau_decays: int = 2  # plateau: drops before stopping (the next plateau ends stage 1)
@@ -150,6 +151,7 @@ class LSDMConfig:
             (a.patch_stride >= 2 and a.patch_stride % 2 == 0,
              f"autoencoder.patch_stride must be an even number >= 2, got {a.patch_stride}"),
             (a.warmup_steps >= 0, f"autoencoder.warmup_steps must be >= 0, got {a.warmup_steps}"),
+            (a.check_epochs >= 0, f"autoencoder.check_epochs must be >= 0, got {a.check_epochs}"),
             (0 <= a.ema < 1, f"autoencoder.ema must be in [0, 1), got {a.ema}"),
             (0 <= m.generator_ema < 1, f"matching.generator_ema must be in [0, 1), got {m.generator_ema}"),
             (a.latent_noise >= 0, f"autoencoder.latent_noise must be >= 0, got {a.latent_noise}"),

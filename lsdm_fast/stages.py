@@ -101,9 +101,8 @@ class AutoencoderStep:
             perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 7919)).to(y.device)
             self.heldout, self.train_idx = y[perm[:n_out]], perm[n_out:]
         n_train = len(y) if self.train_idx is None else len(self.train_idx)
-        epoch = -(-n_train // cfg.batch_size)
         self.total = int(round(cfg.epochs * n_train / cfg.batch_size)) if cfg.epochs > 0 else cfg.steps
-        self.period = max(epoch, cfg.check_every)
+        self.period = max(math.ceil(cfg.check_epochs * n_train / cfg.batch_size), cfg.check_every)
         self.sched = None
         if cfg.stop == "steps" and cfg.warmup_steps == 0:
             self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(self.total, 1), eta_min=cfg.lr * 0.05)
