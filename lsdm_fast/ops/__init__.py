@@ -10,6 +10,7 @@ import importlib
 import pkgutil
 
 from ._registry import BACKENDS, IMPORT_ERRORS, available_backends, registered_ops
+from .autoencoder_step import AutoencoderStepOutput, autoencoder_loss_grads
 from .critic_gp import CriticStepOutput, critic_gradient_penalty, critic_score_grad
 from .encode_generate import encode, generate
 from .mlp import MLPParams, mlp_forward_reference
@@ -23,7 +24,8 @@ for _m in pkgutil.iter_modules(__path__):
             IMPORT_ERRORS[_m.name] = f"{type(_exc).__name__}: {_exc}"
 
 __all__ = [
-    "BACKENDS", "IMPORT_ERRORS", "available_backends", "registered_ops", "CriticStepOutput",
+    "BACKENDS", "IMPORT_ERRORS", "available_backends", "registered_ops", "AutoencoderStepOutput",
+    "autoencoder_loss_grads", "CriticStepOutput",
     "critic_gradient_penalty", "critic_score_grad", "encode", "generate", "MLPParams",
     "mlp_forward_reference", "philox_normal",
 ]
