@@ -14,7 +14,8 @@ STOPS = ("plateau", "steps")
 # checkpoint or model keeps its behaviour (and still resumes) instead of taking today's default.
 IMPLIED_BY_ABSENCE = {
     "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
-                    "conv_design": "strided", "warmup_steps": 0, "ema": 0.0, "check_epochs": 1.0},
+                    "conv_design": "strided", "warmup_steps": 0, "ema": 0.0, "check_epochs": 1.0,
+                    "backend": "auto"},
     "matching": {},
 }
 
@@ -57,6 +58,9 @@ class AutoencoderConfig:
     # neighbourhood of each latent to a clean image, which forgives stage 2's small misses (0: off)
     latent_noise: float = 0.0
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of the stage); needs a checkpoint_dir
+    # of ops.autoencoder_loss_grads, the fused step of the patch autoencoder at fp32 (other models and precisions
+    # train through autograd); the results do not depend on it
+    backend: str = "auto"
 
     def arch_kwargs(self) -> dict:
         """The conv architecture's fields, as models.build_autoencoder / conv_fits take them."""

@@ -30,10 +30,13 @@ import torch.nn.functional as F
 from tqdm.auto import trange
 
 from . import distributed as D
+from . import ops
 from .checkpoint import Checkpointer
 from .config import AutoencoderConfig, MatchingConfig
 from .guards import TrainingError, finite_or_raise, grad_norm, out_of_memory_as_training_error  # noqa: F401 (re-export)
 from .matching_step import MatchingStep, no_checkpoint
+from .models import PatchDecoder, PatchEncoder
+from .ops._registry import resolve
 from .precision import autocast, make_scaler, step_optimizer
 from .state import MATCHING_CURVES, TrainingState
 
@@ -113,6 +116,11 @@ class AutoencoderStep:
         self.ema_updates = 0
         # plateau rule: best held-out loss, checks since it improved, drops so far, stopped
         self.plateau = {"best": math.inf, "bad": 0, "drops": 0, "done": False}
+        # the backend of the fused step (ops.autoencoder_loss_grads), resolved once; None: autograd through the
+        # modules (models the op does not take, mixed precision)
+        self.backend = None
+        if precision == "fp32" and isinstance(encoder, PatchEncoder) and isinstance(decoder, PatchDecoder):
+            self.backend = resolve(ops.autoencoder_step.OP, cfg.backend, y.device)[0]
 
     @property
     def done(self) -> bool:
@@ -128,6 +136,25 @@ class AutoencoderStep:
         if self.train_idx is not None:
             idx = self.train_idx[idx]
         yb = y[D.shard(idx)]
+        loss, rec_loss, grads = (self._fused_loss_grads(yb) if self.backend is not None
+                                 else self._autograd_loss_grads(yb))
+        return self._update(step, loss, rec_loss, grads)
+
+    def _fused_loss_grads(self, yb: torch.Tensor):
+        """The loss terms and the gradients (set into p.grad) from the fused op, no autograd graph."""
+        cfg = self.cfg
+        eps = (torch.randn((len(yb), cfg.latent_dim), generator=self.rng, device=yb.device, dtype=yb.dtype)
+               if cfg.latent_noise > 0 else None)  # the draw _autograd_loss_grads makes
+        out = ops.autoencoder_loss_grads(self.encoder, self.decoder, yb, latent_l2=cfg.latent_l2, loss=cfg.loss,
+                                         latent_noise=cfg.latent_noise, noise=eps, backend=self.backend)
+        self.opt.zero_grad(set_to_none=True)
+        for p, g in zip(self.params, out.grads):
+            p.grad = g
+        return out.loss, out.reconstruction, out.grads
+
+    def _autograd_loss_grads(self, yb: torch.Tensor):
+        """The loss terms and the gradients (into p.grad) by autograd through the modules: any model, any precision."""
+        cfg, y = self.cfg, self.y
         with autocast(self.precision, y.device):
             z = self.encoder(yb)
             if cfg.latent_noise > 0:  # the decoder learns to map a neighbourhood of each latent to the image
@@ -143,6 +170,11 @@ class AutoencoderStep:
         self.opt.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         grads = [p.grad for p in self.params if p.grad is not None]
+        return loss, rec_loss, grads
+
+    def _update(self, step: int, loss: torch.Tensor, rec_loss: torch.Tensor, grads: list[torch.Tensor]) -> float:
+        """Average over processes, the guards, the optimiser step, the schedules; the reconstruction loss."""
+        cfg = self.cfg
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         loss_avg, rec_avg = D.average_into(grads, loss, rec_loss)
@@ -275,6 +307,8 @@ def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderCon
                   f"{_plateau_state(step_fn)}")
     bar.close()
     state.history["stage1_steps"] = state.step
+    if step_fn.backend is not None:
+        state.history["autoencoder_backend"] = step_fn.backend
     state.optim = step_fn.state_dict()
     step_fn.finish()
 

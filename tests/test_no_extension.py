@@ -31,6 +31,15 @@ SCRIPT = textwrap.dedent("""
         assert "not available" in str(exc) and "blocked for the test" in str(exc), exc
     else:
         raise AssertionError("backend='cpp' should fail clearly without the extension")
+    from lsdm_fast.models import PatchDecoder, PatchEncoder  # stage 1's fused step: the same rule
+    enc, dec = PatchEncoder(8, 4, 8, 1, 4), PatchDecoder(8, 4, 8, 1, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            ae = ops.autoencoder_loss_grads(enc, dec, torch.rand(4, 64), latent_l2=0.1)
+    assert ae.backend == "torch"
+    msgs = [str(w.message) for w in caught if "falling back" in str(w.message)]
+    assert len(msgs) == 1 and "autoencoder_loss_grads" in msgs[0], msgs
     print("OK")
 """)
 
