@@ -8,7 +8,8 @@ autoencoders, every competitor in the same run:
 each as eager fp32 (`eager`), channels-last memory format (`channels_last`, strided only: the patch model is
 channels-last by construction), bf16 autocast (`bf16`, only where the CPU has AMX or AVX512-BF16; what
 precision="auto" picks there), and torch.compile (`compile`, the compile time is paid in the warm-up and
-reported in extra_info).
+reported in extra_info); the patch model also as `cpp`: the fused step ops.autoencoder_loss_grads(backend="cpp")
+(csrc/patch_ae_cpu.cpp, what stage 1 runs on CPU at fp32), its gradients handed to the same Adam.
 
     pytest bench/bench_stage1_step.py --benchmark-only --benchmark-json=stage1.json
     python bench/report.py stage1.json --baseline strided:eager
@@ -27,6 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lsdm_fast import ops
 from lsdm_fast.config import AutoencoderConfig
 from lsdm_fast.models import build_autoencoder
 from lsdm_fast.precision import cpu_has_fast_bf16
@@ -37,14 +39,14 @@ THREADS = int(os.environ.get("LSDM_BENCH_THREADS", "1"))
 COMPILE = os.environ.get("LSDM_BENCH_COMPILE", "1") not in ("", "0")
 BATCH, SIDE = 256, 28
 DESIGNS = {"strided": dict(conv_design="strided", conv_channels=(32, 64)), "patch": {}}
-MODES = ["eager", "channels_last", "bf16", "compile"]
+MODES = ["eager", "channels_last", "bf16", "compile", "cpp"]
 
 
 def _variants():
     out = []
     for design in DESIGNS:
         for mode in MODES:
-            if mode == "channels_last" and design != "strided":
+            if (mode == "channels_last" and design != "strided") or (mode == "cpp" and design != "patch"):
                 continue
             out.append(f"{design}:{mode}")
     return out
@@ -65,6 +67,8 @@ def _make(design: str):
 @pytest.mark.parametrize("variant", _variants())
 def test_stage1_step(benchmark, variant):
     design, mode = variant.split(":")
+    if mode == "cpp" and "cpp" not in ops.available_backends("autoencoder_loss_grads", DEVICE):
+        pytest.skip(f"no cpp backend for autoencoder_loss_grads on {DEVICE.type} (CPU only, needs the extension)")
     if mode == "bf16" and DEVICE.type == "cpu" and not cpu_has_fast_bf16():
         pytest.skip("this CPU has neither AMX-BF16 nor AVX512-BF16: bf16 would be emulated (precision='auto' "
                     "keeps fp32 here)")
@@ -92,13 +96,24 @@ def test_stage1_step(benchmark, variant):
         opt.step()
         _sync()
 
+    def fused_loss_grads():  # the same loss (BCE, no latent penalty), loss and gradients from one call
+        return ops.autoencoder_loss_grads(enc, dec, y, latent_l2=0.0, backend="cpp")
+
+    if mode == "cpp":
+        def step():  # noqa: F811 - the fused variant of the step above
+            out = fused_loss_grads()
+            opt.zero_grad(set_to_none=True)
+            for p, g in zip(params, out.grads):
+                p.grad = g
+            opt.step()
+
     if mode == "compile" and not COMPILE:
         pytest.skip("LSDM_BENCH_COMPILE=0")
     t0 = time.perf_counter()
     step()  # compiles under torch.compile
     first = time.perf_counter() - t0
     try:
-        flops = count_flops(lambda: loss_fn(y).backward())
+        flops = count_flops(fused_loss_grads if mode == "cpp" else lambda: loss_fn(y).backward())
         benchmark.group = f"stage-1 step {DEVICE.type} batch={BATCH} {SIDE}x{SIDE}"
         benchmark.extra_info.update(device=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
                                     torch=torch.__version__, threads=torch.get_num_threads(), flops=flops,

@@ -200,6 +200,7 @@ def _bad_calls(rng):
         "noise missing": ((enc, dec, y), {"latent_noise": 0.1}, TypeError, "latent_noise > 0 needs noise"),
         "noise shape": ((enc, dec, y), {"latent_noise": 0.1, "noise": torch.zeros(4, 5)}, ValueError,
                         "noise must be (4, 6)"),
+        "unknown precision": ((enc, dec, y), {"precision": "fp8"}, ValueError, "precision must be None or one of"),
         "noise one row": ((enc, dec, y[:1]), {"latent_noise": 0.1, "noise": torch.zeros(1, 6)}, ValueError,
                           "at least 2 images"),
     }

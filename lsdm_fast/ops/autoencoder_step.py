@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._registry import register, resolve
+from ._registry import precision_kwargs, register, resolve
 
 OP = "autoencoder_loss_grads"
 LOSSES = ("bce", "mse")
@@ -122,12 +122,13 @@ def _check_inputs(encoder, decoder, y, latent_l2, loss, latent_noise, noise) -> 
 
 def autoencoder_loss_grads(encoder: nn.Module, decoder: nn.Module, y: torch.Tensor, *, latent_l2: float,
                            loss: str = "bce", latent_noise: float = 0.0, noise: torch.Tensor | None = None,
-                           backend: str = "auto") -> AutoencoderStepOutput:
-    """One stage-1 step's loss terms and parameter gradients (see the module docstring)."""
+                           backend: str = "auto", precision: str | None = None) -> AutoencoderStepOutput:
+    """One stage-1 step's loss terms and parameter gradients (see the module docstring). `precision`: as every
+    entry point's (docs/design.md §4, "Precision"); this op's backends ("torch", "cpp") compute in full float32."""
     latent_l2, latent_noise = _check_inputs(encoder, decoder, y, latent_l2, loss, latent_noise, noise)
     name, fn = resolve(OP, backend, y.device)
     out = fn(encoder, decoder, y, latent_l2=latent_l2, loss=loss, latent_noise=latent_noise,
-             noise=noise if latent_noise > 0 else None)
+             noise=noise if latent_noise > 0 else None, **precision_kwargs(OP, name, precision))
     # the backends answer in patch_parameters' order; the caller gets the modules' order
     by_id = {id(p): g for p, g in zip(patch_parameters(encoder, decoder), out.grads)}
     out.grads = [by_id[id(p)] for p in (*encoder.parameters(), *decoder.parameters())]
