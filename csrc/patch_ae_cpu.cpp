@@ -122,93 +122,89 @@ inline T log1p_of(T e) {
 // one (kW = 0). Columns [lo, hi) of a segment lie inside the image.
 template <typename T, int64_t kW>
 struct Segment {
-  static inline void copy(T* __restrict__ d, const T* __restrict__ s, int64_t lo, int64_t hi, int64_t w) {
+  // im2col: d (patch row) <- s (image row), zeros outside [lo, hi); s == nullptr: the row is outside the image
+  static inline void gather(T* __restrict__ d, const T* __restrict__ s, int64_t lo, int64_t hi, int64_t w) {
     const int64_t n = kW > 0 ? kW : w;
-    if (lo == 0 && hi == n) {
+    if (s == nullptr) {
+      for (int64_t k = 0; k < n; ++k) d[k] = T(0);
+    } else if (lo == 0 && hi == n) {
       for (int64_t k = 0; k < n; ++k) d[k] = s[k];
-      return;
+    } else {
+      for (int64_t k = 0; k < n; ++k) d[k] = (k >= lo && k < hi) ? s[k] : T(0);
     }
-    for (int64_t k = 0; k < n; ++k) d[k] = (k >= lo && k < hi) ? s[k] : T(0);
   }
-  static inline void add(T* __restrict__ d, const T* __restrict__ s, int64_t lo, int64_t hi, int64_t w) {
+  // col2im: d (image row) += s (patch row) on [lo, hi); d == nullptr: the row is cropped
+  static inline void scatter_add(T* __restrict__ d, const T* __restrict__ s, int64_t lo, int64_t hi, int64_t w) {
     const int64_t n = kW > 0 ? kW : w;
+    if (d == nullptr) return;
     if (lo == 0 && hi == n) {
       for (int64_t k = 0; k < n; ++k) d[k] += s[k];
-      return;
+    } else {
+      for (int64_t k = lo; k < hi; ++k) d[k] += s[k];
     }
-    for (int64_t k = lo; k < hi; ++k) d[k] += s[k];
   }
 };
 
-// dst (N*L*L, Q): the (2S)x(2S) patch of every stride-S position of src (N, C, H, H), padding S/2,
-// entries in (c, ky, kx) order; zeros outside the image. The encoder's im2col, and the gather that is
-// the adjoint of col2im_add.
-template <typename T, int64_t kW>
-void im2col_w(const T* src, T* dst, int64_t N, int64_t C, int64_t H, int64_t S) {
+// Visits every (2S)-wide row segment of every stride-S position's (2S)x(2S) patch (padding S/2) of images
+// (N, C, H, H), pairing the segment's place in the patch matrix (N*L*L, Q), entries in (c, ky, kx) order, with
+// the image row it covers: visit(patch_offset, inside, image_offset, lo, hi) (inside: the row lies in the
+// image; the offset is that of column x0 = S j - S/2, which may be negative: only [lo, hi) is read). Images are
+// independent, so they split over threads (the scatter's writes never meet).
+template <typename F>
+void for_each_segment(int64_t N, int64_t C, int64_t H, int64_t S, const F& visit) {
   const int64_t L = H / S, K2 = 2 * S, Q = C * K2 * K2, half = S / 2;
   for_chunks(n_chunks(N, L * L * Q), N, [&](int64_t, int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t i = 0; i < L; ++i)
         for (int64_t j = 0; j < L; ++j) {
-          T* row = dst + ((n * L + i) * L + j) * Q;
-          const int64_t x0 = S * j - half;
-          // the (possibly out-of-range) source address is only read at [lo, hi)
+          const int64_t row = ((n * L + i) * L + j) * Q, x0 = S * j - half;
           const int64_t lo = std::max<int64_t>(0, -x0), hi = std::min<int64_t>(K2, H - x0);
           for (int64_t c = 0; c < C; ++c)
             for (int64_t ky = 0; ky < K2; ++ky) {
-              T* d = row + (c * K2 + ky) * K2;
               const int64_t yy = S * i + ky - half;
-              if (yy < 0 || yy >= H) {
-                std::fill(d, d + K2, T(0));
-                continue;
-              }
-              Segment<T, kW>::copy(d, src + ((n * C + c) * H + yy) * H + x0, lo, hi, K2);
+              visit(row + (c * K2 + ky) * K2, yy >= 0 && yy < H, ((n * C + c) * H + yy) * H + x0, lo, hi);
             }
         }
   });
 }
 
-// dst (N, C, H, H) += the overlap-add of cols (N*L*L, Q) (im2col's layout), the parts outside the image
-// cropped: the transposed convolution's col2im. Images are independent, so they split over threads.
+// patches (N*L*L, Q) <- the (2S)x(2S) patch of every stride-S position of images (N, C, H, H), zeros outside:
+// the encoder's im2col, and the gather that is the adjoint of col2im_add.
 template <typename T, int64_t kW>
-void col2im_add_w(const T* cols, T* dst, int64_t N, int64_t C, int64_t H, int64_t S) {
-  const int64_t L = H / S, K2 = 2 * S, Q = C * K2 * K2, half = S / 2;
-  for_chunks(n_chunks(N, L * L * Q), N, [&](int64_t, int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t i = 0; i < L; ++i)
-        for (int64_t j = 0; j < L; ++j) {
-          const T* row = cols + ((n * L + i) * L + j) * Q;
-          const int64_t x0 = S * j - half;
-          const int64_t lo = std::max<int64_t>(0, -x0), hi = std::min<int64_t>(K2, H - x0);
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t ky = 0; ky < K2; ++ky) {
-              const int64_t yy = S * i + ky - half;
-              if (yy < 0 || yy >= H) continue;
-              Segment<T, kW>::add(dst + ((n * C + c) * H + yy) * H + x0, row + (c * K2 + ky) * K2, lo, hi, K2);
-            }
-        }
+void im2col_w(const T* images, T* patches, int64_t N, int64_t C, int64_t H, int64_t S) {
+  for_each_segment(N, C, H, S, [&](int64_t p, bool inside, int64_t im, int64_t lo, int64_t hi) {
+    Segment<T, kW>::gather(patches + p, inside ? images + im : nullptr, lo, hi, 2 * S);
+  });
+}
+
+// images (N, C, H, H) += the overlap-add of patches (N*L*L, Q), the parts outside the images cropped: the
+// transposed convolution's col2im.
+template <typename T, int64_t kW>
+void col2im_add_w(const T* patches, T* images, int64_t N, int64_t C, int64_t H, int64_t S) {
+  for_each_segment(N, C, H, S, [&](int64_t p, bool inside, int64_t im, int64_t lo, int64_t hi) {
+    Segment<T, kW>::scatter_add(inside ? images + im : nullptr, patches + p, lo, hi, 2 * S);
   });
 }
 
 template <typename T>
-void im2col(const T* src, T* dst, int64_t N, int64_t C, int64_t H, int64_t S) {
+void im2col(const T* images, T* patches, int64_t N, int64_t C, int64_t H, int64_t S) {
   RECORD_FUNCTION("patch_ae::im2col", std::vector<c10::IValue>());
   switch (S) {
-    case 2: return im2col_w<T, 4>(src, dst, N, C, H, S);
-    case 4: return im2col_w<T, 8>(src, dst, N, C, H, S);
-    case 8: return im2col_w<T, 16>(src, dst, N, C, H, S);
-    default: return im2col_w<T, 0>(src, dst, N, C, H, S);
+    case 2: return im2col_w<T, 4>(images, patches, N, C, H, S);
+    case 4: return im2col_w<T, 8>(images, patches, N, C, H, S);
+    case 8: return im2col_w<T, 16>(images, patches, N, C, H, S);
+    default: return im2col_w<T, 0>(images, patches, N, C, H, S);
   }
 }
 
 template <typename T>
-void col2im_add(const T* cols, T* dst, int64_t N, int64_t C, int64_t H, int64_t S) {
+void col2im_add(const T* patches, T* images, int64_t N, int64_t C, int64_t H, int64_t S) {
   RECORD_FUNCTION("patch_ae::col2im_add", std::vector<c10::IValue>());
   switch (S) {
-    case 2: return col2im_add_w<T, 4>(cols, dst, N, C, H, S);
-    case 4: return col2im_add_w<T, 8>(cols, dst, N, C, H, S);
-    case 8: return col2im_add_w<T, 16>(cols, dst, N, C, H, S);
-    default: return col2im_add_w<T, 0>(cols, dst, N, C, H, S);
+    case 2: return col2im_add_w<T, 4>(patches, images, N, C, H, S);
+    case 4: return col2im_add_w<T, 8>(patches, images, N, C, H, S);
+    case 8: return col2im_add_w<T, 16>(patches, images, N, C, H, S);
+    default: return col2im_add_w<T, 0>(patches, images, N, C, H, S);
   }
 }
 
