@@ -45,6 +45,9 @@ class _Impl:
     limits: Callable[[dict], str | None] | None = None
     # the keyword by which the backend takes a matmul precision (None: it has no choice, full float32)
     precision_kw: str | None = None
+    # (PatchPart, MLPs, precision) -> whether the backend runs that patch front / tail itself, fused with the
+    # MLPs (ops/patch.py); None: it never does, the entry point calls the module
+    fuses: Callable | None = None
 
     def refuses(self, problem: dict | None) -> str | None:
         return self.limits(problem) if self.limits is not None and problem else None
@@ -56,7 +59,11 @@ IMPORT_ERRORS: dict[str, str] = {}
 
 
 def register(op: str, backend: str, available: Callable[[torch.device], bool] | None = None,
-             why_unavailable: Callable[[], str] | None = None, limits: Callable[[dict], str | None] | None = None):
+             why_unavailable: Callable[[], str] | None = None, limits: Callable[[dict], str | None] | None = None,
+             fuses: Callable | None = None):
+    """fuses: for encode / generate, fuses(part, mlps, precision) -> bool: the backend takes `front=part` /
+    `tail=part` (a PatchPart, ops/patch.py) and computes the whole chain itself (ops/encode_generate.py); mlps:
+    (encoder,) / (generator, decoder); precision as the entry point got it."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
@@ -64,7 +71,7 @@ def register(op: str, backend: str, available: Callable[[torch.device], bool] | 
         takes = inspect.signature(fn).parameters
         precision_kw = next((k for k in ("precision", "input_precision") if k in takes), None)
         _IMPLS.setdefault(op, {})[backend] = _Impl(fn, available or (lambda device: True), why_unavailable, limits,
-                                                   precision_kw)
+                                                   precision_kw, fuses)
         return fn
 
     return deco
@@ -94,6 +101,13 @@ def precision_kwargs(op: str, backend: str, precision: str | None) -> dict:
         raise ValueError(f"precision must be None or one of {PRECISIONS}, got {precision!r}")
     kw = _IMPLS[op][backend].precision_kw
     return {} if precision is None or kw is None else {kw: precision}
+
+
+def fuses(op: str, backend: str, part, mlps: tuple, precision: str | None) -> bool:
+    """Whether `backend`'s `op` runs the patch front / tail `part` itself, fused with the MLPs `mlps` ((encoder,)
+    or (generator, decoder)) at matmul precision `precision` (None: the backend's default)."""
+    f = _IMPLS[op][backend].fuses
+    return f is not None and bool(f(part, mlps, precision))
 
 
 def resolve(op: str, backend: str, device: torch.device, problem: dict | None = None) -> tuple[str, Callable]:

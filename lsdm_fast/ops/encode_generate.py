@@ -79,9 +79,10 @@ import operator
 
 import torch
 
-from ._registry import precision_kwargs, register, resolve
+from ._registry import fuses, precision_kwargs, register, resolve
 from ._weight_cache import DerivedCache
 from .mlp import MLPParams, check_mlp, mlp_forward_reference
+from .patch import PatchPart, patch_front, patch_tail
 from .philox import philox_normal
 
 OUT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.uint8)
@@ -226,10 +227,29 @@ def chunk_rows(device: torch.device, conv: bool) -> int:
     return table.get(device.type, table["cpu"])
 
 
+def _check_patch(part: PatchPart, dense: MLPParams, device: torch.device) -> None:
+    """A patch front / tail (ops/patch.py) and the dense MLP it joins: one home for the checks, so that every
+    backend, fused or not, refuses a mismatch the same way before anything runs."""
+    if part.kind == "front" and dense.in_features != part.features:
+        raise ValueError(f"the encoder's dense part takes {dense.in_features} features but its front gives "
+                         f"{part.features} ({part.low} x {part.low} positions x width {part.width})")
+    if part.kind == "tail" and dense.out_features != part.features:
+        raise ValueError(f"the decoder's dense part gives {dense.out_features} features but its tail takes "
+                         f"{part.features} ({part.low} x {part.low} positions x width {part.width})")
+    for i, t in enumerate(part.tensors()):
+        if t.device != device:
+            raise ValueError(f"the {part.kind}'s parameter {i} ({tuple(t.shape)}) is on {t.device} but the input "
+                             f"is on {device}")
+        if not t.dtype.is_floating_point:
+            raise ValueError(f"the {part.kind}'s parameter {i} ({tuple(t.shape)}) must be floating point, "
+                             f"got {t.dtype}")
+
+
 def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None, front=None,
            backend: str = "auto", precision: str | None = None) -> torch.Tensor:
     """encoder(y) without autograd, accumulating in float32 (float64 stays float64). With `front` (a module
-    or function, e.g. a ConvEncoder's `front`): encoder(front(y)).
+    or function, e.g. a ConvEncoder's `front`): encoder(front(y)); a PatchEncoder's `front` runs fused with
+    `encoder` in backends that register `fuses` (module docstring).
 
     The rows go through `batch_size` at a time (None: chunk_rows for the device), so the peak memory
     beyond the (N, out_features) result does not grow with N. `precision`: the float32 matmul precision of
@@ -237,12 +257,27 @@ def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None
     _check_tensor("y", y)
     if batch_size is not None:
         batch_size = _int("batch_size", batch_size, 1)
-    step = batch_size or chunk_rows(y.device, front is not None)
+    part = None if front is None else patch_front(front)
+    if part is not None:
+        _check_params(encoder, "encoder", y.device)
+        _check_patch(part, encoder, y.device)
+        if y.dim() < 2 or y[0].numel() != part.pixels:
+            raise ValueError(f"encode: y must be (N, {part.pixels}) images ({part.channels} x {part.side} x "
+                             f"{part.side}, flat or not), got shape {tuple(y.shape)}")
+        if not y.dtype.is_floating_point:
+            raise ValueError(f"encode: y must be floating point, got {y.dtype}")
+        name, fn = resolve("encode", backend, y.device)
+        if fuses("encode", name, part, (encoder,), precision):
+            flat = y.reshape(len(y), part.pixels)
+            kw = {**precision_kwargs("encode", name, precision), "front": part}
+            return _in_pieces(len(flat), batch_size or chunk_rows(y.device, False),
+                              lambda a, b: fn(encoder, flat[a:b], batch_size=None, **kw))
     if front is None:
         _check_encode(encoder, y, batch_size)
         name, fn = resolve("encode", backend, y.device)
         kw = precision_kwargs("encode", name, precision)
-        return _in_pieces(len(y), step, lambda a, b: fn(encoder, y[a:b], batch_size=None, **kw))
+        return _in_pieces(len(y), batch_size or chunk_rows(y.device, False),
+                          lambda a, b: fn(encoder, y[a:b], batch_size=None, **kw))
     if y.dim() < 1:
         raise ValueError(f"encode: y must be a batch of rows, got a {y.dim()}-D tensor")
 
@@ -253,7 +288,7 @@ def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None
         name, fn = resolve("encode", backend, h.device)
         return fn(encoder, h, batch_size=None, **precision_kwargs("encode", name, precision))
 
-    return _in_pieces(len(y), step, piece, empty=lambda: piece(0, 0))
+    return _in_pieces(len(y), batch_size or chunk_rows(y.device, True), piece, empty=lambda: piece(0, 0))
 
 
 def _in_pieces(n: int, step: int, piece, empty=None) -> torch.Tensor:
@@ -275,7 +310,9 @@ def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, no
              eta: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32, tail=None,
              backend: str = "auto", precision: str | None = None, batch_size: int | None = None) -> torch.Tensor:
     """y = decoder(generator(cat(eta, x))) for each row of `cond`; with `tail` (a module or function, e.g. a
-    ConvDecoder's `tail`), y = tail(decoder(generator(...))), out_dtype applied after the tail.
+    ConvDecoder's `tail`), y = tail(decoder(generator(...))), out_dtype applied after the tail; a
+    PatchDecoder's `tail` runs fused with the generator and `decoder` in backends that register `fuses`
+    (module docstring).
 
     Row i uses noise row `offset + i` of the stream `seed`, so a batch split into pieces with
     matching offsets gives the same samples as the whole batch; this call itself runs `batch_size`
@@ -286,21 +323,28 @@ def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, no
                                               out_dtype)
     if batch_size is not None:
         batch_size = _int("batch_size", batch_size, 1)
+    part = None if tail is None else patch_tail(tail)
+    if part is not None:
+        _check_patch(part, decoder, cond.device)
     name, fn = resolve("generate", backend, cond.device)
     kw = precision_kwargs("generate", name, precision)
+    fused = part is not None and fuses("generate", name, part, (generator, decoder), precision)
     work = out_dtype
-    if tail is not None:
+    if fused:
+        kw["tail"] = part
+    elif tail is not None:
         work = torch.float64 if decoder.weights[0].dtype == torch.float64 else torch.float32
 
     def piece(a, b):
         h = fn(generator, decoder, cond[a:b], noise_dim=noise_dim, num_classes=num_classes, seed=seed,
                offset=offset + a, eta=None if eta is None else eta[a:b], out_dtype=work, **kw)
-        if tail is None:
+        if tail is None or fused:
             return h
         with torch.no_grad():
             return to_out_dtype(tail(h), out_dtype)
 
-    return _in_pieces(int(cond.shape[0]), batch_size or chunk_rows(cond.device, tail is not None), piece)
+    step = batch_size or chunk_rows(cond.device, tail is not None and not fused)
+    return _in_pieces(int(cond.shape[0]), step, piece)
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
