@@ -261,7 +261,7 @@ def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None
     if part is not None:
         _check_params(encoder, "encoder", y.device)
         _check_patch(part, encoder, y.device)
-        if y.dim() < 2 or y[0].numel() != part.pixels:
+        if y.dim() < 2 or y.shape[1:].numel() != part.pixels:
             raise ValueError(f"encode: y must be (N, {part.pixels}) images ({part.channels} x {part.side} x "
                              f"{part.side}, flat or not), got shape {tuple(y.shape)}")
         if not y.dtype.is_floating_point:
