@@ -119,14 +119,14 @@ def _patch_modules(side, latent, width, depth, stride, channels):
 
 
 def patch_cases():
-    """Every configuration of the fused patch-autoencoder kernels (lsdm_fast/ops/patch_triton.py) the host
-    code can pick: dtype/precision (bf16, fp16, TF32; float32 "ieee" is not fused) x generate (noise drawn or
+    """Every configuration of the fused patch-autoencoder kernels (lsdm_fast/ops/encode_generate_triton_patch.py)
+    the host code can pick: dtype/precision (bf16, fp16, TF32; float32 "ieee" is not fused) x generate (noise drawn or
     given, labels or a condition tensor, uint8 / float / half output) and encode (images in the weights' dtype
     or another);
     the default model (28 x 28 x 1, W 64, K 1, S 4, latent 32, generator 42->512->512->32) and the shapes
     that change the tiles: W 96 (padded to 128; not fused in TF32), colour (S*S*C = 48 -> 64), S 2 (4 -> 16),
     K 0 and 2, a latent off the 16 grid, a decoder with a layer before its head. Only what
-    patch_triton.can_fuse accepts is launched by the package, so only that is compiled here."""
+    encode_generate_triton_patch.can_fuse accepts is launched by the package, so only that is compiled here."""
     import copy
 
     from lsdm_fast.ops import encode_generate_triton as et
@@ -146,7 +146,7 @@ def patch_cases():
             dense = dense._replace(weights=[*pre.weights, torch.randn(dense.weights[0].shape[0], 64, dtype=dtype)],
                                    biases=[*pre.biases, dense.biases[0]])
         from lsdm_fast.ops.patch import patch_front, patch_tail
-        from lsdm_fast.ops.patch_triton import can_fuse
+        from lsdm_fast.ops.encode_generate_triton_patch import can_fuse
 
         part = patch_front(enc.front) if mode == "encode" else patch_tail(dec.tail)
         if not can_fuse(part, (enc.dense(),) if mode == "encode" else (gen, dense), prec):

@@ -1,7 +1,7 @@
-"""The fused patch-autoencoder kernels (lsdm_fast/ops/patch_triton.py: generate with a PatchDecoder's tail,
-encode with a PatchEncoder's front, issue 22 phase 2) against a float64 reference written with torch's own
-convolutions (F.conv_transpose2d / F.conv2d on the modules' weights, not the modules' GEMM code), on fresh
-random weights and inputs (seed printed).
+"""The fused patch-autoencoder kernels (lsdm_fast/ops/encode_generate_triton_patch.py: generate with a
+PatchDecoder's tail, encode with a PatchEncoder's front, issue 22 phase 2) against a float64 reference written
+with torch's own convolutions (F.conv_transpose2d / F.conv2d on the modules' weights, not the modules' GEMM
+code), on fresh random weights and inputs (seed printed).
 
 Tolerances (||out - ref|| / ||ref|| against float64): bf16 / fp16 < 2e-2, float32 as TF32 < 1e-2 (on a GPU;
 the interpreter computes TF32 dots in full float32), float32 "ieee" (not fused: the MLP kernel, then the
@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from lsdm_fast import ops
 from lsdm_fast.models import Generator, PatchDecoder, PatchEncoder
 from lsdm_fast.ops import available_backends, philox_normal
-from lsdm_fast.ops import patch_triton
+from lsdm_fast.ops import encode_generate_triton_patch
 
+_TRITON = "triton" in available_backends("generate", "cpu") or torch.cuda.is_available()
 pytestmark = [pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning"),
-              pytest.mark.skipif("triton" not in available_backends("generate", "cpu") and not torch.cuda.is_available(),
-                                 reason="the Triton backend needs a GPU or TRITON_INTERPRET=1")]
+              pytest.mark.skipif(not _TRITON, reason="the Triton backend needs a GPU or TRITON_INTERPRET=1")]
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
@@ -89,12 +89,12 @@ def fused_calls(monkeypatch):
     """How often each fused kernel's host function ran (the entry point's choice, not only the result)."""
     calls = {"generate": 0, "encode": 0}
     for op, name in (("generate", "generate_patch"), ("encode", "encode_patch")):
-        real = getattr(patch_triton, name)
+        real = getattr(encode_generate_triton_patch, name)
 
         def spy(*a, _real=real, _op=op, **k):
             calls[_op] += 1
             return _real(*a, **k)
-        monkeypatch.setattr(patch_triton, name, spy)
+        monkeypatch.setattr(encode_generate_triton_patch, name, spy)
     return calls
 
 
@@ -228,7 +228,8 @@ def test_a_decoder_layer_before_the_head_is_chained_with_the_generator(rng, fuse
 @pytest.mark.parity
 def test_float32_ieee_and_float64_are_not_fused_and_stay_exact(rng, fused_calls):
     """float32 at the default precision ("ieee") runs the MLP kernel, then the module's tail / front (torch):
-    the fused kernels' FMA variant would spill (patch_triton.can_fuse); float64 runs the reference."""
+    the fused kernels' FMA variant would spill (encode_generate_triton_patch.can_fuse); float64 runs the
+    reference."""
     gen, enc, dec = _models(rng, SHAPES["S2-C2"])
     labels = torch.from_numpy(rng.integers(0, CLASSES, 7))
     with torch.no_grad():

@@ -1,5 +1,5 @@
-"""The fused patch-autoencoder kernels (lsdm_fast/ops/patch_triton.py) compiled for an H100 (sm_90) without a
-GPU (tests/sm90.py).
+"""The fused patch-autoencoder kernels (lsdm_fast/ops/encode_generate_triton_patch.py) compiled for an H100
+(sm_90) without a GPU (tests/sm90.py).
 
 tests/sm90_cases.patch_cases makes the launches of every configuration the host code can pick (dtype and
 precision, generate's modes and output dtypes, encode's input dtypes, the default model and the shapes that

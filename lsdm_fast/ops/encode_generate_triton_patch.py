@@ -24,25 +24,32 @@ encode, per tile of BM images: for each position the (C, 2S, 2S) window of the z
   by the convolution weight, + bias, leaky_relu; K mix layers; then the position's slice of the dense fc is
   accumulated into the tile's latents in registers (z += h_p Wfc_p^T); bias (and activation) at the end.
 
-Every GEMM runs through tl.dot on the matrix units: wgmma (HGMMA) for bf16, fp16 and TF32 (float32 with
-precision "tf32"); the FMA units for float32 "ieee" (the default for float32 weights: parity 1e-4). The
-weights' dtype sets the dots' dtype; activations are rounded to it between layers, as eager bf16 does.
-Widths are padded to powers of two (register tiles): W = 64 is exact, W = 96 computes 128 (the mix layers
-1.8x their FLOPs); S*S*C = 16 (S = 4, C = 1) is exact. float64 weights or inputs run the reference (the
-module's own front / tail and the torch MLP).
+Every GEMM runs through tl.dot on wgmma (HGMMA): bf16, fp16, and float32 as TF32 (precision "tf32"); the
+weight tiles of the tail / front come by TMA (tensor descriptors), straight into shared memory, pipelined over
+the positions by the compiler. The weights' dtype sets the dots' dtype; activations are rounded to it between
+layers, as eager bf16 does. float32 at the default precision "ieee" is not fused (can_fuse: the entry point
+runs the MLP kernel, then the module), nor TF32 with W > 64; float64 weights or inputs run the reference (the
+module's own front / tail and the torch MLP). Widths are padded to powers of two (register tiles): W = 64 is
+exact, W = 96 computes 128 (the mix layers 1.8x their FLOPs); S*S*C = 16 (S = 4, C = 1) is exact. Rows: BM =
+128 a tile (8 warps, two warpgroups of 64 rows), 64 where a tile is wider than the default model's or the dots
+are TF32 (registers: _patch_config).
 
-Roofline estimates (lsdm_fast/ops/roofline.py, H200: 4.8 TB/s HBM, 790 TFLOP/s bf16, 132 SMs, 60 MB L2;
-never run on a GPU), 2^20 rows, default model (generator 42->512->512->32, head 32->3136, W 64, K 1, S 4,
-28 x 28 x 1), bf16:
-  generate  1.75 TFLOP executed (0.61 generator, 1.14 tail incl. padding), 0.8 GB HBM (the uint8 images;
-            1.6 GB bf16), ~19 GB L2->SM (generator weights and activations per 128-row tile, the head's
-            per-position weight slices, the carry buffer): compute-bound, 2.2 ms at the bf16 peak; the tail's
-            chains of small dependent GEMMs (N = 16..64, one CTA per SM) are taken at 30-60 % of the peak:
-            2.9-5.9 ms with the launch. Target <= 8 ms: reached on the estimate. Peak extra memory: the
-            scratch and carry buffers, ~50 MB (no per-image intermediate).
-  encode    1.05 TFLOP, 1.6 GB HBM (bf16 images; 3.3 GB float32), ~7 GB L2->SM (each pixel gathered by the
-            2 x 2 windows that cover it: 4x the image bytes, plus the fc slices): compute-bound, 1.3 ms at
-            peak, 1.8-3.6 ms. Target <= 8 ms: reached on the estimate.
+Roofline estimates (lsdm_fast/ops/roofline.py: patch_generate_triton / patch_encode_triton; H200: 4.8 TB/s HBM,
+790 TFLOP/s bf16, L2->SM 7-10 TB/s, 132 SMs, 60 MB L2; never run on a GPU), 2^20 rows of the default model
+(generator 42->512->512->32, head 32->3136, W 64, K 1, S 4, 28 x 28 x 1), bf16, one CTA of 8 warps per SM:
+  generate  1.68 TFLOP (0.63 generator, 1.05 tail; no padding at W 64, S*S*C 16), 0.83 GB HBM (the uint8
+            images), 29.7 GB L2->SM: the generator 13.1 GB (weights per 128-row tile, each layer's input per
+            column tile), the tail 16.6 GB (per position the head's slice, the mix and conv tiles by TMA: 8.2
+            GB; the carry buffer 7.5 GB; the images). L2 and compute are within 15 % of each other at full
+            rate; the pessimistic side takes the tail's chains of small dependent GEMMs (N = 16..64, one CTA
+            per SM) at 30 % of the peak: 3.0-6.3 ms. Target <= 8 ms: reached on the estimate. Peak extra
+            memory: the scratch (132 x 2 x 128 x 512 bf16) and carry buffers, ~52 MB; nothing per image.
+            At W 96 (padded 128, BM 64 for registers) the mix and conv tiles re-read per position double the
+            L2 traffic and the padding 1.6x the tail's work: 7.3-15 ms, the target would be missed.
+  encode    1.05 TFLOP, 1.78 GB HBM (bf16 images; 3.4 GB float32), 14.9 GB L2->SM (each pixel gathered by the
+            2 x 2 windows that cover it: 4x the image bytes, plus the weight tiles per position): 1.5-4.5 ms
+            (float32 images 2.2-4.5). Target <= 8 ms: reached on the estimate.
+  before (MLP kernel for the head, then the module's tail in eager torch, 16 chunks): 13-19 ms, 57 GB HBM.
 Verified without a GPU: interpreter parity against float64 (tests/test_parity_patch.py) and sm_90
 compilation of every configuration the host code picks (tests/test_sm90_patch.py: no spills, wgmma/HGMMA for
 bf16, fp16 and TF32). Tile sizes are untimed choices.
@@ -54,11 +61,10 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._backend_util import triton_interpreting as _interpreting
 from ._weight_cache import DerivedCache
-from triton.tools.tensor_descriptor import TensorDescriptor
-
 from .encode_generate import LABEL_DTYPES, encode_torch, generate_torch, to_out_dtype
 from .encode_generate_triton import (_HALF, _L2_SHARE, _TL_DTYPES, _activate, _blocks, _config, _dense_layer,
                                      _device_limits, _generator_input, _k_step, _layers, _pack, _precision,
@@ -145,7 +151,8 @@ def _patch_generate_kernel(
     cb_ptr per quarter column), all in the dots' dtype DOT, biases float32. Every weight tile comes by TMA
     (tensor descriptors): straight into shared memory, no registers (by pointer W = 128 spilled).
 
-    Estimate (H200, default model, bf16, 2^20 rows): 2.9-5.9 ms, compute-bound (module docstring)."""
+    Estimate (H200, default model, bf16, 2^20 rows; module docstring): 1.68 TFLOP, 0.83 GB HBM, 29.7 GB
+    L2->SM, 3.0-6.3 ms, bound by L2 and the tail's small dependent GEMMs alike."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BM * SW)
@@ -228,7 +235,8 @@ def _patch_encode_kernel(
     in BKF-wide K steps; DEPTH mix layers (WP, WP) (mw_desc); the fc's LOW^2 slices (LATP, WP) (dw_desc); every
     weight tile by TMA.
 
-    Estimate (H200, default model, bf16 images, 2^20 rows): 1.8-3.6 ms, compute-bound (module docstring)."""
+    Estimate (H200, default model, bf16 images, 2^20 rows; module docstring): 1.05 TFLOP, 1.78 GB HBM,
+    14.9 GB L2->SM, 1.5-4.5 ms, bound by L2 (the gathers) and the small dependent GEMMs alike."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     r = tl.arange(0, BM)
@@ -356,9 +364,10 @@ def _front_k_step(kf: int) -> int:
 
 def _patch_config(compute: torch.dtype, precision: str | None, widths: tuple):
     """The fused MLP's config for the dots' dtype and precision (encode_generate_triton._config), with BM = 64
-    rows where a padded tile width of the tail / front (`widths`: W, S*S*C or the front's K, the latent) is past
-    the default model's (64, 32, 32): the 8 warps then split the columns, not the rows, of every tile, which
-    halves each thread's share of the accumulators and operands (BM = 128 spilled there, ptxas for sm_90)."""
+    rows where a padded tile width of the tail / front (`widths`: W, S*S*C or half the front's K, the latent) is
+    past the default model's (64, 32, 32), and for TF32 (float32 operands): the 8 warps then split the columns
+    of every accumulator, which halves each thread's share of them (BM = 128 spilled there, ptxas for sm_90;
+    wgmma's register A operand is not split, each warpgroup holds all 64 rows' of it)."""
     cfg = _config(compute, _precision(compute, precision))
     wp, qw, lp = widths
     if not _interpreting() and (wp > 64 or qw > 32 or lp > 32 or compute == torch.float32):
