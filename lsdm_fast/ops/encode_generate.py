@@ -282,8 +282,8 @@ def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None
         raise ValueError(f"encode: y must be a batch of rows, got a {y.dim()}-D tensor")
 
     def piece(a, b):
-        with torch.no_grad():
-            h = front(y[a:b])
+        with torch.no_grad():  # a patch front reads the images in its own dtype
+            h = front(y[a:b] if part is None else y[a:b].to(part.dtype))
         _check_encode(encoder, h, None)
         name, fn = resolve("encode", backend, h.device)
         return fn(encoder, h, batch_size=None, **precision_kwargs("encode", name, precision))
@@ -340,8 +340,8 @@ def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, no
                offset=offset + a, eta=None if eta is None else eta[a:b], out_dtype=work, **kw)
         if tail is None or fused:
             return h
-        with torch.no_grad():
-            return to_out_dtype(tail(h), out_dtype)
+        with torch.no_grad():  # a patch tail in its own dtype (a bf16 decoder after a float32 dense result)
+            return to_out_dtype(tail(h if part is None else h.to(part.dtype)), out_dtype)
 
     step = batch_size or chunk_rows(cond.device, tail is not None and not fused)
     return _in_pieces(int(cond.shape[0]), step, piece)

@@ -37,15 +37,16 @@ are TF32 (registers: _patch_config).
 Roofline estimates (lsdm_fast/ops/roofline.py: patch_generate_triton / patch_encode_triton; H200: 4.8 TB/s HBM,
 790 TFLOP/s bf16, L2->SM 7-10 TB/s, 132 SMs, 60 MB L2; never run on a GPU), 2^20 rows of the default model
 (generator 42->512->512->32, head 32->3136, W 64, K 1, S 4, 28 x 28 x 1), bf16, one CTA of 8 warps per SM:
-  generate  1.68 TFLOP (0.63 generator, 1.05 tail; no padding at W 64, S*S*C 16), 0.83 GB HBM (the uint8
-            images), 29.7 GB L2->SM: the generator 13.1 GB (weights per 128-row tile, each layer's input per
-            column tile), the tail 16.6 GB (per position the head's slice, the mix and conv tiles by TMA: 8.2
-            GB; the carry buffer 7.5 GB; the images). L2 and compute are within 15 % of each other at full
-            rate; the pessimistic side takes the tail's chains of small dependent GEMMs (N = 16..64, one CTA
-            per SM) at 30 % of the peak: 3.0-6.3 ms. Target <= 8 ms: reached on the estimate. Peak extra
-            memory: the scratch (132 x 2 x 128 x 512 bf16) and carry buffers, ~52 MB; nothing per image.
-            At W 96 (padded 128, BM 64 for registers) the mix and conv tiles re-read per position double the
-            L2 traffic and the padding 1.6x the tail's work: 7.3-15 ms, the target would be missed.
+  generate  1.68 TFLOP (0.63 generator, 1.05 tail; no padding at W 64, S*S*C 16), 1.65 GB HBM (the bf16
+            images; 0.83 uint8), 30.5 GB L2->SM: the generator 13.1 GB (weights per 128-row tile, each layer's
+            input per column tile), the tail 17.4 GB (per position the head's slice, the mix and conv tiles by
+            TMA: 8.2 GB; the carry buffer 7.5 GB; the images). L2 and compute are within 15 % of each other at
+            full rate; the pessimistic side takes the tail's chains of small dependent GEMMs (N = 16..64, one
+            CTA per SM) at 30 % of the peak: 3.1-6.3 ms. Target <= 8 ms: reached on the estimate. Peak extra
+            memory: the scratch (132 x 2 x 128 x 512 bf16) and carry buffers, ~52 MB, beyond the result
+            (1.6 GB bf16): target <= 4 GB reached. At W 96 (padded 128, BM 64 for registers) the mix and conv
+            tiles re-read per position more than double the L2 traffic and the padding makes the tail's work
+            1.6x: 7.3-15 ms (W 96 generate, uint8 or bf16), the target would be missed.
   encode    1.05 TFLOP, 1.78 GB HBM (bf16 images; 3.4 GB float32), 14.9 GB L2->SM (each pixel gathered by the
             2 x 2 windows that cover it: 4x the image bytes, plus the weight tiles per position): 1.5-4.5 ms
             (float32 images 2.2-4.5). Target <= 8 ms: reached on the estimate.
@@ -151,8 +152,8 @@ def _patch_generate_kernel(
     cb_ptr per quarter column), all in the dots' dtype DOT, biases float32. Every weight tile comes by TMA
     (tensor descriptors): straight into shared memory, no registers (by pointer W = 128 spilled).
 
-    Estimate (H200, default model, bf16, 2^20 rows; module docstring): 1.68 TFLOP, 0.83 GB HBM, 29.7 GB
-    L2->SM, 3.0-6.3 ms, bound by L2 and the tail's small dependent GEMMs alike."""
+    Estimate (H200, default model, bf16, 2^20 rows; module docstring): 1.68 TFLOP, 1.65 GB HBM, 30.5 GB
+    L2->SM, 3.1-6.3 ms, bound by L2 and the tail's small dependent GEMMs alike."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BM * SW)
@@ -405,7 +406,7 @@ def generate_patch(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor,
         work = torch.float64 if decoder.weights[0].dtype == torch.float64 else torch.float32
         h = generate_torch(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed,
                            offset=offset, eta=eta, out_dtype=work)
-        return to_out_dtype(tail(h), out_dtype)
+        return to_out_dtype(tail(h.to(tail.dtype)), out_dtype)
     n = int(cond.shape[0])
     out = torch.empty((n, tail.pixels), dtype=out_dtype, device=cond.device)
     if n == 0:
@@ -458,7 +459,7 @@ def encode_patch(encoder: MLPParams, y: torch.Tensor, front: PatchPart, *, preci
     """The fused encode with a PatchEncoder's front: y (N, C * side * side) flat, any float dtype."""
     if any(t.dtype == torch.float64 for t in (y, encoder.weights[0], front.conv_weight)):
         with torch.no_grad():
-            return encode_torch(encoder, front(y))  # the reference, as for a backend that does not fuse
+            return encode_torch(encoder, front(y.to(front.dtype)))  # as for a backend that does not fuse
     n = int(y.shape[0])
     out = torch.empty((n, encoder.out_features), dtype=torch.float32, device=y.device)
     if n == 0:
