@@ -13,7 +13,14 @@ Convolutional autoencoders keep the same entry points: `encode(encoder, y, front
 `front` (the encoder's convolutions, plain torch, so cuDNN on a GPU) and then the dense `encoder`
 (fused in the backend kernels); `generate(generator, decoder, cond, tail=...)` runs the generator
 and the decoder's dense head fused, then `tail` (the decoder's transposed convolutions) on their
-output. The backends never see front/tail: the contract below is about the dense parts.
+output, in pieces of chunk_rows(device, conv=True) rows. The exception is the default patch
+autoencoder: when `front` / `tail` is the bound method of a models.PatchEncoder / PatchDecoder
+(ops.patch.patch_front / patch_tail recognise it; a subclass that overrides it is not recognised),
+the entry point checks it against the dense part and the input (below), and a backend that
+registered `fuses` and accepts this problem (_registry.fuses) is handed it as `front=` / `tail=`, a
+PatchPart, and computes the whole chain itself, in pieces of the MLP's chunk_rows (it allocates
+nothing per row). Every other backend gets the dense part only, as for any front / tail; the
+entry point then runs the module's front / tail in the module's own dtype.
 
 MLPs are described by MLPParams. Outputs are float32 unless `out_dtype` says otherwise
 (torch.uint8 maps [0, 1] to 0..255: round(clamp(y, 0, 1) * 255) computed in float32 (float64
@@ -44,11 +51,17 @@ backend) checks:
   - out_dtype: one of OUT_DTYPES.
 Both take `precision`: None or one of _backend_util.PRECISIONS, handed on only to a backend whose
 function takes a `precision` keyword (_registry.precision_kwargs).
+With a patch front (encode): encoder as above; encoder.in_features == low * low * W of the front;
+y floating, (N, ...) with C * side * side values per row (flat or (N, C, side, side)); the front's
+parameters floating and on y's device. With a patch tail (generate): decoder.out_features ==
+low * low * W of the tail; its parameters floating and on cond's device.
 A backend's function (registered under "encode" / "generate") may assume all of the above and
 must not check again. It receives the tensors as given (any strides, any of the dtypes above),
 batch_size, noise_dim, seed and offset as Python ints (batch_size may be None), and returns a
 new tensor on the input's device: encode (N, encoder.out_features) float32 (float64 when the
-weights are float64); generate (N, decoder.out_features) of out_dtype. It must:
+weights are float64); generate (N, decoder.out_features) of out_dtype, or, given `tail=part`,
+(N, part.pixels) of out_dtype: the images, sigmoid and uint8 rule included (with `front=part`,
+encode's y arrives flat, (N, part.pixels)). It must:
   - not read a device value on the host (no .item(), int(t), .tolist(), .cpu() of data, no
     data-dependent Python branch), so that a call never synchronises and can be captured in a
     CUDA graph after one warm-up call;
@@ -217,7 +230,9 @@ def _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offs
 # ---------------------------------------------------------------- entry points
 
 # Rows per piece when the entry points split a batch: the pieces' activations, not N, set the peak memory.
-# A conv front/tail holds ~10-30 KB of activations per row, the fused MLPs a few widths' worth.
+# A conv front/tail run through its module holds ~10-30 KB of activations per row, the fused MLPs a few
+# widths' worth; a patch front/tail fused into the backend's kernel (issue 22 phase 2) nothing per row, so it
+# takes the MLP's pieces (one launch for 2^20 rows on CUDA: ~52 MB of scratch beyond the result).
 CHUNK_ROWS = {"conv": {"cpu": 4096, "cuda": 65536}, "mlp": {"cpu": 65536, "cuda": 1 << 20}}
 
 
