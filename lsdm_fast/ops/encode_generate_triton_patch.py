@@ -104,6 +104,14 @@ def _quarter(h, cw_desc, q, acc, QW: tl.constexpr, DOT: tl.constexpr, PRECISION:
 
 
 @triton.jit
+def _tile_rows(tile, M, zero, BM: tl.constexpr):
+    """Row tile `tile` of M rows: its first row (int64), the mask of its rows inside M, and z = 0 computed from
+    the run-time `zero` (index vectors built on it are not hoisted out of the tile loop)."""
+    row0 = tl.cast(tile, tl.int64) * BM
+    return row0, tl.arange(0, BM) < M - row0, tl.multiple_of(tile * zero, 16)
+
+
+@triton.jit
 def _carry_ptrs(carry, parity, j, z, LOW: tl.constexpr, BM: tl.constexpr, QW: tl.constexpr):
     """Cell slot j of the carry buffer of row parity `parity`: (2, LOW + 1, BM, QW) float32."""
     r = tl.arange(0, BM) + z
@@ -157,38 +165,27 @@ def _patch_generate_kernel(
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BM * SW)
-    buf1 = buf0 + BM * SW
     carry = carry_ptr + pid.to(tl.int64) * (2 * (LOW + 1) * BM * QW)
     r = tl.arange(0, BM)
     all_rows = r >= 0
     rq = tl.arange(0, QW)
     for tile in range(pid, tl.cdiv(M, BM), nprog):
-        row0 = tl.cast(tile, tl.int64) * BM
-        row_mask = r < M - row0
-        z = tl.multiple_of(tile * zero, 16)
+        row0, row_mask, z = _tile_rows(tile, M, zero, BM)
         out_tile = out_ptr + row0 * out_stride
         # 1. the generator's input and layers, into the scratch (rows past M are computed, never stored)
-        _generator_input(in_ptr + row0 * in_stride, in_stride, cond_ptr + row0 * cond_stride, cond_stride, buf1,
-                         row_mask, row_offset + row0, seed, z, SW, NOISE, COND, DIMS[0], MODE, LABELS, BM, 16)
+        _generator_input(in_ptr + row0 * in_stride, in_stride, cond_ptr + row0 * cond_stride, cond_stride,
+                         buf0 + BM * SW, row_mask, row_offset + row0, seed, z, SW, NOISE, COND, DIMS[0], MODE, LABELS,
+                         BM, 16)
         tl.debug_barrier()
-        for l in tl.static_range(NL):
-            if l % 2 == 0:
-                s_src = buf1
-                s_dst = buf0
-            else:
-                s_src = buf0
-                s_dst = buf1
-            _dense_layer(s_src, SW, all_rows, s_dst, SW, all_rows, w_descs[l], w_tail_descs[l], w_ptr + W_OFF[l],
-                         b_ptr + B_OFF[l], tl.load(slope_ptr + l), z, DIMS[l], DIMS[l], DIMS[l + 1], DIMS[l + 1],
-                         ACTS[l], False, BM, BNS[l], BN_TAILS[l], BKS[l], NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
+        for l in tl.static_range(NL):  # layer l reads scratch buffer (l + 1) % 2 and writes buffer l % 2
+            _dense_layer(buf0 + ((l + 1) % 2) * (BM * SW), SW, all_rows, buf0 + (l % 2) * (BM * SW), SW, all_rows,
+                         w_descs[l], w_tail_descs[l], w_ptr + W_OFF[l], b_ptr + B_OFF[l], tl.load(slope_ptr + l), z,
+                         DIMS[l], DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l], BN_TAILS[l], BKS[l],
+                         NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
             tl.debug_barrier()
-        if (NL - 1) % 2 == 0:
-            z_src = buf0
-        else:
-            z_src = buf1
         rk = tl.arange(0, LP) + z
-        zt = tl.load(z_src + r[:, None] * SW + rk[None, :], mask=all_rows[:, None] & (rk < DIMS[NL])[None, :],
-                     other=0.0)
+        zt = tl.load(buf0 + ((NL - 1) % 2) * (BM * SW) + r[:, None] * SW + rk[None, :],
+                     mask=all_rows[:, None] & (rk < DIMS[NL])[None, :], other=0.0)
         # 2-3. the positions row by row, each cell stored as soon as it is complete (the compiler pipelines
         # the weight tiles' TMA copies over the positions)
         for i in range(LOW):
@@ -242,9 +239,7 @@ def _patch_encode_kernel(
     nprog = tl.num_programs(0)
     r = tl.arange(0, BM)
     for tile in range(pid, tl.cdiv(M, BM), nprog):
-        row0 = tl.cast(tile, tl.int64) * BM
-        row_mask = r < M - row0
-        z = tl.multiple_of(tile * zero, 16)
+        row0, row_mask, z = _tile_rows(tile, M, zero, BM)
         y_tile = y_ptr + row0 * y_stride
         zacc = tl.zeros((BM, LATP), dtype=tl.float32)
         for i in range(LOW):
