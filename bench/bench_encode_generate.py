@@ -11,9 +11,12 @@ Sizes: N = 2^16 and 2^20 rows on a GPU; 256 and 1024 on the CPU (or with LSDM_BE
 LSDM_BENCH_ROWS=1048576 (comma-separated) picks the sizes.
 
 Group "default-model-generate-N" / "default-model-encode-N" (the largest size): the package's default
-autoencoder for 28 x 28 images (a conv one), built with random weights: eager-fp32 / eager-bf16 (the
-modules themselves), cudagraph-bf16, compile-bf16, and lsdm-B (LSDM.sample / LSDM.encode with backend
-B: the fused entry points, the convolutions in their front / tail); extra_info peak_extra_gb.
+autoencoder for 28 x 28 images (the patch autoencoder, issue 24), built with random weights: eager-fp32 /
+eager-bf16 (the modules themselves), cudagraph-bf16, compile-bf16; lsdm-B (LSDM.sample / LSDM.encode with
+backend B, float32 weights at the default precision: the dense parts fused, the front / tail through the
+modules); lsdm-B-bf16 and lsdm-triton-tf32 (ops.generate / ops.encode with bf16 weights, or float32 as TF32,
+and the modules' front / tail: on Triton the whole chain in one fused kernel, issue 22 phase 2; bf16 images
+out); extra_info peak_extra_gb.
 
 Variants per op and size (group "generate-N" / "encode-N"), all in one process:
   eager-fp32       plain PyTorch, float32 weights and inputs (what a user writes)
@@ -153,7 +156,7 @@ def test_bench_generate(benchmark, rows, variant):
     gen, dec = _mlp(GEN_W, dtype=dtype), _mlp(DEC_W, "sigmoid", dtype=dtype)
     labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
     if backend is not None:
-        fn = lambda: generate(gen, dec, labels, noise_dim=NOISE, num_classes=CLASSES, seed=1,  # noqa: E731
+        fn = lambda: generate(gen, dec, labels, noise_dim=NOISE, num_classes=CLASSES, seed=1,
                               out_dtype=dtype, backend=backend, precision=_precision(variant))
     else:
         fn = _wrap(variant, lambda: _eager_generate(gen, dec, labels))
@@ -169,7 +172,7 @@ def test_bench_encode(benchmark, rows, variant):
     enc = _mlp(ENC_W, dtype=dtype)
     y = torch.rand(rows, 784, device=DEVICE, dtype=dtype)
     if backend is not None:
-        fn = lambda: encode(enc, y, backend=backend, precision=_precision(variant))  # noqa: E731
+        fn = lambda: encode(enc, y, backend=backend, precision=_precision(variant))
     else:
         fn = _wrap(variant, lambda: _eager_forward(enc, y))
     _run(benchmark, fn, rows, _flops(rows, ENC_W), f"encode-{rows}", quick)
@@ -233,7 +236,7 @@ def test_bench_one_step_vs_50_step(benchmark, variant):
         backend = variant.rsplit("-", 1)[1]
         if CUDA and backend != "torch":
             gen, dec = _mlp(GEN_W, dtype=torch.bfloat16), _mlp(DEC_W, "sigmoid", dtype=torch.bfloat16)
-        fn = lambda: generate(gen, dec, labels, noise_dim=NOISE, num_classes=CLASSES, seed=1,  # noqa: E731
+        fn = lambda: generate(gen, dec, labels, noise_dim=NOISE, num_classes=CLASSES, seed=1,
                               out_dtype=gen.weights[0].dtype, backend=backend)
         flops = _flops(rows, GEN_W, DEC_W)
     else:
@@ -261,8 +264,14 @@ def _default_model():
 
 
 def _conv_variants():
-    return ["eager-fp32", "eager-bf16", "cudagraph-bf16", "compile-bf16"] + [
-        f"lsdm-{b}" for b in available_backends("generate", DEVICE)]
+    out = ["eager-fp32", "eager-bf16", "cudagraph-bf16", "compile-bf16"]
+    for b in available_backends("generate", DEVICE):
+        out.append(f"lsdm-{b}")
+        if b != "torch":
+            out.append(f"lsdm-{b}-bf16")
+        if b == "triton" and CUDA:
+            out.append("lsdm-triton-tf32")
+    return out
 
 
 def _peak_extra_gb(fn) -> float | None:
@@ -281,17 +290,31 @@ def _peak_extra_gb(fn) -> float | None:
 
 
 def _conv_case(variant, op, rows):
-    """(callable, flops placeholder) for one variant of the default model's generate / encode."""
+    """The callable of one variant of the default model's generate / encode: eager (the modules, wrapped in a
+    CUDA graph or torch.compile), lsdm-B (LSDM.sample / LSDM.encode: float32 weights, the backend's default
+    precision), lsdm-B-bf16 / lsdm-triton-tf32 (ops.generate / ops.encode with the modules' front / tail in
+    bf16, or float32 as TF32: on the Triton backend the fused patch kernels, encode_generate_triton_patch.py)."""
     import copy
 
     model = _default_model()
     labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
     y = torch.rand(rows, 784, device=DEVICE)
     if variant.startswith("lsdm-"):
-        backend = variant.split("-", 1)[1]
+        _, backend, *kind = variant.split("-")
+        if not kind:
+            if op == "generate":
+                return lambda: model.sample(labels, seed=1, backend=backend)
+            return lambda: model.encode(y, backend=backend, batch_size=rows)
+        dtype, precision = (torch.bfloat16, None) if kind == ["bf16"] else (torch.float32, "tf32")
+        enc, dec = (copy.deepcopy(m).to(dtype) for m in (model.encoder, model.decoder))
+        gen = model._generator_params()
+        gen = gen._replace(weights=[w.to(dtype) for w in gen.weights], biases=[b.to(dtype) for b in gen.biases])
+        yd = y.to(dtype)
         if op == "generate":
-            return lambda: model.sample(labels, seed=1, backend=backend)
-        return lambda: model.encode(y, backend=backend, batch_size=rows)
+            return lambda: generate(gen, dec.dense(), labels, noise_dim=model.generator.noise_dim,
+                                    num_classes=CLASSES, seed=1, out_dtype=dtype, tail=dec.tail, backend=backend,
+                                    precision=precision)
+        return lambda: encode(enc.dense(), yd, front=enc.front, backend=backend, precision=precision)
     dtype = torch.float32 if variant == "eager-fp32" else torch.bfloat16
     enc, dec, gen = (copy.deepcopy(m).to(dtype) for m in (model.encoder, model.decoder, model.generator))
     x = F.one_hot(labels, CLASSES).to(dtype)
@@ -317,7 +340,7 @@ def test_bench_default_model(benchmark, variant, op, rows):
         pytest.skip("torch.compile runs on CUDA (on the CPU only with LSDM_BENCH_COMPILE=1)")
     if variant == "cudagraph-bf16" and not CUDA:
         pytest.skip("CUDA graphs need a GPU")
-    quick = variant == "lsdm-triton" and not CUDA
+    quick = variant.startswith("lsdm-triton") and not CUDA
     rows = min(rows, INTERP_ROWS) if quick else rows
     try:
         fn = _conv_case(variant, op, rows)

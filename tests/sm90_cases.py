@@ -108,3 +108,70 @@ def encode_generate_cases():
                       gen, head, labels, noise_dim=32, num_classes=10, seed=3, offset=0, eta=None,
                       out_dtype=torch.float32, precision=prec)]
     return cases
+
+
+def _patch_modules(side, latent, width, depth, stride, channels):
+    from lsdm_fast.models import PatchDecoder, PatchEncoder
+
+    torch.manual_seed(0)
+    return (PatchEncoder(side, latent, width, depth, stride, in_channels=channels),
+            PatchDecoder(side, latent, width, depth, stride, out_channels=channels))
+
+
+def patch_cases():
+    """Every configuration of the fused patch-autoencoder kernels (lsdm_fast/ops/encode_generate_triton_patch.py)
+    the host code can pick: dtype/precision (bf16, fp16, TF32; float32 "ieee" is not fused) x generate (noise drawn or
+    given, labels or a condition tensor, uint8 / float / half output) and encode (images in the weights' dtype
+    or another);
+    the default model (28 x 28 x 1, W 64, K 1, S 4, latent 32, generator 42->512->512->32) and the shapes
+    that change the tiles: W 96 (padded to 128; not fused in TF32), colour (S*S*C = 48 -> 64), S 2 (4 -> 16),
+    K 0 and 2, a latent off the 16 grid, a decoder with a layer before its head. Only what
+    encode_generate_triton_patch.can_fuse accepts is launched by the package, so only that is compiled here."""
+    import copy
+
+    from lsdm_fast.ops import encode_generate_triton as et
+
+    default = (28, 32, 64, 1, 4, 1)
+    shapes = [default, (28, 32, 96, 1, 4, 1), (32, 20, 64, 2, 4, 3), (12, 16, 32, 0, 2, 1)]
+    cases = []
+
+    def add(shape, dtype, prec, mode, out_dtype, y_dtype=None, deep_decoder=False):
+        enc, dec = _patch_modules(*shape)
+        enc, dec = copy.deepcopy(enc).to(dtype), copy.deepcopy(dec).to(dtype)
+        latent = shape[1]
+        gen = _mlp([32 + 10, 512, 512, latent], dtype)
+        dense = dec.dense()
+        if deep_decoder:
+            pre = _mlp([latent, 64], dtype)
+            dense = dense._replace(weights=[*pre.weights, torch.randn(dense.weights[0].shape[0], 64, dtype=dtype)],
+                                   biases=[*pre.biases, dense.biases[0]])
+        from lsdm_fast.ops.patch import patch_front, patch_tail
+        from lsdm_fast.ops.encode_generate_triton_patch import can_fuse
+
+        part = patch_front(enc.front) if mode == "encode" else patch_tail(dec.tail)
+        if not can_fuse(part, (enc.dense(),) if mode == "encode" else (gen, dense), prec):
+            return  # the entry point runs this one unfused: no patch kernel is launched
+        if mode == "encode":
+            y = torch.rand(B, enc.in_channels * enc.side ** 2, dtype=y_dtype or dtype)
+            cases.append(lambda: et.encode_triton(enc.dense(), y, precision=prec, front=part))
+            return
+        labels = mode != "tensor"
+        c = torch.randint(0, 10, (B,)) if labels else torch.rand(B, 10)
+        eta = torch.randn(B, 32, dtype=dtype) if mode == "eta" else None
+        cases.append(lambda: et.generate_triton(gen, dense, c, noise_dim=32, num_classes=10 if labels else None,
+                                                seed=3, offset=5, eta=eta, out_dtype=out_dtype, precision=prec,
+                                                tail=part))
+
+    for dtype, prec in ((torch.bfloat16, None), (torch.float32, "tf32"), (torch.float16, None)):
+        add(default, dtype, prec, "labels", torch.uint8)
+        add(default, dtype, prec, "encode", None)
+        if dtype == torch.float16:
+            continue
+        add(default, dtype, prec, "eta", torch.float32)
+        add(default, dtype, prec, "tensor", dtype, deep_decoder=True)
+        add(default, dtype, prec, "encode", None, y_dtype=torch.float32 if dtype != torch.float32 else torch.bfloat16)
+        for shape in shapes[1:]:
+            add(shape, dtype, prec, "labels", torch.uint8)
+            add(shape, dtype, prec, "encode", None)
+    return cases
+

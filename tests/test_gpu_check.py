@@ -133,6 +133,8 @@ def test_summary_reads_the_benchmarks_against_estimates_and_targets(gpu_check, t
     assert 0 < lo < hi
     gen = next(line for line in lines if line.startswith("generate 2^20 default model"))
     assert "7.500 (lsdm-triton)" in gen and gen.endswith("3.50")
+    lo, hi = (float(v) for v in gen.split(" | ")[3].split("-"))  # the fused patch kernel's roofline estimate
+    assert 0 < lo < hi < 8
     assert next(line for line in lines if line.startswith("critic step B=256")).split(" | ")[2] == "-"
 
 

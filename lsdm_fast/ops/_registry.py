@@ -32,6 +32,12 @@ BACKENDS = ("torch", "cpp", "triton", "cuda")
 # or stack, the Triton kernels through Hopper's wgmma (HGMMA in the SASS; tests/test_sm90_*.py),
 # the CUDA kernels through WMMA/mma.sync (HMMA; tests/test_cuda_compile.py), which on an H100 is
 # the slower path; the Triton critic step is also fewer launches (7 vs 12 for a 3-layer critic).
+# For the default (patch) autoencoder the evidence is an estimate too (lsdm_fast/ops/roofline.py, H200, 2^20
+# rows, bf16): Triton runs generate / encode as one fused kernel each on wgmma (3.1-6.3 / 1.5-4.5 ms), the
+# CUDA backend its MLP kernel (mma.sync) for the dense part and the module's front / tail through torch and
+# cuDNN, chunk by chunk (generate ~13-19 ms, HBM-bound on the tail's intermediates): Triton stays first.
+# The CUDA backend keeps torch/cuDNN there: its hand-written kernels are mma.sync (the slower path on
+# Hopper) and a second fused tail would duplicate the Triton one for no estimated gain.
 # Re-rank from bench/bench_critic_step.py and bench_encode_generate.py once they have run on a GPU.
 AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 
@@ -45,6 +51,9 @@ class _Impl:
     limits: Callable[[dict], str | None] | None = None
     # the keyword by which the backend takes a matmul precision (None: it has no choice, full float32)
     precision_kw: str | None = None
+    # (PatchPart, MLPs, precision) -> whether the backend runs that patch front / tail itself, fused with the
+    # MLPs (ops/patch.py); None: it never does, the entry point calls the module
+    fuses: Callable | None = None
 
     def refuses(self, problem: dict | None) -> str | None:
         return self.limits(problem) if self.limits is not None and problem else None
@@ -56,7 +65,11 @@ IMPORT_ERRORS: dict[str, str] = {}
 
 
 def register(op: str, backend: str, available: Callable[[torch.device], bool] | None = None,
-             why_unavailable: Callable[[], str] | None = None, limits: Callable[[dict], str | None] | None = None):
+             why_unavailable: Callable[[], str] | None = None, limits: Callable[[dict], str | None] | None = None,
+             fuses: Callable | None = None):
+    """fuses: for encode / generate, fuses(part, mlps, precision) -> bool: the backend takes `front=part` /
+    `tail=part` (a PatchPart, ops/patch.py) and computes the whole chain itself (ops/encode_generate.py); mlps:
+    (encoder,) / (generator, decoder); precision as the entry point got it."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
@@ -64,7 +77,7 @@ def register(op: str, backend: str, available: Callable[[torch.device], bool] | 
         takes = inspect.signature(fn).parameters
         precision_kw = next((k for k in ("precision", "input_precision") if k in takes), None)
         _IMPLS.setdefault(op, {})[backend] = _Impl(fn, available or (lambda device: True), why_unavailable, limits,
-                                                   precision_kw)
+                                                   precision_kw, fuses)
         return fn
 
     return deco
@@ -94,6 +107,13 @@ def precision_kwargs(op: str, backend: str, precision: str | None) -> dict:
         raise ValueError(f"precision must be None or one of {PRECISIONS}, got {precision!r}")
     kw = _IMPLS[op][backend].precision_kw
     return {} if precision is None or kw is None else {kw: precision}
+
+
+def fuses(op: str, backend: str, part, mlps: tuple, precision: str | None) -> bool:
+    """Whether `backend`'s `op` runs the patch front / tail `part` itself, fused with the MLPs `mlps` ((encoder,)
+    or (generator, decoder)) at matmul precision `precision` (None: the backend's default)."""
+    f = _IMPLS[op][backend].fuses
+    return f is not None and bool(f(part, mlps, precision))
 
 
 def resolve(op: str, backend: str, device: torch.device, problem: dict | None = None) -> tuple[str, Callable]:

@@ -13,7 +13,14 @@ Convolutional autoencoders keep the same entry points: `encode(encoder, y, front
 `front` (the encoder's convolutions, plain torch, so cuDNN on a GPU) and then the dense `encoder`
 (fused in the backend kernels); `generate(generator, decoder, cond, tail=...)` runs the generator
 and the decoder's dense head fused, then `tail` (the decoder's transposed convolutions) on their
-output. The backends never see front/tail: the contract below is about the dense parts.
+output, in pieces of chunk_rows(device, conv=True) rows. The exception is the default patch
+autoencoder: when `front` / `tail` is the bound method of a models.PatchEncoder / PatchDecoder
+(ops.patch.patch_front / patch_tail recognise it; a subclass that overrides it is not recognised),
+the entry point checks it against the dense part and the input (below), and a backend that
+registered `fuses` and accepts this problem (_registry.fuses) is handed it as `front=` / `tail=`, a
+PatchPart, and computes the whole chain itself, in pieces of the MLP's chunk_rows (it allocates
+nothing per row). Every other backend gets the dense part only, as for any front / tail; the
+entry point then runs the module's front / tail in the module's own dtype.
 
 MLPs are described by MLPParams. Outputs are float32 unless `out_dtype` says otherwise
 (torch.uint8 maps [0, 1] to 0..255: round(clamp(y, 0, 1) * 255) computed in float32 (float64
@@ -44,11 +51,17 @@ backend) checks:
   - out_dtype: one of OUT_DTYPES.
 Both take `precision`: None or one of _backend_util.PRECISIONS, handed on only to a backend whose
 function takes a `precision` keyword (_registry.precision_kwargs).
+With a patch front (encode): encoder as above; encoder.in_features == low * low * W of the front;
+y floating, (N, ...) with C * side * side values per row (flat or (N, C, side, side)); the front's
+parameters floating and on y's device. With a patch tail (generate): decoder.out_features ==
+low * low * W of the tail; its parameters floating and on cond's device.
 A backend's function (registered under "encode" / "generate") may assume all of the above and
 must not check again. It receives the tensors as given (any strides, any of the dtypes above),
 batch_size, noise_dim, seed and offset as Python ints (batch_size may be None), and returns a
 new tensor on the input's device: encode (N, encoder.out_features) float32 (float64 when the
-weights are float64); generate (N, decoder.out_features) of out_dtype. It must:
+weights are float64); generate (N, decoder.out_features) of out_dtype, or, given `tail=part`,
+(N, part.pixels) of out_dtype: the images, sigmoid and uint8 rule included (with `front=part`,
+encode's y arrives flat, (N, part.pixels)). It must:
   - not read a device value on the host (no .item(), int(t), .tolist(), .cpu() of data, no
     data-dependent Python branch), so that a call never synchronises and can be captured in a
     CUDA graph after one warm-up call;
@@ -79,9 +92,10 @@ import operator
 
 import torch
 
-from ._registry import precision_kwargs, register, resolve
+from ._registry import fuses, precision_kwargs, register, resolve
 from ._weight_cache import DerivedCache
 from .mlp import MLPParams, check_mlp, mlp_forward_reference
+from .patch import PatchPart, patch_front, patch_tail
 from .philox import philox_normal
 
 OUT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.uint8)
@@ -216,7 +230,9 @@ def _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offs
 # ---------------------------------------------------------------- entry points
 
 # Rows per piece when the entry points split a batch: the pieces' activations, not N, set the peak memory.
-# A conv front/tail holds ~10-30 KB of activations per row, the fused MLPs a few widths' worth.
+# A conv front/tail run through its module holds ~10-30 KB of activations per row, the fused MLPs a few
+# widths' worth; a patch front/tail fused into the backend's kernel (issue 22 phase 2) nothing per row, so it
+# takes the MLP's pieces (one launch for 2^20 rows on CUDA: ~52 MB of scratch beyond the result).
 CHUNK_ROWS = {"conv": {"cpu": 4096, "cuda": 65536}, "mlp": {"cpu": 65536, "cuda": 1 << 20}}
 
 
@@ -226,10 +242,29 @@ def chunk_rows(device: torch.device, conv: bool) -> int:
     return table.get(device.type, table["cpu"])
 
 
+def _check_patch(part: PatchPart, dense: MLPParams, device: torch.device) -> None:
+    """A patch front / tail (ops/patch.py) and the dense MLP it joins: one home for the checks, so that every
+    backend, fused or not, refuses a mismatch the same way before anything runs."""
+    if part.kind == "front" and dense.in_features != part.features:
+        raise ValueError(f"the encoder's dense part takes {dense.in_features} features but its front gives "
+                         f"{part.features} ({part.low} x {part.low} positions x width {part.width})")
+    if part.kind == "tail" and dense.out_features != part.features:
+        raise ValueError(f"the decoder's dense part gives {dense.out_features} features but its tail takes "
+                         f"{part.features} ({part.low} x {part.low} positions x width {part.width})")
+    for i, t in enumerate(part.tensors()):
+        if t.device != device:
+            raise ValueError(f"the {part.kind}'s parameter {i} ({tuple(t.shape)}) is on {t.device} but the input "
+                             f"is on {device}")
+        if not t.dtype.is_floating_point:
+            raise ValueError(f"the {part.kind}'s parameter {i} ({tuple(t.shape)}) must be floating point, "
+                             f"got {t.dtype}")
+
+
 def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None, front=None,
            backend: str = "auto", precision: str | None = None) -> torch.Tensor:
     """encoder(y) without autograd, accumulating in float32 (float64 stays float64). With `front` (a module
-    or function, e.g. a ConvEncoder's `front`): encoder(front(y)).
+    or function, e.g. a ConvEncoder's `front`): encoder(front(y)); a PatchEncoder's `front` runs fused with
+    `encoder` in backends that register `fuses` (module docstring).
 
     The rows go through `batch_size` at a time (None: chunk_rows for the device), so the peak memory
     beyond the (N, out_features) result does not grow with N. `precision`: the float32 matmul precision of
@@ -237,23 +272,38 @@ def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None
     _check_tensor("y", y)
     if batch_size is not None:
         batch_size = _int("batch_size", batch_size, 1)
-    step = batch_size or chunk_rows(y.device, front is not None)
+    part = None if front is None else patch_front(front)
+    if part is not None:
+        _check_params(encoder, "encoder", y.device)
+        _check_patch(part, encoder, y.device)
+        if y.dim() < 2 or y.shape[1:].numel() != part.pixels:
+            raise ValueError(f"encode: y must be (N, {part.pixels}) images ({part.channels} x {part.side} x "
+                             f"{part.side}, flat or not), got shape {tuple(y.shape)}")
+        if not y.dtype.is_floating_point:
+            raise ValueError(f"encode: y must be floating point, got {y.dtype}")
+        name, fn = resolve("encode", backend, y.device)
+        if fuses("encode", name, part, (encoder,), precision):
+            flat = y.reshape(len(y), part.pixels)
+            kw = {**precision_kwargs("encode", name, precision), "front": part}
+            return _in_pieces(len(flat), batch_size or chunk_rows(y.device, False),
+                              lambda a, b: fn(encoder, flat[a:b], batch_size=None, **kw))
     if front is None:
         _check_encode(encoder, y, batch_size)
         name, fn = resolve("encode", backend, y.device)
         kw = precision_kwargs("encode", name, precision)
-        return _in_pieces(len(y), step, lambda a, b: fn(encoder, y[a:b], batch_size=None, **kw))
+        return _in_pieces(len(y), batch_size or chunk_rows(y.device, False),
+                          lambda a, b: fn(encoder, y[a:b], batch_size=None, **kw))
     if y.dim() < 1:
         raise ValueError(f"encode: y must be a batch of rows, got a {y.dim()}-D tensor")
 
     def piece(a, b):
-        with torch.no_grad():
-            h = front(y[a:b])
+        with torch.no_grad():  # a patch front reads the images in its own dtype
+            h = front(y[a:b] if part is None else y[a:b].to(part.dtype))
         _check_encode(encoder, h, None)
         name, fn = resolve("encode", backend, h.device)
         return fn(encoder, h, batch_size=None, **precision_kwargs("encode", name, precision))
 
-    return _in_pieces(len(y), step, piece, empty=lambda: piece(0, 0))
+    return _in_pieces(len(y), batch_size or chunk_rows(y.device, True), piece, empty=lambda: piece(0, 0))
 
 
 def _in_pieces(n: int, step: int, piece, empty=None) -> torch.Tensor:
@@ -275,7 +325,9 @@ def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, no
              eta: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32, tail=None,
              backend: str = "auto", precision: str | None = None, batch_size: int | None = None) -> torch.Tensor:
     """y = decoder(generator(cat(eta, x))) for each row of `cond`; with `tail` (a module or function, e.g. a
-    ConvDecoder's `tail`), y = tail(decoder(generator(...))), out_dtype applied after the tail.
+    ConvDecoder's `tail`), y = tail(decoder(generator(...))), out_dtype applied after the tail; a
+    PatchDecoder's `tail` runs fused with the generator and `decoder` in backends that register `fuses`
+    (module docstring).
 
     Row i uses noise row `offset + i` of the stream `seed`, so a batch split into pieces with
     matching offsets gives the same samples as the whole batch; this call itself runs `batch_size`
@@ -286,21 +338,28 @@ def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, no
                                               out_dtype)
     if batch_size is not None:
         batch_size = _int("batch_size", batch_size, 1)
+    part = None if tail is None else patch_tail(tail)
+    if part is not None:
+        _check_patch(part, decoder, cond.device)
     name, fn = resolve("generate", backend, cond.device)
     kw = precision_kwargs("generate", name, precision)
+    fused = part is not None and fuses("generate", name, part, (generator, decoder), precision)
     work = out_dtype
-    if tail is not None:
+    if fused:
+        kw["tail"] = part
+    elif tail is not None:
         work = torch.float64 if decoder.weights[0].dtype == torch.float64 else torch.float32
 
     def piece(a, b):
         h = fn(generator, decoder, cond[a:b], noise_dim=noise_dim, num_classes=num_classes, seed=seed,
                offset=offset + a, eta=None if eta is None else eta[a:b], out_dtype=work, **kw)
-        if tail is None:
+        if tail is None or fused:
             return h
-        with torch.no_grad():
-            return to_out_dtype(tail(h), out_dtype)
+        with torch.no_grad():  # a patch tail in its own dtype (a bf16 decoder after a float32 dense result)
+            return to_out_dtype(tail(h if part is None else h.to(part.dtype)), out_dtype)
 
-    return _in_pieces(int(cond.shape[0]), batch_size or chunk_rows(cond.device, tail is not None), piece)
+    step = batch_size or chunk_rows(cond.device, tail is not None and not fused)
+    return _in_pieces(int(cond.shape[0]), step, piece)
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:

@@ -449,9 +449,16 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
     return t if ok else t.contiguous()
 
 
-@register("encode", "triton", available=_available, why_unavailable=_why_unavailable)
+def _fuses(part, mlps, precision) -> bool:
+    return _patch.can_fuse(part, mlps, precision)
+
+
+@register("encode", "triton", available=_available, why_unavailable=_why_unavailable, fuses=_fuses)
 @torch.no_grad()
-def encode_triton(encoder: MLPParams, y: torch.Tensor, *, batch_size=None, precision: str | None = None):
+def encode_triton(encoder: MLPParams, y: torch.Tensor, *, batch_size=None, precision: str | None = None,
+                  front=None):
+    if front is not None:  # a PatchEncoder's front, fused with the fc (encode_generate_triton_patch.py)
+        return _patch.encode_patch(encoder, y, front, precision=precision)
     if y.dtype == torch.float64 or any(w.dtype == torch.float64 for w in encoder.weights):
         return encode_torch(encoder, y, batch_size=batch_size)  # float64 stays on the reference
     # the weights' dtype sets the dots' (as in generate); y is read in its own dtype and converted
@@ -467,10 +474,13 @@ def encode_triton(encoder: MLPParams, y: torch.Tensor, *, batch_size=None, preci
     return out
 
 
-@register("generate", "triton", available=_available, why_unavailable=_why_unavailable)
+@register("generate", "triton", available=_available, why_unavailable=_why_unavailable, fuses=_fuses)
 @torch.no_grad()
 def generate_triton(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, noise_dim, num_classes,
-                    seed, offset, eta, out_dtype, precision: str | None = None):
+                    seed, offset, eta, out_dtype, precision: str | None = None, tail=None):
+    if tail is not None:  # a PatchDecoder's tail, fused with the generator and the head (..._triton_patch.py)
+        return _patch.generate_patch(generator, decoder, cond, tail, noise_dim=noise_dim, num_classes=num_classes,
+                                       seed=seed, offset=offset, eta=eta, out_dtype=out_dtype, precision=precision)
     if generator.weights[0].dtype == torch.float64 or decoder.weights[0].dtype == torch.float64:
         return generate_torch(generator, decoder, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed,
                               offset=offset, eta=eta, out_dtype=out_dtype)  # float64 stays on the reference
@@ -484,3 +494,7 @@ def generate_triton(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor
     return _launch(_layers(generator, decoder), compute, mode=mode, in_t=in_t, cond_t=cond_t, labels=labels,
                    out=out, seed=seed, row_offset=offset, noise_dim=noise_dim, cond_dim=cond_dim,
                    precision=precision)
+
+
+# the patch autoencoder's fused kernels build on this module's kernels and host code: imported last
+from . import encode_generate_triton_patch as _patch  # noqa: E402

@@ -59,12 +59,16 @@ class Cost:
     l2_bytes: float
     launches: int = 1
     legacy_mma: bool = False  # mma.sync (CUDA backend) instead of wgmma
+    # the pessimistic fraction of the matrix peak, where the kernel's structure sets it lower than
+    # Ceilings.tc_eff_low (None: that)
+    tc_eff_low: float | None = None
 
     def seconds(self, c: Ceilings = H200, graph: bool = False) -> tuple[float, float]:
         peak = c.peak[self.unit]
         lo_peak, hi_peak = (peak * c.mma_sync[1], peak * c.mma_sync[0]) if self.legacy_mma else (peak, peak)
+        eff = c.tc_eff_low if self.tc_eff_low is None else self.tc_eff_low
         low = max(self.tc_flops / lo_peak, self.hbm_bytes / c.hbm, self.l2_bytes / c.l2[1])
-        high = max(self.tc_flops / (c.tc_eff_low * hi_peak), self.hbm_bytes / (c.hbm_eff_low * c.hbm),
+        high = max(self.tc_flops / (eff * hi_peak), self.hbm_bytes / (c.hbm_eff_low * c.hbm),
                    self.l2_bytes / c.l2[0])
         launch = c.launch_graph if graph else c.launch_eager
         return low + self.launches * launch[0], high + self.launches * launch[1]
@@ -221,6 +225,104 @@ def _pad16(n: int) -> int:
     return _cdiv(n, 16) * 16
 
 
+# ------------------------------------------------------------------------------ the patch autoencoder (issue 24)
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+# The fused patch kernels run each position as a chain of small dependent GEMMs (N = 16..64) on one CTA of 8
+# warps per SM (registers: ~240 a thread); the pessimistic side takes 30 % of the matrix peak for them.
+PATCH_TC_EFF_LOW = 0.3
+
+
+@dataclass(frozen=True)
+class PatchShape:
+    """The default model for 28 x 28 grey images unless told: generator (noise + classes) -> hidden -> latent;
+    PatchDecoder / PatchEncoder of width W, depth K, stride S, C channels."""
+    side: int = 28
+    channels: int = 1
+    width: int = 64
+    depth: int = 1
+    stride: int = 4
+    latent: int = 32
+    gen_dims: tuple = (42, 512, 512, 32)
+
+    @property
+    def low(self) -> int:
+        return self.side // self.stride
+
+    @property
+    def positions(self) -> int:
+        return self.low ** 2
+
+    @property
+    def pixels(self) -> int:
+        return self.channels * self.side ** 2
+
+
+def patch_generate_triton(rows: int, shape: PatchShape = PatchShape(), *, elt: int = 2, out_bytes: int = 1,
+                          unit: str = "bf16", bm: int = 128, bn: int = 128) -> list[Cost]:
+    """One launch of encode_generate_triton_patch._patch_generate_kernel, as two phases of each row tile: the
+    generator through the per-program scratch (as the fused MLP: weights per tile, each layer's input per
+    column tile), then the tail: per position the head's slice, the mix layers and the four conv quarters by
+    TMA from L2, the carry buffer's cells written and read once (float32), the images written once."""
+    tiles = _cdiv(rows, bm)
+    g = [_pad16(d) for d in shape.gen_dims]
+    gw = sum(g[l] * g[l + 1] for l in range(len(g) - 1))
+    per_tile = gw * elt + bm * g[0] * elt  # weights, the generator input written
+    for l in range(len(g) - 1):
+        per_tile += bm * g[l] * elt * _cdiv(g[l + 1], bn) + bm * g[l + 1] * elt
+    gen_fl = 2 * rows * sum(a * b for a, b in zip(shape.gen_dims[:-1], shape.gen_dims[1:]))
+    gen = Cost("patch generate: generator", gen_fl, 2 * tiles * bm * gw, unit, rows * 8 + gw * elt,
+               tiles * per_tile)
+    p, w, wp, lp = shape.positions, shape.width, _pow2(shape.width), _pow2(shape.latent)
+    q, qw = shape.stride ** 2 * shape.channels, _pow2(shape.stride ** 2 * shape.channels)
+    fl = 2 * rows * p * (shape.latent * w + shape.depth * w * w + 4 * q * w)
+    tc = 2 * tiles * bm * p * (lp * wp + shape.depth * wp * wp + 4 * qw * wp)
+    weights = p * (wp * lp + shape.depth * wp * wp + 4 * qw * wp) * elt
+    carry = 2 * shape.low * (shape.low + 1) * bm * qw * 4
+    out = rows * shape.pixels * out_bytes
+    tail = Cost("patch generate: tail", fl, tc, unit, out + weights, tiles * (weights + carry + bm * lp * elt) + out,
+                launches=0, tc_eff_low=PATCH_TC_EFF_LOW)
+    return [gen, tail]
+
+
+def patch_encode_triton(rows: int, shape: PatchShape = PatchShape(), *, elt: int = 2, in_bytes: int = 2,
+                        unit: str = "bf16", bm: int = 128) -> list[Cost]:
+    """One launch of encode_generate_triton_patch._patch_encode_kernel: each position's (C, 2S, 2S) window
+    gathered from the images (every pixel by the 2 x 2 windows that cover it: 4x the image bytes through L2,
+    once from HBM), the conv, mix and fc-slice weights by TMA per position, the latents written once."""
+    tiles = _cdiv(rows, bm)
+    p, w, wp, latp = shape.positions, shape.width, _pow2(shape.width), _pow2(shape.latent)
+    kf = 4 * shape.stride ** 2 * shape.channels
+    kfp = _cdiv(kf, 64) * 64 if kf >= 64 else _pow2(kf)
+    fl = 2 * rows * p * (kf * w + shape.depth * w * w + w * shape.latent)
+    tc = 2 * tiles * bm * p * (kfp * wp + shape.depth * wp * wp + wp * latp)
+    weights = p * (kfp * wp + shape.depth * wp * wp + latp * wp) * elt
+    images = rows * shape.pixels * in_bytes
+    out = rows * shape.latent * 4
+    return [Cost("patch encode", fl, tc, unit, images + out + weights, 4 * images + tiles * weights + out,
+                 tc_eff_low=PATCH_TC_EFF_LOW)]
+
+
+def patch_generate_unfused(rows: int, shape: PatchShape = PatchShape(), *, elt: int = 2,
+                           chunk: int = 65536) -> list[Cost]:
+    """What ran before issue 22 phase 2 (and still runs for float32 "ieee" and the CUDA backend): the fused MLP
+    kernel writes the head's output, then the module's tail in eager torch, chunk by chunk: the mix GEMMs, one
+    GEMM to the patches, F.fold, the bias, the sigmoid and the uint8 conversion each read and write HBM."""
+    mlp = fused_mlp_triton(rows, [_pad16(d) for d in shape.gen_dims] + [shape.positions * shape.width], elt,
+                           in_bytes=8, out_bytes=elt * shape.positions * shape.width, generate=True)
+    p, w, q = shape.positions, shape.width, 4 * shape.stride ** 2 * shape.channels
+    h = rows * p * w * elt
+    patches = rows * p * q * elt
+    img = rows * shape.pixels * elt
+    hbm = h * (1 + 2 * shape.depth) + (h + patches) + (patches + img) + 2 * img + 2 * img + img + rows * shape.pixels
+    fl = 2 * rows * p * (shape.depth * w * w + q * w)
+    launches = _cdiv(rows, chunk) * (2 * shape.depth + 6)
+    return [mlp, Cost("torch tail (eager)", fl, fl, "bf16", hbm, hbm, launches=launches)]
+
+
 def _ms(t: tuple[float, float]) -> str:
     return f"{t[0] * 1e3:.2f}-{t[1] * 1e3:.2f} ms"
 
@@ -246,6 +348,13 @@ def hot_paths() -> list[tuple[str, str, list[Cost]]]:
         n, enc, 2, in_bytes=2 * 784, out_bytes=4 * 32, bns=[_blocks(d, 128) for d in enc[1:]])]))
     out.append(("generate 2^20 MLP bf16, CUDA (64-row blocks)", "<= 3 ms", [fused_mlp_cuda(
         n, [32, 512, 512, 32, 512, 512, 800], 2, in_bytes=8, out_bytes=2 * 784, bm=64)]))
+    # the default model (issue 24's patch autoencoder, W 64, K 1, S 4), bf16 weights and images (as the bench)
+    out.append(("generate 2^20 default model", "<= 8 ms, <= 4 GB", patch_generate_triton(n, out_bytes=2)))
+    out.append(("encode 2^20 default model", "<= 8 ms", patch_encode_triton(n)))
+    out.append(("generate 2^20 default model, W 96 (BM 64)", "-",
+                patch_generate_triton(n, PatchShape(width=96), out_bytes=2, bm=64)))
+    out.append(("encode 2^20 default model, float32 images", "-", patch_encode_triton(n, in_bytes=4)))
+    out.append(("generate 2^20 default model, unfused (before)", "-", patch_generate_unfused(n)))
     return out
 
 
