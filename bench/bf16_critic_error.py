@@ -28,10 +28,9 @@ DX, DZ, GP = 10, 32, 10.0
 PLANS = {
     "float32 (ieee)": (0, 0, 0, 0, 0, 0),
     "bf16 everywhere": (1, 1, 1, 1, 1, 1),
-    "bf16, forward bf16x3": (2, 2, 1, 1, 1, 1),
-    "bf16, forward + g_0 bf16x3": (2, 2, 1, 2, 1, 1),
-    "bf16, interpolated forward + g_0 bf16x3": (1, 2, 1, 2, 1, 1),
-    "bf16, forward + g_0 float32": (0, 0, 1, 0, 1, 1),
+    "precision='bf16': forward bf16x3, g_0 float32": (2, 2, 1, 0, 1, 1),
+    "forward bf16x3, g_0 bf16": (2, 2, 1, 1, 1, 1),
+    "interpolated forward + g_0 bf16x3": (1, 2, 1, 2, 1, 1),
 }
 
 

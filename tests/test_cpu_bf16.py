@@ -241,6 +241,17 @@ def test_precision_reaches_the_cpp_backend_and_the_environment_default(monkeypat
 
 
 @needs_cpp
+def test_a_bad_environment_value_fails_when_stage_2_resolves_its_backends(monkeypatch):
+    from lsdm_fast.matching_step import resolve_backends
+
+    assert resolve_backends("cpp", torch.device("cpu"), 3)["critic_gradient_penalty"] == "cpp"
+    monkeypatch.setenv("LSDM_CPU_MATMUL_PRECISION", "bf8")
+    with pytest.raises(ValueError, match="LSDM_CPU_MATMUL_PRECISION must be one of"):
+        resolve_backends("auto", torch.device("cpu"), 3)
+    assert resolve_backends("torch", torch.device("cpu"), 3)["critic_score_grad"] == "torch"  # not read there
+
+
+@needs_cpp
 def test_auto_runs_bf16_on_cpp_and_float64_stays_float64():
     critic, x, zr, zf, t = _small()
     out = critic_gradient_penalty(critic, x, zr, zf, t, backend="auto", precision="bf16")

@@ -78,3 +78,11 @@ def env_precision(former: str, default: str) -> str:
     warn_once(f"deprecated:{former}", f"lsdm_fast: {former} is deprecated (still honoured); set {PRECISION_ENV} "
                                       "(one variable for every op and backend) or pass precision= to the op")
     return p
+
+
+def cpu_env_precision() -> str:
+    """The cpp critic ops' matmul precision for a call that names none: $LSDM_CPU_MATMUL_PRECISION, else "ieee"."""
+    p = os.environ.get(CPU_PRECISION_ENV) or "ieee"
+    if p not in CPU_PRECISIONS:
+        raise ValueError(f"{CPU_PRECISION_ENV} must be one of {CPU_PRECISIONS}, got {p!r}")
+    return p

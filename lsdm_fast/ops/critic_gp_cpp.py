@@ -15,11 +15,9 @@ else "ieee"; docs/design.md §4, "Precision"; float64 is always float64):
 """
 from __future__ import annotations
 
-import os
-
 from .. import _ext
 from ..precision import cpu_has_fast_bf16
-from ._backend_util import CPU_PRECISION_ENV, CPU_PRECISIONS, extension_available, extension_why_unavailable
+from ._backend_util import CPU_PRECISIONS, cpu_env_precision, extension_available, extension_why_unavailable
 from ._registry import register
 from .critic_gp import CriticStepOutput
 from .mlp import hidden_slope
@@ -46,9 +44,7 @@ FORCE_EMULATION = False
 def cpu_precision(precision: str | None) -> str:
     """The matmul precision this backend runs for the entry point's `precision` (validated there)."""
     if precision is None:
-        precision = os.environ.get(CPU_PRECISION_ENV) or "ieee"
-        if precision not in CPU_PRECISIONS:
-            raise ValueError(f"{CPU_PRECISION_ENV} must be one of {CPU_PRECISIONS}, got {precision!r}")
+        return cpu_env_precision()
     return precision if precision in CPU_PRECISIONS else "ieee"  # tf32, tf32x3: no TF32 on the CPU
 
 
