@@ -35,6 +35,52 @@ from lsdm_fast.state import Stage
 VARIANTS = {"ieee": ("ieee", None), "bf16": ("bf16", None), "bf16-all": ("bf16", (1, 1, 1, 1, 1, 1))}
 
 
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def grad_check(st, x, z, cfg, seed=123):
+    """Errors of the trained state's gradients against float64 on two fresh batches of cfg.batch_size: the
+    critic step's (largest over every weight and bias) and the generator's (its parameters' gradient through
+    d mean f / dz), for ieee and bf16; beside them the difference between the two batches' float64 gradients
+    (minibatch noise)."""
+    from lsdm_fast.ops import critic_gradient_penalty, critic_score_grad
+
+    g = torch.Generator().manual_seed(seed)
+    crit = st.critic.mlp.params()
+    c64 = crit._replace(weights=[w.detach().double() for w in crit.weights], biases=[b.detach().double() for b in crit.biases])
+    out = {}
+    for k in range(2):
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=g)
+        eta = torch.randn(cfg.batch_size, st.generator.noise_dim, generator=g)
+        t = torch.rand(cfg.batch_size, generator=g)
+        xb, zb = x[idx], z[idx]
+        with torch.no_grad():
+            zf = st.generator(eta, xb).float()
+        args = (xb, zb, zf, t)
+        ref = critic_gradient_penalty(c64, *(a.double() for a in args), gp_weight=cfg.gp_weight, backend="torch")
+        ref_g = ref.weight_grads + ref.bias_grads[:-1]
+
+        def gen_grad(**kw):
+            z_fake = st.generator(eta, xb)
+            _, gz = critic_score_grad(c64 if not kw else crit, xb.double() if not kw else xb,
+                                      z_fake.detach().double() if not kw else z_fake.detach(), **kw)
+            params = [p for p in st.generator.parameters()]
+            return torch.autograd.grad(z_fake, params, -gz.float())
+
+        gref = gen_grad()
+        for p in ("ieee", "bf16"):
+            o = critic_gradient_penalty(crit, *args, gp_weight=cfg.gp_weight, backend="cpp", precision=p)
+            gg = gen_grad(backend="cpp", precision=p)
+            out.setdefault(p, []).append({"critic": max(_rel(a, b) for a, b in zip(o.weight_grads + o.bias_grads[:-1], ref_g)),
+                                          "penalty": _rel(o.penalty, ref.penalty),
+                                          "generator": max(_rel(a, b) for a, b in zip(gg, gref))})
+        out.setdefault("batches", []).append((ref_g, gref))
+    (c0, g0), (c1, g1) = out.pop("batches")
+    noise = {"critic": max(_rel(a, b) for a, b in zip(c1, c0)), "generator": max(_rel(a, b) for a, b in zip(g1, g0))}
+    return {p: {k: max(r[k] for r in rows) for k in rows[0]} for p, rows in out.items()} | {"batch-to-batch": noise}
+
+
 def _window_means(v, windows):
     v = np.asarray(v)
     return [float(v[a:b].mean()) for a, b in windows]
@@ -47,6 +93,7 @@ def main():
     ap.add_argument("--ae-steps", type=int, default=3000)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--grad-check", action="store_true", help="gradient errors of each trained state (grad_check)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     train, test = load_mnist(args.data, "train"), load_mnist(args.data, "test")
@@ -98,6 +145,9 @@ def main():
                       "penalty": _window_means(h["penalty"], windows),
                       "critic_loss": _window_means(h["critic_loss"], windows)}
         print(name, json.dumps(rows[name]), flush=True)
+        if args.grad_check:
+            print(name, "gradient errors against float64 at the end:", json.dumps(grad_check(st, x, z_pairs, cfg.matching)),
+                  flush=True)
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             with open(os.path.join(args.out, f"curves_{name}.json"), "w") as f:

@@ -239,12 +239,13 @@ Tensor workspace(int64_t numel, const at::TensorOptions& opts) {
 // Each GEMM group of the critic step runs in one of three modes (the plan, chosen in
 // lsdm_fast/ops/critic_gp_cpp.py): float32; bf16 (operands rounded to bfloat16, products
 // accumulated and written in float32, no rounding of the output); bf16x3 (a = hi + lo with
-// hi = bf16(a), lo = bf16(a - hi); hi.hi + hi.lo + lo.hi: about 2^-16 relative per product).
+// hi = bf16(a), lo = bf16(a - hi); hi.hi + hi.lo + lo.hi: about 2^-16 relative per product;
+// a float32 GEMM where the bf16 GEMMs are emulated).
 // bfloat16 GEMMs with float32 output run through MKL's cblas_gemm_bf16bf16f32 (AMX or
 // AVX512-BF16 where the CPU has them), found at load time in libtorch_cpu (a weak symbol: a
-// torch built without MKL leaves it null). Without it, or with `native` off, the same
-// numbers are computed by float32 GEMMs of the bf16-rounded operands (exact products,
-// float32 accumulation): slower than float32, for CPUs without bf16 units and for tests.
+// torch built without MKL leaves it null). Without it, or with `native` off, a bf16 GEMM is a
+// float32 GEMM of the bf16-rounded operands (the same numbers: exact products, float32
+// accumulation) and a bf16x3 GEMM a float32 one: for CPUs without bf16 units and for tests.
 enum Mm : int64_t { kF32 = 0, kBF16 = 1, kBF16x3 = 2 };
 enum Group : int { kFwdRF = 0, kFwdI, kBwdRF, kBwdI, kRSweep, kDW, kGroups };
 struct Plan {
@@ -349,9 +350,10 @@ void mm_bf16(const Tensor& C, const Tensor& A, const Tensor& B, float beta, bool
                          C.mutable_data_ptr<float>(), static_cast<int>(C.stride(0)));
 }
 
-// C = A B in `mode` (C: contiguous rows, written, not accumulated)
+// C = A B in `mode` (C: contiguous rows, written, not accumulated). Without bf16 units a bf16x3 GEMM is
+// a float32 one: more accurate than three emulated products and a third of their cost.
 void gemm(const Tensor& C, const Mat& A, const Mat& B, Mm mode, bool native) {
-  if (mode == kF32) {
+  if (mode == kF32 || (mode == kBF16x3 && !native)) {
     at::mm_out(const_cast<Tensor&>(C), A.f, B.f);
     return;
   }
@@ -454,11 +456,11 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> cri
   const Mm* g = P.g;
   const bool bf16 = P.any(kBF16) || P.any(kBF16x3);
   const auto x3 = [&](Group k) { return g[k] == kBF16x3; };
-  const bool lo_w = P.any(kBF16x3);
-  const int64_t lo_u_from = x3(kFwdRF) || x3(kDW) ? 0 : x3(kFwdI) ? 2 * B : N;  // forward activations
-  const bool lo_r = x3(kRSweep) || x3(kDW);                                     // r_l in the interpolated rows
+  const bool lo_w = P.any(kBF16x3) && P.native;  // emulated bf16x3 GEMMs read the float32 values
+  const int64_t lo_u_from = !P.native ? N : x3(kFwdRF) || x3(kDW) ? 0 : x3(kFwdI) ? 2 * B : N;  // activations
+  const bool lo_r = P.native && (x3(kRSweep) || x3(kDW));  // r_l in the interpolated rows
   const bool lo_u = lo_u_from < N || lo_r;
-  const int64_t lo_d_from = x3(kBwdRF) || x3(kDW) ? 0 : x3(kBwdI) ? 2 * B : N;
+  const int64_t lo_d_from = !P.native ? N : x3(kBwdRF) || x3(kDW) ? 0 : x3(kBwdI) ? 2 * B : N;
   const bool lo_d = lo_d_from < N;
   Bf16Arena arena;
   if (bf16) {
@@ -611,7 +613,7 @@ std::tuple<Tensor, Tensor> score_grad_impl(const std::vector<Tensor>& W, const s
   const int64_t L = static_cast<int64_t>(W.size());
   const int64_t B = x.size(0), dx = x.size(1), dz = z.size(1);
   const T slope = static_cast<T>(negative_slope);
-  const bool bf16 = fwd != kF32 || bwd != kF32, lo = fwd == kBF16x3 || bwd == kBF16x3;
+  const bool bf16 = fwd != kF32 || bwd != kF32, lo = native && (fwd == kBF16x3 || bwd == kBF16x3);
   // every operand split afresh (fresh tensors: this op's intermediates are small)
   auto split = [&](Mat& m) {
     if (!bf16) return;

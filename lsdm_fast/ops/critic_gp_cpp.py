@@ -8,9 +8,10 @@ Precision of the float32 GEMMs (the entry point's `precision=`, else $LSDM_CPU_M
 else "ieee"; docs/design.md §4, "Precision"; float64 is always float64):
   "ieee"  float32 GEMMs (MKL sgemm through at::mm).
   "bf16"  bfloat16 operands, float32 accumulation and output (MKL's cblas_gemm_bf16bf16f32: AMX or
-          AVX512-BF16), split per GEMM group by BF16_PLAN below. On a CPU without bf16 units
-          (cpu_has_fast_bf16() false) or a torch without that MKL function, the same numbers come
-          from float32 GEMMs of the rounded operands: correct, slower than "ieee".
+          AVX512-BF16), split per GEMM group by PLANS below. On a CPU without bf16 units
+          (cpu_has_fast_bf16() false) or a torch without that MKL function, the bf16 GEMMs are
+          float32 GEMMs of the rounded operands (the same numbers) and the bf16x3 ones float32
+          GEMMs: correct, a little slower than "ieee".
   "tf32", "tf32x3" (the GPU backends' precisions): computed as "ieee", as before this backend took one.
 """
 from __future__ import annotations
