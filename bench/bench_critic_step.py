@@ -11,6 +11,8 @@ Variants (every one ends its step with a device synchronisation):
                     the fair competitor of a TF32 kernel (CUDA only)
   eager_cuda_graph  a CUDA graph of the eager float32 step, capturable fused Adam (CUDA only)
   op:BACKEND        lsdm_fast.ops.critic_gradient_penalty(backend=BACKEND) + Adam, eager
+  op:cpp:bf16       the same with precision="bf16" (bf16 GEMMs on the CPU's AMX / AVX512-BF16 units;
+                    emulated, slower, where cpu_has_fast_bf16() is false)
   graph:BACKEND     the same op + capturable fused Adam captured in one CUDA graph: the
                     graph-captured step (CUDA only)
 
@@ -41,7 +43,7 @@ BATCHES = [256] if SMOKE else [256, 4096, 65536]
 WIDTHS = [256] if SMOKE else [int(w) for w in os.environ.get("LSDM_BENCH_WIDTHS", "256,512").split(",")]
 
 BACKENDS = available_backends("critic_gradient_penalty", DEVICE)
-VARIANTS = ["eager"] + [f"op:{b}" for b in BACKENDS]
+VARIANTS = ["eager"] + [f"op:{b}" for b in BACKENDS] + (["op:cpp:bf16"] if "cpp" in BACKENDS else [])
 if CUDA:
     VARIANTS += ["eager_tf32", "eager_cuda_graph"] + [f"graph:{b}" for b in BACKENDS]
 
@@ -104,11 +106,14 @@ def _eager_body(params, data, opt):
 
 
 def _op_body(params, data, opt, backend):
+    """backend: a backend name, optionally ":precision" (e.g. "cpp:bf16")."""
     n = len(params) // 2
     critic = MLPParams(params[:n], params[n:])
+    backend, _, precision = backend.partition(":")
 
     def body():
-        out = critic_gradient_penalty(critic, *data, gp_weight=GP_WEIGHT, backend=backend)
+        out = critic_gradient_penalty(critic, *data, gp_weight=GP_WEIGHT, backend=backend,
+                                      precision=precision or None)
         for p, g in zip(params, [*out.weight_grads, *out.bias_grads]):
             p.grad = g
         opt.step()

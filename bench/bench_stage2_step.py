@@ -8,6 +8,9 @@ CUDA graph, on CPU the same body run eagerly).
     LSDM_BENCH_SMALL=1 pytest bench/bench_stage2_step.py --benchmark-only        # batch 256, width 256 only
     python bench/report.py stage2.json --baseline sync:torch
 
+Variants MODE:BACKEND, and MODE:cpp:bf16: the cpp critic ops with precision="bf16"
+(LSDM_CPU_MATMUL_PRECISION=bf16 for the step; bf16 GEMMs on AMX / AVX512-BF16, emulated elsewhere).
+
 Generator (16 noise + 10 label) -> W -> W -> 16, critic (10 + 16) -> W -> W -> 1, LeakyReLU(0.2),
 W in {256, 512}; batch 256, 4096, 65536 drawn from 8192 (label, latent) pairs. float32. Not part
 of the default test run (testpaths = tests/).
@@ -31,7 +34,8 @@ SKIP_LARGE = os.environ.get("LSDM_BENCH_SKIP_LARGE", "0") not in ("", "0")
 BATCHES = [256] if SMALL else [256, 4096] if SKIP_LARGE else [256, 4096, 65536]
 WIDTHS = [256] if SMALL else [256, 512]
 MODES = ["sync", "graph"]
-VARIANTS = [f"{mode}:{b}" for b in available_backends("critic_gradient_penalty", DEVICE) for mode in MODES]
+_BACKENDS = available_backends("critic_gradient_penalty", DEVICE)
+VARIANTS = [f"{mode}:{b}" for b in _BACKENDS for mode in MODES] + [f"{mode}:cpp:bf16" for mode in MODES if "cpp" in _BACKENDS]
 
 
 def _sync():
@@ -46,7 +50,7 @@ def _rounds(batch: int) -> int:
 
 
 def _make_step(variant: str, batch: int, width: int) -> MatchingStep:
-    mode, backend = variant.split(":")
+    mode, backend = variant.split(":")[:2]
     g = torch.Generator(device="cpu").manual_seed(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -62,7 +66,9 @@ def _make_step(variant: str, batch: int, width: int) -> MatchingStep:
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_stage2_step(benchmark, variant, batch, width):
+def test_stage2_step(benchmark, monkeypatch, variant, batch, width):
+    precision = variant.split(":")[2] if variant.count(":") == 2 else "ieee"
+    monkeypatch.setenv("LSDM_CPU_MATMUL_PRECISION", precision)  # the matching step names no precision
     step = _make_step(variant, batch, width)
     counter = iter(range(10**9))
 
@@ -76,6 +82,7 @@ def test_stage2_step(benchmark, variant, batch, width):
     benchmark.group = f"stage-2 step {DEVICE.type} batch={batch} width={width}"
     benchmark.extra_info.update(device=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
                                 torch=torch.__version__, threads=torch.get_num_threads(), mode=step.mode,
-                                captured=step.capture, backend_ran=step.backend, critic_steps=CRITIC_STEPS)
+                                captured=step.capture, backend_ran=step.backend, critic_steps=CRITIC_STEPS,
+                                cpu_matmul_precision=precision)
     benchmark.pedantic(one_step, rounds=_rounds(batch), iterations=1, warmup_rounds=1)
     step.check()  # the timed steps were all finite

@@ -502,6 +502,16 @@ def cmd_info(args) -> int:
           + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
     cpu = _ext.cpu_extension()
     print("C++ extension lsdm_fast._C: " + (json.dumps(cpu.build_info()) if cpu else f"missing ({_ext.load_error('_C')})"))
+    from .precision import cpu_has_fast_bf16
+    if "cpp" in ops.available_backends("critic_gradient_penalty", "cpu"):
+        from .ops import critic_gp_cpp
+        bf16 = "native" if critic_gp_cpp.native_bf16() else "emulated in float32 (slower than ieee)"
+        try:
+            default = repr(critic_gp_cpp.cpu_precision(None))
+        except ValueError as exc:
+            default = f"none: {exc}"
+        print(f"CPU bf16 matmul units (AMX-BF16 / AVX512-BF16): {'yes' if cpu_has_fast_bf16() else 'no'}; cpp critic "
+              f"precision='bf16': {bf16}; default {default} ($LSDM_CPU_MATMUL_PRECISION)")
     cu = _ext.cuda_extension()
     print("CUDA extension lsdm_fast._C_cuda: " + ("built" if cu else f"missing ({_ext.load_error('_C_cuda')})"))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

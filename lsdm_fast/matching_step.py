@@ -33,6 +33,7 @@ from .config import MatchingConfig
 from .graph_capture import MODES, capture_graph, pick_mode
 from .guards import DeviceGuard, HostGuard, TrainingError, grad_norm, out_of_memory_as_training_error
 from .models import Critic, Generator
+from .ops._backend_util import cpu_env_precision
 from .ops._registry import resolve
 from .precision import autocast, make_scaler, step_optimizer
 
@@ -47,8 +48,12 @@ def no_checkpoint() -> str:
 
 
 def resolve_backends(backend: str, device: torch.device, layers: int) -> dict[str, str]:
-    """The backend each stage-2 op runs on (`backend` may be "auto"): resolved once per stage."""
-    return {op: resolve(op, backend, device, {"layers": layers})[0] for op in OPS}
+    """The backend each stage-2 op runs on (`backend` may be "auto"): resolved once per stage, with the
+    cpp ops' matmul precision from the environment checked here too (before any training)."""
+    names = {op: resolve(op, backend, device, {"layers": layers})[0] for op in OPS}
+    if "cpp" in names.values():
+        cpu_env_precision()
+    return names
 
 
 class MatchingStep:

@@ -1,10 +1,45 @@
 """Mixed precision (LSDMConfig.precision): "fp32" (none), "bf16" or "fp16" autocast; fp16 adds a
-GradScaler. The critic step always runs in float32 (docs/design.md §6, "Mixed precision")."""
+GradScaler. The critic step always runs in float32 (docs/design.md §6, "Mixed precision"); its GEMMs
+in float32 unless the op's matmul precision says otherwise (docs/design.md §4, "Precision").
+cpu_has_fast_bf16: whether bf16 pays on this CPU."""
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
+
+CPUINFO = "/proc/cpuinfo"
+# /proc/cpuinfo flags of the x86 units that multiply bfloat16 natively
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AMX-BF16 or AVX512-BF16): where bf16 GEMMs
+    are faster than float32 ones. Elsewhere (older Intel, AMD before Zen 4, ARM) they are emulated, slower.
+    Asks torch (which also enables AMX for the process), else reads /proc/cpuinfo."""
+    ask = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if all(callable(f) for f in ask):
+        try:
+            return any(bool(f()) for f in ask)
+        except RuntimeError:  # a torch that cannot query: the kernel's flags still tell
+            pass
+    return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def cpu_flags(path: str | None = None) -> set[str]:
+    """The CPU feature flags of the first processor in `path` (default CPUINFO; empty where there is none:
+    not Linux)."""
+    try:
+        with open(path or CPUINFO, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
 
 
 def autocast(precision: str, device: torch.device, *, cache_enabled: bool = True):
@@ -28,18 +63,3 @@ def step_optimizer(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | No
         scaler.step(opt)
         scaler.update()
 
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AMX-BF16 or AVX512-BF16), where bf16 GEMMs run
-    several times faster than float32 ones; elsewhere bf16 is emulated and slower. Asked of torch, else of
-    /proc/cpuinfo (Linux), else False."""
-    probe = getattr(torch, "cpu", None)
-    checks = [getattr(probe, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    if all(callable(c) for c in checks):
-        return any(c() for c in checks)
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -72,7 +72,8 @@ def _critic():
 
 @pytest.mark.parametrize("backend", ops.available_backends("critic_gradient_penalty", "cpu"))
 def test_a_precision_no_backend_knows_is_refused_the_same_by_every_backend(backend):
-    with pytest.raises(ValueError, match=r"^precision must be None or one of \('ieee', 'tf32', 'tf32x3'\), got 'fp8'$"):
+    with pytest.raises(ValueError, match=r"^precision must be None or one of \('ieee', 'tf32', 'tf32x3', 'bf16'\), "
+                                         r"got 'fp8'$"):
         ops.critic_gradient_penalty(*_critic(), backend=backend, precision="fp8")
     with pytest.raises(ValueError, match=r"^precision must be None or one of"):
         ops.encode(MLPParams([torch.randn(3, 5)], [torch.zeros(3)]), torch.rand(4, 5), backend="torch", precision="x")
@@ -93,7 +94,11 @@ def test_precision_reaches_the_backends_that_take_one(monkeypatch):
         ops.critic_score_grad(p, x, zr, backend=backend)
     takes = {b: _registry._IMPLS["critic_gradient_penalty"][b].precision_kw for b in ops.BACKENDS
              if b in _registry._IMPLS["critic_gradient_penalty"]}
-    assert takes.get("torch") is None and takes.get("cpp") is None  # no choice: full float32
+    assert takes.get("torch") is None  # no choice: full float32
+    if "cpp" in ops.available_backends("critic_gradient_penalty", "cpu"):  # float32 or bf16 (tests/test_cpu_bf16.py)
+        assert takes["cpp"] == "precision"
+        assert seen[("critic_gradient_penalty", "cpp")] == {"precision": "ieee"}
+        assert seen[("critic_score_grad", "cpp")] == {}
     if "triton" in ops.available_backends("critic_gradient_penalty", "cpu"):
         assert takes["triton"] == "input_precision"
         assert seen[("critic_gradient_penalty", "triton")] == {"input_precision": "ieee"}

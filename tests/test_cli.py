@@ -13,6 +13,7 @@ def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "critic_gradient_penalty" in out and "torch" in out and "C++ extension" in out
+    assert "cpp critic precision='bf16': " in out or "lsdm_fast._C: missing" in out
 
 
 def test_train_and_sample_on_tiny_idx_folder(tmp_path, capsys):

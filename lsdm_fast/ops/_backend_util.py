@@ -54,8 +54,13 @@ def extension_why_unavailable(name: str, device_type: str, *functions: str) -> C
 # ------------------------------------------------------------------ matmul precision
 
 PRECISION_ENV = "LSDM_MATMUL_PRECISION"
-PRECISIONS = ("ieee", "tf32", "tf32x3")  # every value a backend takes (tf32x3: the CUDA critic kernels only)
-ENV_PRECISIONS = ("ieee", "tf32")  # the values every compiled backend of every op takes
+# every value a backend takes (tf32x3: the CUDA critic kernels only; bf16: the cpp critic kernels only)
+PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16")
+ENV_PRECISIONS = ("ieee", "tf32")  # the values every GPU backend of every op takes
+# taken only by the backends that register them (`precisions=`), refused by every other one
+DECLARED_PRECISIONS = ("bf16",)
+CPU_PRECISION_ENV = "LSDM_CPU_MATMUL_PRECISION"  # the cpp backend's default (it has no TF32)
+CPU_PRECISIONS = ("ieee", "bf16")
 
 
 def env_precision(former: str, default: str) -> str:
@@ -72,4 +77,12 @@ def env_precision(former: str, default: str) -> str:
         return default
     warn_once(f"deprecated:{former}", f"lsdm_fast: {former} is deprecated (still honoured); set {PRECISION_ENV} "
                                       "(one variable for every op and backend) or pass precision= to the op")
+    return p
+
+
+def cpu_env_precision() -> str:
+    """The cpp critic ops' matmul precision for a call that names none: $LSDM_CPU_MATMUL_PRECISION, else "ieee"."""
+    p = os.environ.get(CPU_PRECISION_ENV) or "ieee"
+    if p not in CPU_PRECISIONS:
+        raise ValueError(f"{CPU_PRECISION_ENV} must be one of {CPU_PRECISIONS}, got {p!r}")
     return p

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .._ext import warn_once
-from ._backend_util import PRECISIONS
+from ._backend_util import DECLARED_PRECISIONS, PRECISIONS
 
 # The one list of backend names: ops/__init__.py imports the modules `*_<name>.py` of the compiled
 # ones, the CLI's --backend choices are "auto" + these (docs/design.md §4, "Adding a backend").
@@ -54,6 +54,8 @@ class _Impl:
     # (PatchPart, MLPs, precision) -> whether the backend runs that patch front / tail itself, fused with the
     # MLPs (ops/patch.py); None: it never does, the entry point calls the module
     fuses: Callable | None = None
+    # the DECLARED_PRECISIONS it takes (e.g. "bf16")
+    precisions: tuple[str, ...] = ()
 
     def refuses(self, problem: dict | None) -> str | None:
         return self.limits(problem) if self.limits is not None and problem else None
@@ -66,10 +68,11 @@ IMPORT_ERRORS: dict[str, str] = {}
 
 def register(op: str, backend: str, available: Callable[[torch.device], bool] | None = None,
              why_unavailable: Callable[[], str] | None = None, limits: Callable[[dict], str | None] | None = None,
-             fuses: Callable | None = None):
+             fuses: Callable | None = None, precisions: tuple[str, ...] = ()):
     """fuses: for encode / generate, fuses(part, mlps, precision) -> bool: the backend takes `front=part` /
     `tail=part` (a PatchPart, ops/patch.py) and computes the whole chain itself (ops/encode_generate.py); mlps:
-    (encoder,) / (generator, decoder); precision as the entry point got it."""
+    (encoder,) / (generator, decoder); precision as the entry point got it. `precisions`: the DECLARED_PRECISIONS
+    (e.g. "bf16") the backend's precision keyword takes."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
@@ -77,7 +80,7 @@ def register(op: str, backend: str, available: Callable[[torch.device], bool] | 
         takes = inspect.signature(fn).parameters
         precision_kw = next((k for k in ("precision", "input_precision") if k in takes), None)
         _IMPLS.setdefault(op, {})[backend] = _Impl(fn, available or (lambda device: True), why_unavailable, limits,
-                                                   precision_kw, fuses)
+                                                   precision_kw, fuses, tuple(precisions))
         return fn
 
     return deco
@@ -101,11 +104,17 @@ def registered_ops() -> list[str]:
 def precision_kwargs(op: str, backend: str, precision: str | None) -> dict:
     """The keyword arguments that hand an entry point's `precision=` to the resolved `backend`: none for
     precision=None (the backend's default, see _backend_util.env_precision) or for a backend without a
-    matmul-precision choice (torch, cpp: full float32). A value no backend knows is refused here, the
-    same for every backend; one a backend does not take is refused by that backend."""
+    matmul-precision choice (torch: full float32, whatever GPU precision is asked). A value no backend
+    knows is refused here, the same for every backend; so is a DECLARED_PRECISIONS value ("bf16") that
+    the backend did not register; another value a backend does not take is refused by that backend."""
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be None or one of {PRECISIONS}, got {precision!r}")
-    kw = _IMPLS[op][backend].precision_kw
+    impl = _IMPLS[op][backend]
+    if precision in DECLARED_PRECISIONS and precision not in impl.precisions:
+        takers = [b for b, i in _IMPLS[op].items() if precision in i.precisions]
+        raise ValueError(f"precision={precision!r} is not taken by backend {backend!r} for {op!r} (only by "
+                         f"{', '.join(map(repr, takers)) or 'no backend'}); use precision='ieee' or None there")
+    kw = impl.precision_kw
     return {} if precision is None or kw is None else {kw: precision}
 
 

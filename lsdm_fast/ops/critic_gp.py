@@ -129,7 +129,9 @@ def critic_gradient_penalty(critic: MLPParams, x: torch.Tensor, z_real: torch.Te
 
     Half-precision inputs or critics are computed in float32 by every backend; the gradients come
     back in the critic's dtype, the loss terms in the inputs' dtype. `precision`: the float32 matmul
-    precision of the GPU backends (docs/design.md §4, "Precision"; None: $LSDM_MATMUL_PRECISION, else "tf32")."""
+    precision (docs/design.md §4, "Precision"): of the GPU backends (None: $LSDM_MATMUL_PRECISION, else
+    "tf32"), or "ieee"/"bf16" for "cpp" (None: $LSDM_CPU_MATMUL_PRECISION, else "ieee"); "bf16" is refused by
+    the backends that have no bf16 path."""
     if penalty_over not in PENALTY_OVER:
         raise ValueError(f"penalty_over must be one of {PENALTY_OVER}, got {penalty_over!r}")
     dtype = _check_critic_inputs(critic, x, [z_real, z_fake], t)
