@@ -101,7 +101,10 @@ class LSDMConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LSDMConfig":
+    def from_dict(cls, d: dict, *, saved: bool = False) -> "LSDMConfig":
+        """A config from LSDMConfig.to_dict()'s layout. A field left out takes today's default, except with
+        `saved` (a config.json / checkpoint written by an earlier version): then it takes IMPLIED_BY_ABSENCE,
+        what that version did without the field."""
         def build(klass, values):
             names = {f.name for f in fields(klass)}
             unknown = set(values) - names
@@ -115,8 +118,9 @@ class LSDMConfig:
             return klass(**out)
 
         d = dict(d)
-        ae = build(AutoencoderConfig, {**IMPLIED_BY_ABSENCE["autoencoder"], **d.pop("autoencoder", {})})
-        mt = build(MatchingConfig, {**IMPLIED_BY_ABSENCE["matching"], **d.pop("matching", {})})
+        implied = IMPLIED_BY_ABSENCE if saved else {"autoencoder": {}, "matching": {}}
+        ae = build(AutoencoderConfig, {**implied["autoencoder"], **d.pop("autoencoder", {})})
+        mt = build(MatchingConfig, {**implied["matching"], **d.pop("matching", {})})
         return build(cls, {**d, "autoencoder": ae, "matching": mt})
 
     @classmethod
