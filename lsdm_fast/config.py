@@ -233,6 +233,7 @@ _TYPE_CHECKS = {
     "float": (_is_number, "a number"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "int | None": (lambda v: v is None or _is_int(v), "an integer or None"),
+    "float | None": (lambda v: v is None or _is_number(v), "a number or None"),
     "tuple[int, ...]": (lambda v: isinstance(v, (tuple, list)) and all(_is_int(x) for x in v),
                         "a tuple of integers"),
     "tuple[float, float]": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_number(x) for x in v),
