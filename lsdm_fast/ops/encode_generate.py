@@ -1,7 +1,8 @@
 """Latent encoding z = E(y) and one-step generation y = D(G(eta, x)).
 
-Public entry points (backend="auto" | "torch" | "triton" | "cuda"; no "cpp" backend is registered
-for these ops, so "auto" on the CPU is the torch reference):
+Public entry points (backend="auto" | "torch" | "cpp" | "triton" | "cuda"; "cpp" fuses only a PatchDecoder's
+tail / PatchEncoder's front in float32 / float64 (encode_generate_cpp.py) and runs the torch reference for
+every other call):
 
 - encode(encoder, y, ...): fused MLP forward over a whole data set, chunked.
 - generate(generator, decoder, cond, ...): eta ~ N(0, I) drawn from counter-based Philox
@@ -75,8 +76,9 @@ encode's y arrives flat, (N, part.pixels)). It must:
     multiply-add into the rounding);
   - return an empty tensor for N = 0 without launching anything.
 float64 work may be delegated to the reference functions below. backend="auto" takes the
-first available of _registry.AUTO_ORDER for the device: on the CPU that is the torch
-reference (no C++ kernel is registered for these ops), so any floating dtype works there.
+first available of _registry.AUTO_ORDER for the device: on the CPU that is "cpp" when the
+extension is built (the fused patch tail / front, the torch reference for the rest), so any
+floating dtype works there.
 
 Labels. validate_labels raises ValueError("labels must be in [0, C), got range [lo, hi]").
 CPU labels are checked on every call (host memory: no transfer). CUDA labels cost one
