@@ -212,3 +212,24 @@ def test_bad_calls_get_the_same_error_from_every_backend(rng, backend):
                      backend=backend)
     with pytest.raises(ValueError, match=r"encode: y must be \(N, 192\) images"):
         ops.encode(enc.dense(), torch.rand(3, 191, dtype=torch.float64), front=enc.front, backend=backend)
+
+
+@pytest.mark.parity
+def test_threads_split_the_chunks_and_give_the_same_images(rng):
+    """Chunks of images are independent: two threads give the one-thread result bit for bit."""
+    from lsdm_fast.ops.encode_generate_cpp import patch_front_forward, patch_tail_forward
+
+    _, enc, dec = _models(rng, SHAPES["S6-K2"])
+    dec, enc = dec.float(), enc.float()
+    z = torch.randn(53, dec.fc.in_features)
+    y = torch.rand(53, enc.in_channels * enc.side ** 2)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append((patch_tail_forward(z, dec.dense(), patch_tail(dec.tail), torch.float32, chunk=4),
+                         patch_front_forward(y, enc.dense(), patch_front(enc.front), chunk=4)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
