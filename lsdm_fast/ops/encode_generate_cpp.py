@@ -70,12 +70,15 @@ def patch_tail_forward(z: torch.Tensor, decoder: MLPParams, tail: PatchPart, out
       FLOPs  head 0.20 M + mix 0.40 M + transposed conv 0.40 M = 1.0 MFLOP of GEMMs (~0.01 M elementwise: bias,
              LeakyReLU, overlap-add, sigmoid); the generator before it (42 -> 512 -> 512 -> 32, torch) 0.60 MFLOP.
       bytes  from memory: z 128 B in, the image 3,136 B out (784 B uint8); the weights (0.43 MB) stay in L2
-             across the chunks; the chunk's intermediates (~50 KB per image: head output, mix output, patches,
-             image) are written and read back in L2, never in memory.
+             across the chunks; the chunk's intermediates (41 KB per image: head output, mix output, patches,
+             image; 25 images per 1 MB chunk) are written and read back in L2, never in memory.
       bound  compute: ~1.6 MFLOP per sample against ~3.3 KB of memory traffic (~500 FLOP/B); one AVX-512 core
              (~100-150 GFLOP/s of MKL SGEMM at these shapes: K and N of 32-64) gives ~60-90 k samples/s at its
-             peak, the memory side (3.3 KB at ~10 GB/s on one core) ~3 M/s. Measured: see bench/RESULTS.md
-             (bench_encode_generate.py, the patch default case)."""
+             peak, the memory side (3.3 KB at ~10 GB/s on one core) ~3 M/s.
+      seen   on the shared 2-core VM under load, one thread (time.thread_time, 4096 rows; not a benchmark): this
+             op ~100 k images/s (~100 GFLOP/s), the whole generate ~45 k/s (the torch generator 36 ms per 4096
+             rows, 11 of them its Philox noise, beside the tail's 41 ms); chunk budgets 0.5-4 MB within 5 %.
+             bench/bench_encode_generate.py test_bench_default_model_cpu times it against the torch backend."""
     head = _dense_act(decoder, len(decoder.weights) - 1)
     kernel_dtype = out_dtype if out_dtype in (z.dtype, torch.uint8) else z.dtype
     out = _ext.cpu_extension().patch_tail_cpu(
