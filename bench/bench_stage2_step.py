@@ -26,6 +26,7 @@ from lsdm_fast.config import MatchingConfig
 from lsdm_fast.matching_step import MatchingStep
 from lsdm_fast.models import Critic, Generator
 from lsdm_fast.ops import available_backends
+from lsdm_fast.profiling import count_flops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DX, DZ, NOISE, ROWS, CRITIC_STEPS = 10, 16, 16, 8192, 5
@@ -86,3 +87,9 @@ def test_stage2_step(benchmark, monkeypatch, variant, batch, width):
                                 cpu_matmul_precision=precision)
     benchmark.pedantic(one_step, rounds=_rounds(batch), iterations=1, warmup_rounds=1)
     step.check()  # the timed steps were all finite
+    # the step's FLOPs, counted on a float32 twin (bf16 GEMMs go to MKL directly, past torch's counter; the work
+    # is the same), read against bench_matmul_peak.py's in the same run
+    monkeypatch.setenv("LSDM_CPU_MATMUL_PRECISION", "ieee")
+    twin, k = _make_step(variant, batch, width), iter(range(10**9))
+    flops = count_flops(lambda: twin(next(k)))
+    benchmark.extra_info.update(flops=flops, gflops_per_s=flops / benchmark.stats.stats.median / 1e9)

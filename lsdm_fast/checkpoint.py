@@ -59,7 +59,7 @@ def config_differences(saved: dict, now: dict) -> list[str]:
     from .config import LSDMConfig
 
     try:  # fields added since the checkpoint was written take the value their absence meant
-        saved = LSDMConfig.from_dict(saved).to_dict()
+        saved = LSDMConfig.from_dict(saved, saved=True).to_dict()
     except (TypeError, ValueError):
         pass  # compared as written: the differences name the bad fields
     a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(now)))

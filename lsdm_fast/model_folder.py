@@ -92,7 +92,7 @@ def _read_config(cfg_path: str) -> tuple[LSDMConfig, dict]:
         if not isinstance(blob, dict) or not isinstance(blob.get(key), kind):
             raise ModelFolderError(f"{cfg_path}: damaged: the field {key!r} is missing or not an object")
     try:
-        config = LSDMConfig.from_dict(blob["config"])
+        config = LSDMConfig.from_dict(blob["config"], saved=True)
         config.validate()
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFolderError(f"{cfg_path}: not a valid LSDM config ({exc})") from None

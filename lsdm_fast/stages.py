@@ -92,9 +92,10 @@ class AutoencoderStep:
         self.encoder, self.decoder, self.y, self.cfg, self.rng = encoder, decoder, y, cfg, rng
         self.precision, self.describe = precision, describe
         self.params = list(encoder.parameters()) + list(decoder.parameters())
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
+        self.lr, self.warmup = cfg.schedule(isinstance(encoder, PatchEncoder))
+        self.opt = torch.optim.Adam(self.params, lr=self.lr)
         self.scaler = make_scaler(precision, y.device)
-        self.hint = f"try a lower learning rate (autoencoder lr is {cfg.lr})"
+        self.hint = f"try a lower learning rate (autoencoder lr is {self.lr})"
         self.train_idx = self.heldout = None  # "steps": every row trains
         if cfg.stop == "plateau":
             n_out = int(min(2048, max(1, round(cfg.holdout * len(y)))))
@@ -107,10 +108,10 @@ class AutoencoderStep:
         self.total = int(round(cfg.epochs * n_train / cfg.batch_size)) if cfg.epochs > 0 else cfg.steps
         self.period = max(math.ceil(cfg.check_epochs * n_train / cfg.batch_size), cfg.check_every)
         self.sched = None
-        if cfg.stop == "steps" and cfg.warmup_steps == 0:
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(self.total, 1), eta_min=cfg.lr * 0.05)
+        if cfg.stop == "steps" and self.warmup == 0:
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(self.total, 1), eta_min=self.lr * 0.05)
         elif cfg.stop == "steps":  # the same cosine, times the warm-up ramp
-            cosine = _CosineWithWarmup(max(self.total, 1), cfg.warmup_steps, 0.05)
+            cosine = _CosineWithWarmup(max(self.total, 1), self.warmup, 0.05)
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine)
         self.ema = [p.detach().clone() for p in self.params] if cfg.ema > 0 else None
         self.ema_updates = 0
@@ -182,9 +183,9 @@ class AutoencoderStep:
         finite_or_raise(self.stage, where, {"the loss": float(loss_avg)}, self.describe, self.hint)
         if self.scaler is None:  # under fp16 the scaler skips steps with overflowing gradients by design
             finite_or_raise(self.stage, where, {"the gradient norm": float(grad_norm(grads))}, self.describe, self.hint)
-        if cfg.stop == "plateau" and step < cfg.warmup_steps:
+        if cfg.stop == "plateau" and step < self.warmup:
             for group in self.opt.param_groups:
-                group["lr"] = cfg.lr * 0.2 ** self.plateau["drops"] * (step + 1) / cfg.warmup_steps
+                group["lr"] = self.lr * 0.2 ** self.plateau["drops"] * (step + 1) / self.warmup
         step_optimizer(self.opt, self.scaler)
         if self.sched is not None:
             self.sched.step()
