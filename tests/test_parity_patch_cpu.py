@@ -21,7 +21,7 @@ from lsdm_fast.ops.patch import patch_front, patch_tail
 pytestmark = pytest.mark.skipif("cpp" not in available_backends("generate", "cpu"),
                                 reason="the C++ extension is not built")
 
-from tests.test_parity_patch import decode_reference, encode_reference  # noqa: E402
+from test_parity_patch import decode_reference, encode_reference  # noqa: E402 - the float64 conv references
 
 NOISE, CLASSES = 6, 10
 # (side, latent, width W, depth K, stride S, channels C)
