@@ -349,3 +349,28 @@ def test_bench_default_model(benchmark, variant, op, rows):
         pytest.skip(f"{variant} {op} unavailable: {type(exc).__name__}: {exc}")
     benchmark.extra_info.update(peak_extra_gb=peak, model="default")
     _run(benchmark, fn, rows, 0, f"default-model-{op}-{rows}", quick)
+
+
+CPU_DEFAULT_ROWS = 4096
+
+
+@pytest.mark.skipif(CUDA, reason="the CPU case (one thread: OMP_NUM_THREADS=1)")
+@pytest.mark.parametrize("op", ["generate", "encode"])
+@pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if b in available_backends("generate", "cpu")])
+@torch.no_grad()
+def test_bench_default_model_cpu(benchmark, backend, op):
+    """Group "default-model-cpu-<op>": the default model (MNIST 28 x 28, default config, random weights) on the
+    CPU through LSDM.sample / LSDM.encode, float32: "torch" runs the generator and the decoder's head, then the
+    module's tail (eager); "cpp" fuses the head and tail (encode: the front and the dense layer) in C++ a few
+    images at a time (ops/encode_generate_cpp.py). extra_info images_per_s; issue 24's target for generate:
+    >= 30,000 images/s on one thread."""
+    model = _default_model()
+    rows = CPU_DEFAULT_ROWS
+    if op == "generate":
+        labels = torch.arange(rows) % CLASSES
+        fn = lambda: model.sample(labels, seed=1, backend=backend)  # noqa: E731
+    else:
+        y = torch.rand(rows, 784)
+        fn = lambda: model.encode(y, backend=backend, batch_size=rows)  # noqa: E731
+    _run(benchmark, fn, rows, 0, f"default-model-cpu-{op}")
+    benchmark.extra_info.update(images_per_s=benchmark.extra_info["samples_per_s"], threads=torch.get_num_threads())

@@ -612,12 +612,282 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> patch_ae_step_cpu(
   return step_impl<float>(yc, p, s, static_cast<float>(negative_slope), latent_l2, bce, latent_noise, eps);
 }
 
+// ------------------------------------------------------------------------------------------------------------
+// Inference (backend "cpp" of ops.generate / ops.encode with a PatchDecoder's tail / PatchEncoder's front): the
+// same layers forward only, a few images at a time so that every intermediate of a chunk (the head's output, the
+// mix layers', the patches, the image) stays in L2 between the passes; the output written once.
+
+// Activation of a dense layer as the ops hand it over: none, LeakyReLU(slope) (ReLU: slope 0), or sigmoid.
+enum DenseAct : int64_t { kActNone = 0, kActLeaky = 1, kActSigmoid = 2 };
+
+// sigmoid(v) = 1 / (1 + e^-v) through e = exp(-|v|) <= 1 (no overflow): vectorises for float (exp_nonpositive).
+template <typename T>
+inline T sigmoid_of(T v) {
+  const T e = exp_neg_abs(v), r = T(1) / (T(1) + e);
+  return (v >= T(0) ? T(1) : e) * r;
+}
+
+// h <- act(h + b) in place over `rows` rows (one chunk: no parallel region of its own).
+template <typename T>
+void bias_dense_act(T* h, const T* b, int64_t rows, int64_t cols, int64_t act, T slope) {
+  if (act == kActSigmoid) {
+    for (int64_t r = 0; r < rows; ++r) {
+      T* __restrict__ hr = h + r * cols;
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) hr[j] = sigmoid_of(hr[j] + b[j]);
+    }
+    return;
+  }
+  bias_act<T>(h, b, rows, cols, act == kActLeaky ? slope : T(1));
+}
+
+// The package's uint8 rule: rint(min(max(y * 255, 0), 255)), ties to even, no fused multiply-add into it (the
+// clamp sits between the product and the rounding shift 1.5 * 2^(mantissa bits)).
+template <typename T>
+inline uint8_t to_uint8(T y) {
+  constexpr T kShift = std::is_same_v<T, float> ? T(12582912.0f) : T(6755399441055744.0);
+  T v = y * T(255);
+  v = v > T(0) ? v : T(0);
+  v = v < T(255) ? v : T(255);
+  return static_cast<uint8_t>((v + kShift) - kShift);
+}
+
+// Images of one chunk: logits img (nb, C*H*H) -> sigmoid, into out (the same place when O == T; uint8 by the
+// package's rule).
+template <typename T, typename O>
+void sigmoid_out(T* img, O* out, int64_t count) {
+#pragma omp simd
+  for (int64_t k = 0; k < count; ++k) {
+    const T s = sigmoid_of(img[k]);
+    if constexpr (std::is_same_v<O, uint8_t>) out[k] = to_uint8(s);
+    else out[k] = static_cast<O>(s);
+  }
+}
+
+struct InferShapes {
+  int64_t N, C, H, S, L, P, W, Q, K, F, nb;
+};
+
+int64_t chunk_images(int64_t N, int64_t per_image_bytes, int64_t budget_bytes, int64_t chunk) {
+  const int64_t nb = chunk > 0 ? chunk : std::max<int64_t>(1, budget_bytes / std::max<int64_t>(1, per_image_bytes));
+  return std::max<int64_t>(1, std::min(nb, N));
+}
+
+// z (N, d) -> head (act(z Fd^T + bd), (nb, P W) = (nb P, W)) -> K mix layers -> patches (nb P, Q) -> col2im + bias
+// -> sigmoid -> out (N, C H H) of O.
+template <typename T, typename O>
+void tail_impl(const Tensor& z, const Tensor& head_w, const Tensor& head_b, int64_t head_act, T head_slope,
+               const std::vector<Tensor>& mix_w, const std::vector<Tensor>& mix_b, const Tensor& conv_w,
+               const Tensor& conv_b, T slope, const InferShapes& s, Tensor& out) {
+  const int64_t N = s.N, C = s.C, H = s.H, S = s.S, P = s.P, W = s.W, Q = s.Q, K = s.K, F = s.F, nb = s.nb;
+  const int64_t HW = H * H, chunks = (N + nb - 1) / nb;
+  const bool direct = std::is_same_v<T, O>;  // the image is written in place in `out`
+  const int64_t per_chunk = nb * F * (K > 0 ? 2 : 1) + nb * P * Q + (direct ? 0 : nb * C * HW);
+  const auto opts = z.options();
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    Tensor ws = workspace<T>(per_chunk, opts);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const int64_t n0 = ch * nb, m = std::min(nb, N - n0), R = m * P;
+      int64_t off = 0;
+      auto take = [&](int64_t rows, int64_t cols, int64_t cap) {
+        Tensor v = ws.narrow(0, off, rows * cols).view({rows, cols});
+        off += cap;
+        return v;
+      };
+      Tensor a = take(m, F, nb * F), b = K > 0 ? take(R, W, nb * F) : Tensor();
+      Tensor patches = take(R, Q, nb * P * Q);
+      at::mm_out(a, z.narrow(0, n0, m), head_w.t());
+      bias_dense_act<T>(a.mutable_data_ptr<T>(), head_b.const_data_ptr<T>(), m, F, head_act, head_slope);
+      Tensor h = a.view({R, W}), spare = b;
+      for (int64_t k = 0; k < K; ++k) {
+        at::mm_out(spare, h, mix_w[k].t());
+        bias_act<T>(spare.mutable_data_ptr<T>(), mix_b[k].const_data_ptr<T>(), R, W, slope);
+        std::swap(h, spare);
+      }
+      at::mm_out(patches, h, conv_w);
+      O* dst = out.mutable_data_ptr<O>() + n0 * C * HW;
+      T* img = direct ? reinterpret_cast<T*>(dst) : ws.mutable_data_ptr<T>() + off;
+      const T* bt = conv_b.const_data_ptr<T>();
+      for (int64_t n = 0; n < m; ++n)
+        for (int64_t c = 0; c < C; ++c) std::fill(img + (n * C + c) * HW, img + (n * C + c + 1) * HW, bt[c]);
+      col2im_add<T>(patches.const_data_ptr<T>(), img, m, C, H, S);
+      sigmoid_out<T, O>(img, dst, m * C * HW);
+    }
+  });
+}
+
+// y (N, C H H) -> im2col (nb P, Q) -> act(. Wc^T + bc) (nb P, W) -> K mix layers -> (nb, P W) Fe^T + be, act ->
+// out (N, d).
+template <typename T>
+void front_impl(const Tensor& y, const std::vector<Tensor>& mix_w, const std::vector<Tensor>& mix_b,
+                const Tensor& conv_w, const Tensor& conv_b, const Tensor& fc_w, const Tensor& fc_b, int64_t fc_act,
+                T fc_slope, T slope, const InferShapes& s, Tensor& out) {
+  const int64_t N = s.N, C = s.C, H = s.H, S = s.S, P = s.P, W = s.W, Q = s.Q, K = s.K, F = s.F, nb = s.nb;
+  const int64_t d = fc_w.size(0), chunks = (N + nb - 1) / nb;
+  const int64_t per_chunk = nb * P * Q + nb * F * (K > 0 ? 2 : 1);
+  const auto opts = y.options();
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    Tensor ws = workspace<T>(per_chunk, opts);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const int64_t n0 = ch * nb, m = std::min(nb, N - n0), R = m * P;
+      Tensor cols = ws.narrow(0, 0, R * Q).view({R, Q});
+      Tensor h = ws.narrow(0, nb * P * Q, R * W).view({R, W});
+      Tensor spare = K > 0 ? ws.narrow(0, nb * P * Q + nb * F, R * W).view({R, W}) : Tensor();
+      im2col<T>(y.const_data_ptr<T>() + n0 * C * H * H, cols.mutable_data_ptr<T>(), m, C, H, S);
+      at::mm_out(h, cols, conv_w.t());
+      bias_act<T>(h.mutable_data_ptr<T>(), conv_b.const_data_ptr<T>(), R, W, slope);
+      for (int64_t k = 0; k < K; ++k) {
+        at::mm_out(spare, h, mix_w[k].t());
+        bias_act<T>(spare.mutable_data_ptr<T>(), mix_b[k].const_data_ptr<T>(), R, W, slope);
+        std::swap(h, spare);
+      }
+      Tensor dst = out.narrow(0, n0, m);
+      at::mm_out(dst, h.view({m, F}), fc_w.t());
+      bias_dense_act<T>(dst.mutable_data_ptr<T>(), fc_b.const_data_ptr<T>(), m, d, fc_act, fc_slope);
+    }
+  });
+}
+
+void check_infer(const Tensor& t, const char* fn, const char* name, at::IntArrayRef shape, at::ScalarType dtype) {
+  TORCH_CHECK(t.sizes() == shape, fn, ": ", name, " has shape ", t.sizes(), ", expected ", shape);
+  TORCH_CHECK(t.device().is_cpu(), fn, ": ", name, " must be on the CPU");
+  TORCH_CHECK(t.scalar_type() == dtype, fn, ": ", name, " is ", t.scalar_type(), " but expected ", dtype);
+}
+
+InferShapes infer_shapes(const char* fn, int64_t N, int64_t channels, int64_t side, int64_t stride, int64_t width,
+                         int64_t depth) {
+  TORCH_CHECK(stride >= 2 && stride % 2 == 0, fn, ": stride must be even and >= 2, got ", stride);
+  TORCH_CHECK(side >= stride && side % stride == 0, fn, ": side ", side, " is not a multiple of stride ", stride);
+  TORCH_CHECK(channels >= 1 && width >= 1, fn, ": channels and width must be >= 1, got ", channels, ", ", width);
+  InferShapes s{};
+  s.N = N;
+  s.C = channels;
+  s.H = side;
+  s.S = stride;
+  s.L = side / stride;
+  s.P = s.L * s.L;
+  s.W = width;
+  s.Q = channels * 4 * stride * stride;
+  s.K = depth;
+  s.F = s.P * width;
+  return s;
+}
+
+std::vector<Tensor> contiguous_all(const std::vector<Tensor>& ts) {
+  std::vector<Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.detach().contiguous());
+  return out;
+}
+
+// z (N, d) -> images (N, C side side) of out_dtype (T = z's dtype, or uint8): the decoder's dense head (head_w
+// (P W, d), head_b, activation head_act / head_slope) and a PatchDecoder's tail (mix layers (W, W), transposed
+// convolution conv_w (W, 4 S^2 C) in (c, ky, kx) column order, conv_b (C)), `chunk` images at a time (<= 0: as
+// many as fit `budget_bytes`).
+Tensor patch_tail_cpu(Tensor z, Tensor head_w, Tensor head_b, int64_t head_act, double head_slope,
+                      std::vector<Tensor> mix_w, std::vector<Tensor> mix_b, Tensor conv_w, Tensor conv_b,
+                      int64_t channels, int64_t side, int64_t stride, double negative_slope, at::ScalarType out_dtype,
+                      int64_t chunk, int64_t budget_bytes) {
+  at::NoGradGuard no_grad;
+  const char* fn = "patch_tail_cpu";
+  TORCH_CHECK(z.device().is_cpu() && z.dim() == 2, fn, ": z must be a 2-D CPU tensor, got ", z.sizes());
+  const auto dt = z.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, fn, ": float32 or float64 only, got ", dt);
+  TORCH_CHECK(out_dtype == dt || out_dtype == at::kByte, fn, ": out_dtype must be z's dtype or uint8, got ", out_dtype);
+  TORCH_CHECK(mix_w.size() == mix_b.size(), fn, ": as many mix weights as biases");
+  TORCH_CHECK(head_act >= kActNone && head_act <= kActSigmoid, fn, ": unknown head activation ", head_act);
+  const int64_t W = conv_w.size(0);
+  InferShapes s = infer_shapes(fn, z.size(0), channels, side, stride, W, static_cast<int64_t>(mix_w.size()));
+  const int64_t d = z.size(1);
+  Tensor zc = z.detach().contiguous();
+  check_infer(head_w, fn, "head weight", {s.F, d}, dt);
+  check_infer(head_b, fn, "head bias", {s.F}, dt);
+  check_infer(conv_w, fn, "conv weight", {W, s.Q}, dt);
+  check_infer(conv_b, fn, "conv bias", {channels}, dt);
+  for (size_t k = 0; k < mix_w.size(); ++k) {
+    check_infer(mix_w[k], fn, "mix weight", {W, W}, dt);
+    check_infer(mix_b[k], fn, "mix bias", {W}, dt);
+  }
+  Tensor out = at::empty({s.N, channels * side * side}, z.options().dtype(out_dtype));
+  if (s.N == 0) return out;
+  const auto mw = contiguous_all(mix_w), mb = contiguous_all(mix_b);
+  const Tensor hw = head_w.detach().contiguous(), hb = head_b.detach().contiguous();
+  const Tensor cw = conv_w.detach().contiguous(), cb = conv_b.detach().contiguous();
+  const int64_t elt = dt == at::kFloat ? 4 : 8;
+  s.nb = chunk_images(s.N, elt * (s.F * (s.K > 0 ? 2 : 1) + s.P * s.Q + channels * side * side), budget_bytes, chunk);
+  if (dt == at::kFloat) {
+    if (out_dtype == at::kByte)
+      tail_impl<float, uint8_t>(zc, hw, hb, head_act, float(head_slope), mw, mb, cw, cb, float(negative_slope), s, out);
+    else
+      tail_impl<float, float>(zc, hw, hb, head_act, float(head_slope), mw, mb, cw, cb, float(negative_slope), s, out);
+  } else {
+    if (out_dtype == at::kByte)
+      tail_impl<double, uint8_t>(zc, hw, hb, head_act, head_slope, mw, mb, cw, cb, negative_slope, s, out);
+    else
+      tail_impl<double, double>(zc, hw, hb, head_act, head_slope, mw, mb, cw, cb, negative_slope, s, out);
+  }
+  return out;
+}
+
+// y (N, C side side) -> (N, d): a PatchEncoder's front (conv_w (W, 4 S^2 C) in (c, ky, kx) column order, conv_b
+// (W), mix layers) and the encoder's first dense layer (fc_w (d, P W), fc_b, activation fc_act / fc_slope).
+Tensor patch_front_cpu(Tensor y, std::vector<Tensor> mix_w, std::vector<Tensor> mix_b, Tensor conv_w, Tensor conv_b,
+                       Tensor fc_w, Tensor fc_b, int64_t fc_act, double fc_slope, int64_t channels, int64_t side,
+                       int64_t stride, double negative_slope, int64_t chunk, int64_t budget_bytes) {
+  at::NoGradGuard no_grad;
+  const char* fn = "patch_front_cpu";
+  TORCH_CHECK(y.device().is_cpu() && y.dim() == 2, fn, ": y must be a 2-D CPU tensor, got ", y.sizes());
+  const auto dt = y.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, fn, ": float32 or float64 only, got ", dt);
+  TORCH_CHECK(mix_w.size() == mix_b.size(), fn, ": as many mix weights as biases");
+  TORCH_CHECK(fc_act >= kActNone && fc_act <= kActSigmoid, fn, ": unknown dense activation ", fc_act);
+  const int64_t W = conv_w.size(0);
+  InferShapes s = infer_shapes(fn, y.size(0), channels, side, stride, W, static_cast<int64_t>(mix_w.size()));
+  TORCH_CHECK(y.size(1) == channels * side * side, fn, ": y must be (N, ", channels * side * side, "), got ",
+              y.sizes());
+  const int64_t d = fc_w.size(0);
+  check_infer(conv_w, fn, "conv weight", {W, s.Q}, dt);
+  check_infer(conv_b, fn, "conv bias", {W}, dt);
+  check_infer(fc_w, fn, "dense weight", {d, s.F}, dt);
+  check_infer(fc_b, fn, "dense bias", {d}, dt);
+  for (size_t k = 0; k < mix_w.size(); ++k) {
+    check_infer(mix_w[k], fn, "mix weight", {W, W}, dt);
+    check_infer(mix_b[k], fn, "mix bias", {W}, dt);
+  }
+  Tensor out = at::empty({s.N, d}, y.options());
+  if (s.N == 0) return out;
+  const Tensor yc = y.detach().contiguous();
+  const auto mw = contiguous_all(mix_w), mb = contiguous_all(mix_b);
+  const Tensor cw = conv_w.detach().contiguous(), cb = conv_b.detach().contiguous();
+  const Tensor fw = fc_w.detach().contiguous(), fb = fc_b.detach().contiguous();
+  const int64_t elt = dt == at::kFloat ? 4 : 8;
+  s.nb = chunk_images(s.N, elt * (s.P * s.Q + s.F * (s.K > 0 ? 2 : 1)), budget_bytes, chunk);
+  if (dt == at::kFloat)
+    front_impl<float>(yc, mw, mb, cw, cb, fw, fb, fc_act, float(fc_slope), float(negative_slope), s, out);
+  else
+    front_impl<double>(yc, mw, mb, cw, cb, fw, fb, fc_act, fc_slope, negative_slope, s, out);
+  return out;
+}
+
 static lsdm::Registration reg([](pybind11::module_& m) {
   m.def("patch_ae_step_cpu", &patch_ae_step_cpu,
         "One stage-1 step of the patch autoencoder: (loss, reconstruction, mean z^2, gradients in module order).",
         pybind11::arg("y"), pybind11::arg("params"), pybind11::arg("channels"), pybind11::arg("side"),
         pybind11::arg("stride"), pybind11::arg("negative_slope"), pybind11::arg("latent_l2"), pybind11::arg("loss"),
         pybind11::arg("latent_noise"), pybind11::arg("noise"));
+  m.def("patch_tail_cpu", &patch_tail_cpu,
+        "A decoder's dense head and a PatchDecoder's tail, forward: latents (N, d) -> images (N, C*side*side).",
+        pybind11::arg("z"), pybind11::arg("head_w"), pybind11::arg("head_b"), pybind11::arg("head_act"),
+        pybind11::arg("head_slope"), pybind11::arg("mix_w"), pybind11::arg("mix_b"), pybind11::arg("conv_w"),
+        pybind11::arg("conv_b"), pybind11::arg("channels"), pybind11::arg("side"), pybind11::arg("stride"),
+        pybind11::arg("negative_slope"), pybind11::arg("out_dtype"), pybind11::arg("chunk"),
+        pybind11::arg("budget_bytes"));
+  m.def("patch_front_cpu", &patch_front_cpu,
+        "A PatchEncoder's front and the encoder's first dense layer, forward: images (N, C*side*side) -> (N, d).",
+        pybind11::arg("y"), pybind11::arg("mix_w"), pybind11::arg("mix_b"), pybind11::arg("conv_w"),
+        pybind11::arg("conv_b"), pybind11::arg("fc_w"), pybind11::arg("fc_b"), pybind11::arg("fc_act"),
+        pybind11::arg("fc_slope"), pybind11::arg("channels"), pybind11::arg("side"), pybind11::arg("stride"),
+        pybind11::arg("negative_slope"), pybind11::arg("chunk"), pybind11::arg("budget_bytes"));
 });
 
 }  // namespace

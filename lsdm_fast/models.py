@@ -245,7 +245,7 @@ class PatchEncoder(nn.Module):
         h = h.permute(0, 2, 3, 1)
         for layer in self.mix:
             h = F.leaky_relu(layer(h), 0.2)
-        return h.reshape(len(h), -1)
+        return h.flatten(1)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.fc(self.front(y))
@@ -274,7 +274,7 @@ class PatchDecoder(nn.Module):
         h = h.reshape(-1, self.low, self.low, self.width)
         for layer in self.mix:
             h = F.leaky_relu(layer(h), 0.2)
-        return self.conv.channels_first(h).reshape(len(h), -1)
+        return self.conv.channels_first(h).flatten(1)  # flatten, not reshape(n, -1): n may be 0
 
     def tail(self, h: torch.Tensor) -> torch.Tensor:
         """The convolutional part: the dense head's output (N, low * low * width) -> images (N, C*H*W)."""

@@ -25,6 +25,7 @@ from lsdm_fast import io as lsdm_io
 from lsdm_fast.api import ModelFolderError
 from lsdm_fast.checkpoint import CHECKPOINT_FILE, CheckpointError, read_checkpoint
 from lsdm_fast.cli import build_parser, main
+from lsdm_fast.ops._registry import implemented_backends
 from lsdm_fast.run_outputs import MANIFEST, RunOutputs, read_manifest, recover
 from lsdm_fast.runlock import LOCK_FILE, RunLockedError, run_lock
 from test_models_api import tiny_config
@@ -596,10 +597,11 @@ def test_stage1_bar_says_when_the_plateau_stopped_it(capsys):
 def test_sample_offers_only_backends_that_generate_and_describes_the_npy(capsys):
     sample = build_parser()._subparsers._group_actions[0].choices["sample"]
     backend = next(a for a in sample._actions if a.dest == "backend")
-    assert "cpp" not in backend.choices and {"auto", "torch"} <= set(backend.choices)
+    assert list(backend.choices) == ["auto", *implemented_backends("generate")]
+    assert {"auto", "torch"} <= set(backend.choices)
     with pytest.raises(SystemExit):
-        main(["sample", "--model", "m", "--backend", "cpp"])
-    assert "invalid choice: 'cpp'" in capsys.readouterr().err
+        main(["sample", "--model", "m", "--backend", "mps"])
+    assert "invalid choice: 'mps'" in capsys.readouterr().err
     text = " ".join(sample.format_help().split())
     assert ".npy: the raw samples as one float32 array of shape (N, D), values in [0, 1]" in text
     assert "each label's (input's) samples in consecutive rows" in text

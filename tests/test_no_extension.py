@@ -40,6 +40,21 @@ SCRIPT = textwrap.dedent("""
     assert ae.backend == "torch"
     msgs = [str(w.message) for w in caught if "falling back" in str(w.message)]
     assert len(msgs) == 1 and "autoencoder_loss_grads" in msgs[0], msgs
+    # sampling with the default (patch) decoder: "auto" falls back to torch with one warning, "cpp" says why not
+    gen = MLPParams([torch.randn(4, 6)], [torch.zeros(4)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            img = ops.generate(gen, dec.dense(), torch.arange(5) % 6, noise_dim=0, num_classes=6, tail=dec.tail)
+    assert img.shape == (5, 64) and bool(((img >= 0) & (img <= 1)).all())
+    msgs = [str(w.message) for w in caught if "falling back" in str(w.message)]
+    assert len(msgs) == 1 and "'generate'" in msgs[0], msgs
+    try:
+        ops.encode(enc.dense(), torch.rand(2, 64), front=enc.front, backend="cpp")
+    except RuntimeError as exc:
+        assert "not available" in str(exc) and "blocked for the test" in str(exc), exc
+    else:
+        raise AssertionError("backend='cpp' should fail clearly without the extension")
     print("OK")
 """)
 

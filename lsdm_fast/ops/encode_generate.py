@@ -1,7 +1,8 @@
 """Latent encoding z = E(y) and one-step generation y = D(G(eta, x)).
 
-Public entry points (backend="auto" | "torch" | "triton" | "cuda"; no "cpp" backend is registered
-for these ops, so "auto" on the CPU is the torch reference):
+Public entry points (backend="auto" | "torch" | "cpp" | "triton" | "cuda"; "cpp" fuses only a PatchDecoder's
+tail / PatchEncoder's front in float32 / float64 (encode_generate_cpp.py) and runs the torch reference for
+every other call):
 
 - encode(encoder, y, ...): fused MLP forward over a whole data set, chunked.
 - generate(generator, decoder, cond, ...): eta ~ N(0, I) drawn from counter-based Philox
@@ -75,8 +76,9 @@ encode's y arrives flat, (N, part.pixels)). It must:
     multiply-add into the rounding);
   - return an empty tensor for N = 0 without launching anything.
 float64 work may be delegated to the reference functions below. backend="auto" takes the
-first available of _registry.AUTO_ORDER for the device: on the CPU that is the torch
-reference (no C++ kernel is registered for these ops), so any floating dtype works there.
+first available of _registry.AUTO_ORDER for the device: on the CPU that is "cpp" when the
+extension is built (the fused patch tail / front, the torch reference for the rest), so any
+floating dtype works there.
 
 Labels. validate_labels raises ValueError("labels must be in [0, C), got range [lo, hi]").
 CPU labels are checked on every call (host memory: no transfer). CUDA labels cost one
@@ -405,14 +407,23 @@ def encode_torch(encoder, y, *, batch_size=None):
                       for i in range(0, y.shape[0], batch_size)])
 
 
-@register("generate", "torch")
 @torch.no_grad()
-def generate_torch(generator, decoder, cond, *, noise_dim, num_classes, seed, offset, eta, out_dtype):
+def generator_output_torch(generator, cond, *, noise_dim, num_classes, seed, offset, eta) -> torch.Tensor:
+    """z = generator(cat(eta, x)) as the reference computes it (its noise, its one-hot), in the generator's dtype
+    (float32 unless float64): what generate_torch feeds the decoder, and a backend that fuses only the decoder."""
     dtype = generator.weights[0].dtype if generator.weights[0].dtype in (torch.float32, torch.float64) else torch.float32
     x = _one_hot(cond, num_classes, dtype) if cond.dtype in LABEL_DTYPES else cond.to(dtype)
     if eta is None:
         eta = philox_normal(seed, offset, cond.shape[0], noise_dim, device=cond.device, dtype=dtype)
     g = generator._replace(weights=[w.to(dtype) for w in generator.weights], biases=[b.to(dtype) for b in generator.biases])
+    return mlp_forward_reference(g, torch.cat([eta.to(dtype), x], 1))
+
+
+@register("generate", "torch")
+@torch.no_grad()
+def generate_torch(generator, decoder, cond, *, noise_dim, num_classes, seed, offset, eta, out_dtype):
+    z = generator_output_torch(generator, cond, noise_dim=noise_dim, num_classes=num_classes, seed=seed, offset=offset,
+                               eta=eta)
+    dtype = z.dtype
     d = decoder._replace(weights=[w.to(dtype) for w in decoder.weights], biases=[b.to(dtype) for b in decoder.biases])
-    z = mlp_forward_reference(g, torch.cat([eta.to(dtype), x], 1))
     return to_out_dtype(mlp_forward_reference(d, z), out_dtype)
