@@ -28,9 +28,11 @@ class AutoencoderConfig:
     kind: str = "auto"
     latent_dim: int = 32  # 16 left the reconstruction FD at 25 whatever the autoencoder (same study)
     hidden: tuple[int, ...] = (1024, 512)  # MLP widths (kind "mlp")
-    # kind "conv": "patch" (models.PatchEncoder/PatchDecoder, every layer a GEMM; the default since issue 24) or
-    # "strided" (issue 14's 4x4 stride-2 convolutions, `conv_channels` and `res_blocks`; what old configs hold)
-    conv_design: str = "patch"
+    # kind "conv": "strided" (issue 14's 4x4 stride-2 convolutions, `conv_channels` and `res_blocks`) or "patch"
+    # (models.PatchEncoder/PatchDecoder, every layer a GEMM, fused C++ step and sampling: 5.7x faster stage-1 steps,
+    # 7x faster sampling on one thread). Not the default: its samples are worse although it reconstructs as well
+    # (class_n100 seed 0: sample FD 19.4 against 11.4 +- 1.1 for "strided", recon FD 3.85, accuracy 98.8 %)
+    conv_design: str = "strided"
     patch_width: int = 64  # "patch": channels at the H/stride x W/stride positions
     patch_depth: int = 1  # "patch": per-position layers after the convolution (and before the transposed one)
     patch_stride: int = 4  # "patch": the (2 stride) x (2 stride) convolution's stride; the image side divides by it
