@@ -139,15 +139,16 @@ class LSDMConfig:
     def from_knobs(cls, *, latent_dim: int = 32, ae_kind: str = "auto", ae_hidden=(1024, 512), ae_stop: str = "plateau",
                    ae_steps: int = 20000, steps: int = 4000, batch_size: int = 256, match_hidden=None,
                    latent_noise: float = 0.0, backend: str = "auto", seed: int = 0, device: str = "cpu",
-                   precision: str = "fp32", checkpoint_every: int = 0) -> "LSDMConfig":
+                   precision: str = "fp32", checkpoint_every: int = 0, conv_design: str | None = None) -> "LSDMConfig":
         """The config from the few knobs `lsdm train`/`demo` and `lsdm experiment` expose (one translation for
         all); everything else keeps its default. ae_steps: stage 1's steps ("steps") or their cap ("plateau");
-        match_hidden: generator and critic widths (None: the defaults)."""
+        match_hidden: generator and critic widths (None: the defaults); conv_design: None for the default."""
         nets = {} if match_hidden is None else {"generator_hidden": tuple(match_hidden),
                                                  "critic_hidden": tuple(match_hidden)}
+        design = {} if conv_design is None else {"conv_design": conv_design}
         return cls(autoencoder=AutoencoderConfig(kind=ae_kind, latent_dim=latent_dim, hidden=tuple(ae_hidden),
                                                  stop=ae_stop, steps=ae_steps, batch_size=batch_size,
-                                                 latent_noise=latent_noise, checkpoint_every=checkpoint_every),
+                                                 latent_noise=latent_noise, checkpoint_every=checkpoint_every, **design),
                    matching=MatchingConfig(steps=steps, batch_size=batch_size, backend=backend,
                                            checkpoint_every=checkpoint_every, **nets),
                    seed=seed, device=device, precision=precision)

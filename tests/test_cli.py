@@ -36,6 +36,19 @@ def test_train_and_sample_on_tiny_idx_folder(tmp_path, capsys):
     assert np.load(tmp_path / "s.npy").shape == (6, 784)
 
 
+def test_train_ae_design_patch(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.arange(40) % 10
+    data = make_mnist_folder(str(tmp_path / "data"), images=(rng.random((40, 28, 28)) * 255).astype(np.uint8),
+                             labels=labels)
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", data, "--n-per-class", "2", "--latent-dim", "4", "--ae-steps", "5",
+                 "--ae-stop", "steps", "--steps", "2", "--batch-size", "8", "--no-eval", "--ae-design", "patch",
+                 "--out", out, "--quiet"]) == 0
+    config = json.load(open(os.path.join(out, "model", "config.json")))
+    assert config["config"]["autoencoder"]["conv_design"] == "patch"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "/no/such/folder"], "/no/such/folder: data folder not found"),
     (["sample", "--model", "/no/such/model"], "config.json: not found"),
