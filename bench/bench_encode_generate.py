@@ -248,14 +248,17 @@ def test_bench_one_step_vs_50_step(benchmark, variant):
 
 # ------------------------------------------------------------------ the package's default (conv) autoencoder
 
-def _default_model():
+def _default_model(conv_design: str | None = None):
     """An LSDM built (not trained) with the package defaults for 28 x 28 grey images and 10 labels: the
     autoencoder kind="auto" picks, its encode / sample paths (the fused entry points with the convolutional
-    front / tail), random weights."""
+    front / tail), random weights; `conv_design` overrides the default design ("strided" / "patch")."""
     from lsdm_fast import LSDM, LSDMConfig
 
     torch.manual_seed(0)
-    model = LSDM(LSDMConfig(device=DEVICE.type))
+    config = LSDMConfig(device=DEVICE.type)
+    if conv_design is not None:
+        config.autoencoder.conv_design = conv_design
+    model = LSDM(config)
     model._build(784, CLASSES, (28, 28))
     model.meta.update(cond_kind="onehot", num_classes=CLASSES, cond_dim=CLASSES, data_dim=784, image_shape=(28, 28))
     for m in model.modules():
@@ -355,16 +358,17 @@ CPU_DEFAULT_ROWS = 4096
 
 
 @pytest.mark.skipif(CUDA, reason="the CPU case (one thread: OMP_NUM_THREADS=1)")
+@pytest.mark.parametrize("design", ["strided", "patch"])
 @pytest.mark.parametrize("op", ["generate", "encode"])
 @pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if b in available_backends("generate", "cpu")])
 @torch.no_grad()
-def test_bench_default_model_cpu(benchmark, backend, op):
-    """Group "default-model-cpu-<op>": the default model (MNIST 28 x 28, default config, random weights) on the
+def test_bench_default_model_cpu(benchmark, backend, op, design):
+    """Group "<design>-model-cpu-<op>": the strided (default) or patch model (MNIST 28 x 28, random weights) on the
     CPU through LSDM.sample / LSDM.encode, float32: "torch" runs the generator and the decoder's head, then the
     module's tail (eager); "cpp" fuses the head and tail (encode: the front and the dense layer) in C++ a few
     images at a time (ops/encode_generate_cpp.py). extra_info images_per_s; issue 24's target for generate:
     >= 30,000 images/s on one thread."""
-    model = _default_model()
+    model = _default_model(design)
     rows = CPU_DEFAULT_ROWS
     if op == "generate":
         labels = torch.arange(rows) % CLASSES
@@ -372,5 +376,5 @@ def test_bench_default_model_cpu(benchmark, backend, op):
     else:
         y = torch.rand(rows, 784)
         fn = lambda: model.encode(y, backend=backend, batch_size=rows)  # noqa: E731
-    _run(benchmark, fn, rows, 0, f"default-model-cpu-{op}")
+    _run(benchmark, fn, rows, 0, f"{design}-model-cpu-{op}")
     benchmark.extra_info.update(images_per_s=benchmark.extra_info["samples_per_s"], threads=torch.get_num_threads())
