@@ -293,13 +293,14 @@ def _peak_extra_gb(fn) -> float | None:
 
 
 def _conv_case(variant, op, rows):
-    """The callable of one variant of the default model's generate / encode: eager (the modules, wrapped in a
+    """The callable of one variant of the patch model's generate / encode (conv_design="patch", opt-in: the
+    model the fused patch kernels are for; the default strided model has no kernel of ours on a GPU): eager (the modules, wrapped in a
     CUDA graph or torch.compile), lsdm-B (LSDM.sample / LSDM.encode: float32 weights, the backend's default
     precision), lsdm-B-bf16 / lsdm-triton-tf32 (ops.generate / ops.encode with the modules' front / tail in
     bf16, or float32 as TF32: on the Triton backend the fused patch kernels, encode_generate_triton_patch.py)."""
     import copy
 
-    model = _default_model()
+    model = _default_model("patch")
     labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
     y = torch.rand(rows, 784, device=DEVICE)
     if variant.startswith("lsdm-"):
@@ -336,7 +337,7 @@ def _conv_case(variant, op, rows):
 @pytest.mark.parametrize("variant", _conv_variants())
 @torch.no_grad()
 def test_bench_default_model(benchmark, variant, op, rows):
-    """The package's default autoencoder (a conv one for MNIST-shaped images): one-step generation
+    """The patch autoencoder (a conv one for MNIST-shaped images; _conv_case): one-step generation
     (generator + decoder) and encoding of `rows` images; extra_info peak_extra_gb: device memory
     one call takes beyond the model and inputs."""
     if variant == "compile-bf16" and not COMPILE:

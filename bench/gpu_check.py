@@ -18,7 +18,7 @@ left of GPU_CHECK_BUDGET_S, default 510: a run of at most 9 minutes with the sta
                         graph of eager, the Triton and CUDA ops eager and graph-captured
   bench-mlp        75   generate / encode 2^20 rows, MLP model: eager fp32 / bf16, CUDA graph, torch.compile,
                         the fused backends
-  bench-default   100   the same for the package's default (patch) autoencoder, with peak memory: eager
+  bench-default   100   the same for the patch autoencoder (opt-in; the fused kernels' model), peak memory: eager
                         fp32 / bf16, CUDA graph, torch.compile against the fused patch kernels (Triton,
                         bf16 and TF32: encode_generate_triton_patch.py) and LSDM.sample / encode
   stage2-timing    60   (given DATA) 2,000 generator steps, backend torch vs auto

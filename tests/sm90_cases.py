@@ -123,7 +123,7 @@ def patch_cases():
     the host code can pick: dtype/precision (bf16, fp16, TF32; float32 "ieee" is not fused) x generate (noise drawn or
     given, labels or a condition tensor, uint8 / float / half output) and encode (images in the weights' dtype
     or another);
-    the default model (28 x 28 x 1, W 64, K 1, S 4, latent 32, generator 42->512->512->32) and the shapes
+    the patch model (28 x 28 x 1, W 64, K 1, S 4, latent 32, generator 42->512->512->32) and the shapes
     that change the tiles: W 96 (padded to 128; not fused in TF32), colour (S*S*C = 48 -> 64), S 2 (4 -> 16),
     K 0 and 2, a latent off the 16 grid, a decoder with a layer before its head. Only what
     encode_generate_triton_patch.can_fuse accepts is launched by the package, so only that is compiled here."""

@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent("""
     assert ae.backend == "torch"
     msgs = [str(w.message) for w in caught if "falling back" in str(w.message)]
     assert len(msgs) == 1 and "autoencoder_loss_grads" in msgs[0], msgs
-    # sampling with the default (patch) decoder: "auto" falls back to torch with one warning, "cpp" says why not
+    # sampling with the patch decoder: "auto" falls back to torch with one warning, "cpp" says why not
     gen = MLPParams([torch.randn(4, 6)], [torch.zeros(4)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -9,7 +9,7 @@ inputs: float64 < 1e-10; float32 < 2e-5, with two exceptions that are properties
   the images: its bound is scaled by its condition number (output_bias_condition);
 - a LeakyReLU unit whose float64 pre-activation lies within float32 rounding (~1e-7 relative) of 0 takes the
   other side of the kink in float32, and its backward slope (1 vs 0.2) moves the weight gradients by about one
-  row's share (~1 / rows). That happens to ~5e-8 of the units: ~0.15 times per step of the default model at batch
+  row's share (~1 / rows). That happens to ~5e-8 of the units: ~0.15 times per step of the W 64 patch model at batch
   256 (3.2 M units; measured 1 draw in 8, error 1.9e-4), so shapes with over KINK_UNITS units are held to
   KINK_TOL; the small shapes (< 3,000 units: one flip in ~10^4 draws) to 2e-5.
 """
@@ -32,7 +32,7 @@ BACKENDS = available_backends(OP, "cpu")
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 KINK_UNITS, KINK_TOL = 10_000, 1e-3
 
-# (width W, depth K, stride S, channels C, side, batch): the default model at its batch; no per-position layer,
+# (width W, depth K, stride S, channels C, side, batch): the W 64 patch model at its batch; no per-position layer,
 # several; strides 2, 4, 6 (no compiled-in patch width), 8; one position (side == stride); batches of 1 and odd
 SHAPES = [
     (64, 1, 4, 1, 28, 256),

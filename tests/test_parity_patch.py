@@ -7,7 +7,7 @@ Tolerances (||out - ref|| / ||ref|| against float64): bf16 / fp16 < 2e-2, float3
 the interpreter computes TF32 dots in full float32), float32 "ieee" (not fused: the MLP kernel, then the
 module) < 1e-4; uint8 within one level of the reference's rounding, and exactly the package's rule applied to
 the kernel's own float32 output. Triton runs under TRITON_INTERPRET=1 on the CPU (conftest), where a call of
-the default model costs seconds, so the grid is small.
+the patch model costs seconds, so the grid is small.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 NOISE, CLASSES = 6, 10
 TOL = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 1e-2}
 
-# (side, latent, width W, depth K, stride S, channels C): the default model first, then what changes the tiles
+# (side, latent, width W, depth K, stride S, channels C): the W 64 patch model first, then what changes the tiles
 DEFAULT = (28, 32, 64, 1, 4, 1)
 SHAPES = {
     "default": DEFAULT,

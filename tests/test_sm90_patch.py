@@ -2,7 +2,7 @@
 (sm_90) without a GPU (tests/sm90.py).
 
 tests/sm90_cases.patch_cases makes the launches of every configuration the host code can pick (dtype and
-precision, generate's modes and output dtypes, encode's input dtypes, the default model and the shapes that
+precision, generate's modes and output dtypes, encode's input dtypes, the patch model (W 64) and the shapes that
 change the tiles: W 96, colour, stride 2, depth 0 and 2, a latent off the 16 grid); all of them are compiled in
 one subprocess (Triton's real JIT path with a stand-in driver). Each must compile, keep every value in
 registers (no spill stores or loads, no local memory; the 32-byte stack frame of the in-kernel noise is cosf's
@@ -74,7 +74,7 @@ def test_cases_cover_every_configuration_and_branch(reports):
     assert {(c["DOT"], c["PRECISION"]) for c in gen} == dots and {(c["DOT"], c["PRECISION"]) for c in enc} == dots
     assert {(c["MODE"], c["LABELS"]) for c in gen} == {(1, True), (1, False), (2, True)}
     assert {True, False} == {c["TO_UINT8"] for c in gen}
-    # the default model's tiles and every padding the host code does: W 64 / 96 -> 128, S*S*C 16 / 48 -> 64 /
+    # the W 64 patch model's tiles and every padding the host code does: W 64 / 96 -> 128, S*S*C 16 / 48 -> 64 /
     # 4 -> 16, latent 32 / 20 -> 32 / 16, a head after a 64-wide decoder layer; depth 0, 1, 2
     assert {c["WP"] for c in gen} == {32, 64, 128} and {c["QW"] for c in gen} == {16, 64}
     assert {c["LP"] for c in gen} == {16, 32, 64} and {c["DEPTH"] for c in gen} == {0, 1, 2}

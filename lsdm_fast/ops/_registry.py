@@ -32,7 +32,7 @@ BACKENDS = ("torch", "cpp", "triton", "cuda")
 # or stack, the Triton kernels through Hopper's wgmma (HGMMA in the SASS; tests/test_sm90_*.py),
 # the CUDA kernels through WMMA/mma.sync (HMMA; tests/test_cuda_compile.py), which on an H100 is
 # the slower path; the Triton critic step is also fewer launches (7 vs 12 for a 3-layer critic).
-# For the default (patch) autoencoder the evidence is an estimate too (lsdm_fast/ops/roofline.py, H200, 2^20
+# For the patch autoencoder the evidence is an estimate too (lsdm_fast/ops/roofline.py, H200, 2^20
 # rows, bf16): Triton runs generate / encode as one fused kernel each on wgmma (3.1-6.3 / 1.5-4.5 ms), the
 # CUDA backend its MLP kernel (mma.sync) for the dense part and the module's front / tail through torch and
 # cuDNN, chunk by chunk (generate ~13-19 ms, HBM-bound on the tail's intermediates): Triton stays first.

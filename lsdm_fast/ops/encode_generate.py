@@ -14,7 +14,7 @@ Convolutional autoencoders keep the same entry points: `encode(encoder, y, front
 `front` (the encoder's convolutions, plain torch, so cuDNN on a GPU) and then the dense `encoder`
 (fused in the backend kernels); `generate(generator, decoder, cond, tail=...)` runs the generator
 and the decoder's dense head fused, then `tail` (the decoder's transposed convolutions) on their
-output, in pieces of chunk_rows(device, conv=True) rows. The exception is the default patch
+output, in pieces of chunk_rows(device, conv=True) rows. The exception is the patch
 autoencoder: when `front` / `tail` is the bound method of a models.PatchEncoder / PatchDecoder
 (ops.patch.patch_front / patch_tail recognise it; a subclass that overrides it is not recognised),
 the entry point checks it against the dense part and the input (below), and a backend that

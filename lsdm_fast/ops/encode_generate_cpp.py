@@ -66,7 +66,7 @@ def patch_tail_forward(z: torch.Tensor, decoder: MLPParams, tail: PatchPart, out
     head, mix layers, transposed convolution, bias, sigmoid (uint8 by the package's rule), fused in C++,
     `chunk` images at a time (0: as many as fit CHUNK_BUDGET_BYTES). z, the head and the tail share one dtype.
 
-    Roofline, per image of the default model (d 32, head to 7 x 7 x 64, W 64, K 1, S 4, 28 x 28 x 1), float32:
+    Roofline, per image of the patch model (W 64) (d 32, head to 7 x 7 x 64, W 64, K 1, S 4, 28 x 28 x 1), float32:
       FLOPs  head 0.20 M + mix 0.40 M + transposed conv 0.40 M = 1.0 MFLOP of GEMMs (~0.01 M elementwise: bias,
              LeakyReLU, overlap-add, sigmoid); the generator before it (42 -> 512 -> 512 -> 32, torch) 0.60 MFLOP.
       bytes  from memory: z 128 B in, the image 3,136 B out (784 B uint8); the weights (0.43 MB) stay in L2
@@ -92,7 +92,7 @@ def patch_tail_forward(z: torch.Tensor, decoder: MLPParams, tail: PatchPart, out
 def patch_front_forward(y: torch.Tensor, encoder: MLPParams, front: PatchPart, *, chunk: int = 0) -> torch.Tensor:
     """encoder(front(y)) for images y (N, C * side * side) of any float dtype: the front (im2col, convolution +
     bias + LeakyReLU, mix layers) and the encoder's first layer fused in C++ (`chunk` as patch_tail_forward's),
-    any further layers in torch. Per image of the default model: 1.0 MFLOP of GEMMs (conv 0.40 M, mix 0.40 M,
+    any further layers in torch. Per image of the patch model (W 64): 1.0 MFLOP of GEMMs (conv 0.40 M, mix 0.40 M,
     dense 0.20 M), 3,136 B of float32 image in, 128 B out; compute-bound as the tail."""
     dtype = front.dtype
     act = _dense_act(encoder, 0)

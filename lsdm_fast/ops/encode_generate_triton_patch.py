@@ -31,11 +31,11 @@ layers, as eager bf16 does. float32 at the default precision "ieee" is not fused
 runs the MLP kernel, then the module), nor TF32 with W > 64; float64 weights or inputs run the reference (the
 module's own front / tail and the torch MLP). Widths are padded to powers of two (register tiles): W = 64 is
 exact, W = 96 computes 128 (the mix layers 1.8x their FLOPs); S*S*C = 16 (S = 4, C = 1) is exact. Rows: BM =
-128 a tile (8 warps, two warpgroups of 64 rows), 64 where a tile is wider than the default model's or the dots
+128 a tile (8 warps, two warpgroups of 64 rows), 64 where a tile is wider than the patch model's (W 64) or the dots
 are TF32 (registers: _patch_config).
 
 Roofline estimates (lsdm_fast/ops/roofline.py: patch_generate_triton / patch_encode_triton; H200: 4.8 TB/s HBM,
-790 TFLOP/s bf16, L2->SM 7-10 TB/s, 132 SMs, 60 MB L2; never run on a GPU), 2^20 rows of the default model
+790 TFLOP/s bf16, L2->SM 7-10 TB/s, 132 SMs, 60 MB L2; never run on a GPU), 2^20 rows of the patch model (W 64)
 (generator 42->512->512->32, head 32->3136, W 64, K 1, S 4, 28 x 28 x 1), bf16, one CTA of 8 warps per SM:
   generate  1.68 TFLOP (0.63 generator, 1.05 tail; no padding at W 64, S*S*C 16), 1.65 GB HBM (the bf16
             images; 0.83 uint8), 30.5 GB L2->SM: the generator 13.1 GB (weights per 128-row tile, each layer's
@@ -160,7 +160,7 @@ def _patch_generate_kernel(
     cb_ptr per quarter column), all in the dots' dtype DOT, biases float32. Every weight tile comes by TMA
     (tensor descriptors): straight into shared memory, no registers (by pointer W = 128 spilled).
 
-    Estimate (H200, default model, bf16, 2^20 rows; module docstring): 1.68 TFLOP, 1.65 GB HBM, 30.5 GB
+    Estimate (H200, patch model W 64, bf16, 2^20 rows; module docstring): 1.68 TFLOP, 1.65 GB HBM, 30.5 GB
     L2->SM, 3.1-6.3 ms, bound by L2 and the tail's small dependent GEMMs alike."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -233,7 +233,7 @@ def _patch_encode_kernel(
     in BKF-wide K steps; DEPTH mix layers (WP, WP) (mw_desc); the fc's LOW^2 slices (LATP, WP) (dw_desc); every
     weight tile by TMA.
 
-    Estimate (H200, default model, bf16 images, 2^20 rows; module docstring): 1.05 TFLOP, 1.78 GB HBM,
+    Estimate (H200, patch model W 64, bf16 images, 2^20 rows; module docstring): 1.05 TFLOP, 1.78 GB HBM,
     14.9 GB L2->SM, 1.5-4.5 ms, bound by L2 (the gathers) and the small dependent GEMMs alike."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -361,7 +361,7 @@ def _front_k_step(kf: int) -> int:
 def _patch_config(compute: torch.dtype, precision: str | None, widths: tuple):
     """The fused MLP's config for the dots' dtype and precision (encode_generate_triton._config), with BM = 64
     rows where a padded tile width of the tail / front (`widths`: W, S*S*C or half the front's K, the latent) is
-    past the default model's (64, 32, 32), and for TF32 (float32 operands): the 8 warps then split the columns
+    past the W 64 patch model's (64, 32, 32), and for TF32 (float32 operands): the 8 warps then split the columns
     of every accumulator, which halves each thread's share of them (BM = 128 spilled there, ptxas for sm_90;
     wgmma's register A operand is not split, each warpgroup holds all 64 rows' of it)."""
     cfg = _config(compute, _precision(compute, precision))

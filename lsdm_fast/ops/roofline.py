@@ -348,7 +348,7 @@ def hot_paths() -> list[tuple[str, str, list[Cost]]]:
         n, enc, 2, in_bytes=2 * 784, out_bytes=4 * 32, bns=[_blocks(d, 128) for d in enc[1:]])]))
     out.append(("generate 2^20 MLP bf16, CUDA (64-row blocks)", "<= 3 ms", [fused_mlp_cuda(
         n, [32, 512, 512, 32, 512, 512, 800], 2, in_bytes=8, out_bytes=2 * 784, bm=64)]))
-    # the default model (issue 24's patch autoencoder, W 64, K 1, S 4), bf16 weights and images (as the bench)
+    # the patch model (issue 24's patch autoencoder, opt-in; W 64, K 1, S 4; the rows keep their "default model" names), bf16 weights and images (as the bench)
     out.append(("generate 2^20 default model", "<= 8 ms, <= 4 GB", patch_generate_triton(n, out_bytes=2)))
     out.append(("encode 2^20 default model", "<= 8 ms", patch_encode_triton(n)))
     out.append(("generate 2^20 default model, W 96 (BM 64)", "-",
