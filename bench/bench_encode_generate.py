@@ -248,7 +248,7 @@ def test_bench_one_step_vs_50_step(benchmark, variant):
 
 # ------------------------------------------------------------------ the package's default (conv) autoencoder
 
-def _default_model(conv_design: str | None = None):
+def _default_model(conv_design: str | None = None, patch_width: int | None = None):
     """An LSDM built (not trained) with the package defaults for 28 x 28 grey images and 10 labels: the
     autoencoder kind="auto" picks, its encode / sample paths (the fused entry points with the convolutional
     front / tail), random weights; `conv_design` overrides the default design ("strided" / "patch")."""
@@ -258,6 +258,8 @@ def _default_model(conv_design: str | None = None):
     config = LSDMConfig(device=DEVICE.type)
     if conv_design is not None:
         config.autoencoder.conv_design = conv_design
+    if patch_width is not None:
+        config.autoencoder.patch_width = patch_width
     model = LSDM(config)
     model._build(784, CLASSES, (28, 28))
     model.meta.update(cond_kind="onehot", num_classes=CLASSES, cond_dim=CLASSES, data_dim=784, image_shape=(28, 28))
@@ -300,7 +302,7 @@ def _conv_case(variant, op, rows):
     bf16, or float32 as TF32: on the Triton backend the fused patch kernels, encode_generate_triton_patch.py)."""
     import copy
 
-    model = _default_model("patch")
+    model = _default_model("patch", patch_width=64)  # the width ops/roofline.py's "default model" rows estimate
     labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
     y = torch.rand(rows, 784, device=DEVICE)
     if variant.startswith("lsdm-"):

@@ -3,7 +3,7 @@ autoencoders, every competitor in the same run:
 
 - `strided`: the issue-14 default (4x4 stride-2 convolutions 32/64 channels, transposed convolutions,
   GroupNorm), the model old checkpoints hold;
-- `patch`: today's default (models.PatchEncoder/PatchDecoder: every layer a GEMM on channels-last tensors);
+- `patch`: the opt-in fast design (models.PatchEncoder/PatchDecoder at the config's patch_width: every layer a GEMM on channels-last tensors);
 
 each as eager fp32 (`eager`), channels-last memory format (`channels_last`, strided only: the patch model is
 channels-last by construction), bf16 autocast (`bf16`, only where the CPU has AMX or AVX512-BF16; what
@@ -38,7 +38,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 THREADS = int(os.environ.get("LSDM_BENCH_THREADS", "1"))
 COMPILE = os.environ.get("LSDM_BENCH_COMPILE", "1") not in ("", "0")
 BATCH, SIDE = 256, 28
-DESIGNS = {"strided": dict(conv_design="strided", conv_channels=(32, 64)), "patch": {}}
+DESIGNS = {"strided": dict(conv_design="strided", conv_channels=(32, 64)), "patch": dict(conv_design="patch")}
 MODES = ["eager", "channels_last", "bf16", "compile", "cpp"]
 
 
