@@ -3,7 +3,7 @@ judge behind conditional accuracy) on a labelled data set, trained exactly as `l
 them (default budget's steps and seeds; cached the same way, so a later experiment reuses them).
 A data set whose classes these nets cannot tell apart cannot measure conditional generation.
 
-    python scripts/eval_net_accuracy.py /work/data_local/textures [--feature-steps 1500 --judge-steps 2000]
+    python scripts/eval_net_accuracy.py data_local/textures [--feature-steps 1500 --judge-steps 2000]
 """
 import argparse
 import json

@@ -22,7 +22,7 @@ JPEG decoding (hubble_deep_field.jpg) may differ by a level between Pillow build
 
 Usage (from the repository root):
     pip download --no-deps scikit-image==0.26.0 -d /tmp/ski && unzip -q /tmp/ski/scikit_image-*.whl 'skimage/data/*' -d /tmp/ski
-    python scripts/make_patch_set.py --images /tmp/ski/skimage/data        # -> data_local/patches (git-ignored)
+    python scripts/make_patch_set.py --images path/to/skimage/data        # -> data_local/patches (git-ignored)
 (or with scikit-image installed, --images may be left out). An existing output is refused unless --overwrite.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ byte-identical files.
 
 Usage (from the repository root; about a minute of CPU time on one core for 60,000 + 10,000):
     python scripts/make_texture_set.py                       # -> data_local/textures (git-ignored)
-    python scripts/make_texture_set.py --out /work/data_local/textures --grid samples.png
+    python scripts/make_texture_set.py --out data_local/textures --grid samples.png
     python scripts/make_texture_set.py --n-train 600 --n-test 100 --out /tmp/tiny
 An existing output folder with IDX files is refused unless --overwrite.
 """
