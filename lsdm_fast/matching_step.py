@@ -32,7 +32,7 @@ from . import ops
 from .config import MatchingConfig
 from .graph_capture import MODES, capture_graph, pick_mode
 from .guards import DeviceGuard, HostGuard, TrainingError, grad_norm, out_of_memory_as_training_error
-from .models import Critic, Generator
+from .models import Critic, Generator, copy_weights
 from .ops._backend_util import cpu_env_precision
 from .ops._registry import resolve
 from .precision import autocast, make_scaler, step_optimizer
@@ -149,9 +149,7 @@ class MatchingStep:
     def finish(self) -> None:
         """End of the stage: the generator takes the EMA weights (when the EMA is on)."""
         if self.ema is not None:
-            with torch.no_grad():
-                for p, e in zip(self.gen_params, self.ema):
-                    p.copy_(e)
+            copy_weights(self.gen_params, self.ema)
 
     # ------------------------------------------------------------------ one step
     def __call__(self, step: int) -> torch.Tensor:

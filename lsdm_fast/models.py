@@ -9,6 +9,13 @@ import torch.nn.functional as F
 from .ops.mlp import MLPParams, activate
 
 
+@torch.no_grad()
+def copy_weights(params, values) -> None:
+    """params[i] <- values[i] in place (a stage's end takes its weight average)."""
+    for p, v in zip(params, values):
+        p.copy_(v)
+
+
 class MLP(nn.Module):
     """Linear layers with `activation` between them; `output_activation` after the last."""
 

@@ -35,7 +35,7 @@ from .checkpoint import Checkpointer
 from .config import AutoencoderConfig, MatchingConfig
 from .guards import TrainingError, finite_or_raise, grad_norm, out_of_memory_as_training_error  # noqa: F401 (re-export)
 from .matching_step import MatchingStep, no_checkpoint
-from .models import PatchDecoder, PatchEncoder
+from .models import PatchDecoder, PatchEncoder, copy_weights
 from .ops._registry import resolve
 from .precision import autocast, make_scaler, step_optimizer
 from .state import MATCHING_CURVES, TrainingState
@@ -210,9 +210,7 @@ class AutoencoderStep:
     def finish(self) -> None:
         """End of the stage: the networks take the averaged weights (when the EMA is on)."""
         if self.ema is not None:
-            with torch.no_grad():
-                for p, e in zip(self.params, self.ema):
-                    p.copy_(e)
+            copy_weights(self.params, self.ema)
 
     def heldout_loss(self) -> float:
         """The reconstruction loss on the held-out images (with the averaged weights when the EMA is on)."""
