@@ -122,3 +122,19 @@ def test_old_configs_keep_their_meaning():
     assert cfg.autoencoder.stop == "steps" and cfg.autoencoder.conv_channels == (32, 64)
     # a user's dict that leaves fields out means today's defaults, not a saved config's
     assert LSDMConfig.from_dict(old) == LSDMConfig()
+
+
+def test_weight_average_is_what_stage1_checks_and_ends_with(y):
+    torch.manual_seed(0)
+    enc, dec = build_autoencoder("mlp", 64, 4, (32,))
+    step = AutoencoderStep(enc, dec, y, plateau_cfg(ema=0.9, warmup_steps=5), torch.Generator().manual_seed(0))
+    for s in range(20):
+        step(s)
+    live = [p.detach().clone() for p in step.params]
+    average = [e.clone() for e in step.ema]
+    assert any(not torch.equal(a, b) for a, b in zip(live, average))
+    before = step.heldout_loss()  # measured on the average, then the live weights are back
+    assert all(torch.equal(p, t) for p, t in zip(step.params, live))
+    step.finish()
+    assert all(torch.equal(p, e) for p, e in zip(step.params, average))
+    assert step.heldout_loss() == before
