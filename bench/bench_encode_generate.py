@@ -10,8 +10,9 @@ Sizes: N = 2^16 and 2^20 rows on a GPU; 256 and 1024 on the CPU (or with LSDM_BE
 64 rows for Triton under the CPU interpreter (a correctness tool there, not a fast path);
 LSDM_BENCH_ROWS=1048576 (comma-separated) picks the sizes.
 
-Group "default-model-generate-N" / "default-model-encode-N" (the largest size): the package's default
-autoencoder for 28 x 28 images (the patch autoencoder, issue 24), built with random weights: eager-fp32 /
+Group "patch-model-generate-N" / "patch-model-encode-N" (the largest size): the patch autoencoder for 28 x 28
+images (conv_design="patch", W 64: opt-in, issue 24; the model the fused patch kernels are for; the default
+strided model has no GPU kernel of ours), built with random weights: eager-fp32 /
 eager-bf16 (the modules themselves), cudagraph-bf16, compile-bf16; lsdm-B (LSDM.sample / LSDM.encode with
 backend B, float32 weights at the default precision: the dense parts fused, the front / tail through the
 modules); lsdm-B-bf16 and lsdm-triton-tf32 (ops.generate / ops.encode with bf16 weights, or float32 as TF32,
@@ -302,7 +303,7 @@ def _conv_case(variant, op, rows):
     bf16, or float32 as TF32: on the Triton backend the fused patch kernels, encode_generate_triton_patch.py)."""
     import copy
 
-    model = _default_model("patch", patch_width=64)  # the width ops/roofline.py's "default model" rows estimate
+    model = _default_model("patch", patch_width=64)  # the width ops/roofline.py's "patch model" rows estimate
     labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
     y = torch.rand(rows, 784, device=DEVICE)
     if variant.startswith("lsdm-"):
@@ -338,7 +339,7 @@ def _conv_case(variant, op, rows):
 @pytest.mark.parametrize("op", ["generate", "encode"])
 @pytest.mark.parametrize("variant", _conv_variants())
 @torch.no_grad()
-def test_bench_default_model(benchmark, variant, op, rows):
+def test_bench_patch_model(benchmark, variant, op, rows):
     """The patch autoencoder (a conv one for MNIST-shaped images; _conv_case): one-step generation
     (generator + decoder) and encoding of `rows` images; extra_info peak_extra_gb: device memory
     one call takes beyond the model and inputs."""
@@ -353,8 +354,8 @@ def test_bench_default_model(benchmark, variant, op, rows):
         peak = _peak_extra_gb(fn)
     except Exception as exc:  # noqa: BLE001 - a competitor that cannot run here is reported, not fatal
         pytest.skip(f"{variant} {op} unavailable: {type(exc).__name__}: {exc}")
-    benchmark.extra_info.update(peak_extra_gb=peak, model="default")
-    _run(benchmark, fn, rows, 0, f"default-model-{op}-{rows}", quick)
+    benchmark.extra_info.update(peak_extra_gb=peak, model="patch W 64")
+    _run(benchmark, fn, rows, 0, f"patch-model-{op}-{rows}", quick)
 
 
 CPU_DEFAULT_ROWS = 4096

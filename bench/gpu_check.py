@@ -18,7 +18,7 @@ left of GPU_CHECK_BUDGET_S, default 510: a run of at most 9 minutes with the sta
                         graph of eager, the Triton and CUDA ops eager and graph-captured
   bench-mlp        75   generate / encode 2^20 rows, MLP model: eager fp32 / bf16, CUDA graph, torch.compile,
                         the fused backends
-  bench-default   100   the same for the patch autoencoder (opt-in; the fused kernels' model), peak memory: eager
+  bench-patch   100   the same for the patch autoencoder (opt-in; the fused kernels' model), peak memory: eager
                         fp32 / bf16, CUDA graph, torch.compile against the fused patch kernels (Triton,
                         bf16 and TF32: encode_generate_triton_patch.py) and LSDM.sample / encode
   stage2-timing    60   (given DATA) 2,000 generator steps, backend torch vs auto
@@ -55,7 +55,7 @@ STAGE2_STEPS = 2000
 # pytest-benchmark on the GPU: few, short rounds (the budget), no calibration warm-up
 BENCH_OPTS = ("--benchmark-only -q -p no:cacheprovider --benchmark-min-rounds=3 --benchmark-max-time=0.1 "
               "--benchmark-warmup=off")
-BASELINES = {"bench-critic": "eager", "bench-mlp": "eager-fp32", "bench-default": "eager-fp32"}
+BASELINES = {"bench-critic": "eager", "bench-mlp": "eager-fp32", "bench-patch": "eager-fp32"}
 
 
 @dataclass
@@ -92,10 +92,10 @@ def build_steps(work: str, data: str | None, python: str) -> list[Step]:
                              f"--benchmark-json={w}/bench-critic.json", 75),
         Step("bench-mlp", f"LSDM_BENCH_ROWS=1048576 {bench} bench/bench_encode_generate.py "
                           f"-k '(bench_generate or bench_encode) and not torch' --benchmark-json={w}/bench-mlp.json", 75),
-        Step("bench-default", f"LSDM_BENCH_ROWS=1048576 {bench} bench/bench_encode_generate.py "
-                              f"-k 'default_model and not torch' --benchmark-json={w}/bench-default.json", 100),
+        Step("bench-patch", f"LSDM_BENCH_ROWS=1048576 {bench} bench/bench_encode_generate.py "
+                              f"-k 'patch_model and not torch' --benchmark-json={w}/bench-patch.json", 100),
     ]
-    for b in ("bench-critic", "bench-mlp", "bench-default"):
+    for b in ("bench-critic", "bench-mlp", "bench-patch"):
         steps.append(Step(f"{b}-report", f"{py} bench/report.py {w}/{b}.json --baseline {BASELINES[b]} > {w}/{b}.md",
                           15, gpu=False, needs=[os.path.join(work, f"{b}.json")]))
     if data:
@@ -227,7 +227,7 @@ def hot_path_lines(work: str) -> list[str]:
 
     est = {name: roofline.total(costs, graph=True) for name, _, costs in roofline.hot_paths()}
     critic, mlp, default = (_medians(os.path.join(work, f"{b}.json"))
-                            for b in ("bench-critic", "bench-mlp", "bench-default"))
+                            for b in ("bench-critic", "bench-mlp", "bench-patch"))
     lines = ["hot path | target | best fused (ms) | estimate (ms) | eager fp32 | eager TF32/bf16 | eager graph | "
              "compile | peak extra GB"]
 
@@ -253,8 +253,8 @@ def hot_path_lines(work: str) -> list[str]:
         line(f"{op} 2^20 MLP", target, mlp, f"{op}-1048576", ("lsdm-",), "eager-fp32", "eager-bf16",
              "cudagraph-bf16", "compile-bf16", key)
     for op, target in (("generate", "<= 8, <= 4 GB"), ("encode", "<= 8")):
-        line(f"{op} 2^20 default model", target, default, f"default-model-{op}-1048576", ("lsdm-",), "eager-fp32",
-             "eager-bf16", "cudagraph-bf16", "compile-bf16", f"{op} 2^20 default model")
+        line(f"{op} 2^20 patch model", target, default, f"patch-model-{op}-1048576", ("lsdm-",), "eager-fp32",
+             "eager-bf16", "cudagraph-bf16", "compile-bf16", f"{op} 2^20 patch model")
     ceil = os.path.join(work, "ceilings.json")
     if os.path.exists(ceil):
         c = json.load(open(ceil))

@@ -44,10 +44,10 @@ def test_dry_run_skips_the_gpu_steps_and_returns_two_files(tmp_path):
     steps = {s["name"]: s for s in summary["steps"]}
     assert summary["gpu_skipped"] == "--dry-run given"
     assert steps["environment"]["status"] == "ok" and "torch" in files["environment.log"]
-    gpu_steps = ["build", "ceilings", "bench-critic", "bench-mlp", "bench-default", "stage2-timing", "parity"]
+    gpu_steps = ["build", "ceilings", "bench-critic", "bench-mlp", "bench-patch", "stage2-timing", "parity"]
     for name in gpu_steps:
         assert steps[name]["status"] == "skipped" and steps[name]["note"] == "--dry-run given", name
-    for b in ("bench-critic", "bench-mlp", "bench-default"):
+    for b in ("bench-critic", "bench-mlp", "bench-patch"):
         assert f"--benchmark-json=" in steps[b]["command"] and b + ".json" in steps[b]["command"]
         assert steps[f"{b}-report"]["status"] == "skipped" and "not written" in steps[f"{b}-report"]["note"]
     assert "LSDM_CUDA_ARCH=90" in steps["build"]["command"] and "--no-deps" in steps["build"]["command"]
@@ -66,9 +66,9 @@ def test_the_targets_run_first_and_fit_the_budget(gpu_check, tmp_path):
     step still has its whole cap inside the budget; python3 comes first in the shell wrapper."""
     steps = gpu_check.build_steps(str(tmp_path), "data", "python3")
     names = [s.name for s in steps]
-    assert names.index("build") < names.index("bench-critic") < names.index("bench-mlp") < names.index("bench-default")
-    assert names.index("bench-default") < names.index("stage2-timing") < names.index("parity") == len(names) - 1
-    through_benches = sum(s.cap_s for s in steps[:names.index("bench-default") + 1])
+    assert names.index("build") < names.index("bench-critic") < names.index("bench-mlp") < names.index("bench-patch")
+    assert names.index("bench-patch") < names.index("stage2-timing") < names.index("parity") == len(names) - 1
+    through_benches = sum(s.cap_s for s in steps[:names.index("bench-patch") + 1])
     assert through_benches + gpu_check.GRACE_S <= gpu_check.BUDGET_S <= 9 * 60 - 20
     sh = open(os.path.join(ROOT, "bench", "gpu_check.sh")).read()
     assert "command -v python3 || command -v python" in sh
@@ -122,7 +122,7 @@ def test_summary_reads_the_benchmarks_against_estimates_and_targets(gpu_check, t
     _bench_json(tmp_path / "bench-critic.json", "critic step cuda batch=65536 width=512",
                 [("eager", 20.0, {}), ("eager_tf32", 9.0, {}), ("eager_cuda_graph", 18.0, {}),
                  ("op:triton", 2.2, {}), ("graph:triton", 2.1, {}), ("op:cuda", 4.0, {})])
-    _bench_json(tmp_path / "bench-default.json", "default-model-generate-1048576",
+    _bench_json(tmp_path / "bench-patch.json", "patch-model-generate-1048576",
                 [("eager-fp32", 80.0, {"peak_extra_gb": 85.0}), ("lsdm-triton", 7.5, {"peak_extra_gb": 3.5})])
     lines = gpu_check.hot_path_lines(str(tmp_path))
     critic = next(line for line in lines if line.startswith("critic step B=65536"))
@@ -131,7 +131,7 @@ def test_summary_reads_the_benchmarks_against_estimates_and_targets(gpu_check, t
     assert cells[4:7] == ["20.000", "9.000", "18.000"]
     lo, hi = (float(v) for v in cells[3].split("-"))
     assert 0 < lo < hi
-    gen = next(line for line in lines if line.startswith("generate 2^20 default model"))
+    gen = next(line for line in lines if line.startswith("generate 2^20 patch model"))
     assert "7.500 (lsdm-triton)" in gen and gen.endswith("3.50")
     lo, hi = (float(v) for v in gen.split(" | ")[3].split("-"))  # the fused patch kernel's roofline estimate
     assert 0 < lo < hi < 8
