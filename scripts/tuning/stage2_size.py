@@ -1,0 +1,85 @@
+"""Stage 2's size against quality, one stage 1 shared by every variant (results/experiments/issue24_stage2_size).
+
+    python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [split=0] [width=512]
+                                         [steps=4000] [cache=FOLDER] [log=runs.jsonl]
+
+Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, the rest unpaired),
+except stage 2's generator and critic widths (`width`) and generator steps (`steps`); prints and appends one JSON
+line: per-stage seconds (wall), thread CPU time of the fit, stage-1 steps, the judge's conditional accuracy and the
+feature-CNN FD of 200 samples per class against the test split (lsdm_fast.metrics, nets cached in `cache`; neither
+is used in training). Stage 1 is deterministic given the seed and data, so its result (weights, history, the
+training RNG's state after it) is cached under `cache`/stage1 and reused by the next variant: each variant then
+costs only its stage 2, exactly as in a fit of its own."""
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+import lsdm_fast.stages as stages
+from lsdm_fast import LSDM, LSDMConfig
+from lsdm_fast import metrics as M
+from lsdm_fast.data import load_dataset, split_paired_unpaired
+
+
+def cache_stage1(folder: str, tag: str) -> None:
+    """Make LSDM.fit's stage 1 load its result from `folder` when the same (tag, seed, config, data) ran before."""
+    train_autoencoder = stages.train_autoencoder
+    os.makedirs(folder, exist_ok=True)
+
+    def cached(state, all_y, cfg, *, seed, **kw):
+        key = hashlib.sha1(json.dumps([tag, seed, repr(cfg), len(all_y), float(all_y.sum())]).encode()).hexdigest()
+        path = os.path.join(folder, key[:16] + ".pt")
+        if os.path.exists(path):
+            d = torch.load(path, weights_only=False)
+            state.encoder.load_state_dict(d["enc"])
+            state.decoder.load_state_dict(d["dec"])
+            state.history.update(d["hist"])
+            state.rng.set_state(d["rng"])
+            torch.set_rng_state(d["torch_rng"])
+            state.step = d["step"]
+            return
+        train_autoencoder(state, all_y, cfg, seed=seed, **kw)
+        torch.save(dict(enc=state.encoder.state_dict(), dec=state.decoder.state_dict(), hist=dict(state.history),
+                        rng=state.rng.get_state(), torch_rng=torch.get_rng_state(), step=state.step), path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    stages.train_autoencoder = cached
+
+
+def main(argv):
+    torch.set_num_threads(1)
+    seed, kv = int(argv[0]), dict(a.split("=", 1) for a in argv[1:])
+    data, npc, split_seed = kv.get("data", "digits"), int(kv.get("npc", 20)), int(kv.get("split", 0))
+    cache = kv.get("cache", os.path.expanduser("~/.cache/lsdm_fast"))
+    train, test = load_dataset(data, "train"), load_dataset(data, "test")
+    split = split_paired_unpaired(train.labels, n_per_class=npc, seed=split_seed)
+    cfg = LSDMConfig(seed=seed)
+    width = int(kv.get("width", 512))
+    cfg = replace(cfg, matching=replace(cfg.matching, generator_hidden=(width, width), critic_hidden=(width, width),
+                                        steps=int(kv.get("steps", 4000))))
+    cache_stage1(os.path.join(cache, "stage1"), f"{os.path.basename(os.path.normpath(data))}_n{npc}_split{split_seed}")
+    t0, c0 = time.perf_counter(), time.thread_time()
+    model = LSDM(cfg).fit(train.labels[split.paired], train.images[split.paired], train.images[split.unpaired],
+                          num_classes=train.num_classes, progress=False)
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    feat = M.feature_net(train.images, train.labels, train.num_classes, cache_dir=cache)
+    judge = M.judge_net(train.images, train.labels, train.num_classes, cache_dir=cache)
+    labels = np.repeat(np.arange(train.num_classes), 200)
+    y = model.sample(torch.from_numpy(labels), 1, seed=seed + 1000).numpy()
+    row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), seed=seed, width=width,
+               steps=cfg.matching.steps, wall_s=wall, cpu_s=cpu, stage_s=model.history["seconds"],
+               stage1_steps=model.history["stage1_steps"], accuracy=M.conditional_accuracy(judge, y, labels),
+               fd=M.classifier_fd(feat, y.reshape(len(y), *train.images.shape[1:]), test.images))
+    print(json.dumps(row))
+    if "log" in kv:
+        with open(kv["log"], "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
