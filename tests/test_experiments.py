@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lsdm_fast.cli import main
+from lsdm_fast.data import load_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +96,16 @@ def test_experiment_quick_class(tmp_path, capsys):
     res = json.load(open(out / "results.json"))
     assert res["rows"][: len(before)] == before and res["seeds"] == [0, 2]
     assert "lsdm experiment class_n10 --quick --seeds 0,2" in open(out / "README.md").read()
+
+
+def test_all_labels_row_counts_every_image_as_a_pair(tmp_path):
+    out = tmp_path / "ex"
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--methods", "lsdm,lsdm_all_labels", "--quiet",
+                 "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    rows = {r["method"]: r for r in json.load(open(out / "results.json"))["rows"]}
+    n = len(load_dataset("digits", "train").labels)
+    assert (rows["lsdm_all_labels"]["paired"], rows["lsdm_all_labels"]["unpaired"]) == (n, 0)
+    assert rows["lsdm"]["paired"] + rows["lsdm"]["unpaired"] == n and rows["lsdm"]["paired"] < n
 
 
 def test_experiment_quick_superres_and_curve(tmp_path, monkeypatch):

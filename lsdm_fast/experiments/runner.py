@@ -90,7 +90,8 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
         model, dt = timed(lambda: LSDM(cfg).fit(allx, torch.from_numpy(train.images), None,
                                                    num_classes=train.num_classes, progress=progress))
         res, y = ev(lsdm_sampler(model), ref, model)
-        record("lsdm_all_labels", dt, res, y, stage1_steps=model.history["stage1_steps"])
+        record("lsdm_all_labels", dt, res, y, stage1_steps=model.history["stage1_steps"],
+               paired=len(train.images), unpaired=0)  # every training image is a pair here
     if "lsdm_paired_only" in s.methods:
         model, dt = timed(lambda: fit_paired_only(cfg, px, py, num_classes=train.num_classes, progress=progress))
         res, y = ev(lsdm_sampler(model), ref, model)
