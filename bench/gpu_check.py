@@ -113,8 +113,11 @@ def _run(command: str, cap_s: float, log_path: str) -> tuple[int, bool]:
     with open(log_path, "w") as log:
         log.write(f"$ {command}\n")
         log.flush()
+        # SIGINT back to its default in the step: a check started in the background or under nohup inherits it
+        # ignored, and then neither bash's traps nor pytest's report-on-interrupt would ever see it
         proc = subprocess.Popen(["bash", "-c", command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             return proc.wait(timeout=cap_s), False
         except subprocess.TimeoutExpired:
