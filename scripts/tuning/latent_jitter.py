@@ -1,0 +1,102 @@
+"""Stage 2 with the pair latents jittered: each critic update sees E(y) + N(0, sigma^2) (standardised units) in
+place of the 1,000 pair latents, to trade the critic's memory of the pairs for coverage (issue 25's recall target).
+
+    python scripts/tuning/latent_jitter.py SEED data=MNIST_FOLDER npc=100 split=SEED jitter=SIGMA [cache=F] [log=F]
+
+Otherwise scripts/tuning/stage2_size.py (package defaults, one cached stage 1 per seed, judge accuracy and
+feature-CNN FD of 200 samples per class) plus k-NN precision / recall / density / coverage against 2,000 test
+images (lsdm_fast.metrics.prdc). The jitter is drawn from a generator of its own, so the method's draws are
+unchanged and jitter=0 is the default fit. Results: docs/design.md §7."""
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+import lsdm_fast.stages as stages
+from lsdm_fast import LSDM, LSDMConfig
+from lsdm_fast import metrics as M
+from lsdm_fast.data import load_dataset, split_paired_unpaired
+
+
+def cache_stage1(folder: str, tag: str) -> None:
+    """Make LSDM.fit's stage 1 load its result from `folder` when the same (tag, seed, config, data) ran before."""
+    train_autoencoder = stages.train_autoencoder
+    os.makedirs(folder, exist_ok=True)
+
+    def cached(state, all_y, cfg, *, seed, **kw):
+        key = hashlib.sha1(json.dumps([tag, seed, repr(cfg), len(all_y), float(all_y.sum())]).encode()).hexdigest()
+        path = os.path.join(folder, key[:16] + ".pt")
+        if os.path.exists(path):
+            d = torch.load(path, weights_only=False)
+            state.encoder.load_state_dict(d["enc"])
+            state.decoder.load_state_dict(d["dec"])
+            state.history.update(d["hist"])
+            state.rng.set_state(d["rng"])
+            torch.set_rng_state(d["torch_rng"])
+            state.step = d["step"]
+            return
+        train_autoencoder(state, all_y, cfg, seed=seed, **kw)
+        torch.save(dict(enc=state.encoder.state_dict(), dec=state.decoder.state_dict(), hist=dict(state.history),
+                        rng=state.rng.get_state(), torch_rng=torch.get_rng_state(), step=state.step), path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    stages.train_autoencoder = cached
+
+
+def jitter_pairs(sigma: float) -> None:
+    """Scratch: each critic update sees the pair latents plus N(0, sigma^2) (standardised units), drawn from a
+    generator of its own so the method's own draws are unchanged."""
+    from lsdm_fast.matching_step import MatchingStep
+    orig, g = MatchingStep._critic_terms, torch.Generator().manual_seed(4242)
+
+    def patched(self, c):
+        z0 = self.z
+        self.z = z0 + sigma * torch.randn(z0.shape, generator=g).to(z0)
+        try:
+            return orig(self, c)
+        finally:
+            self.z = z0
+    MatchingStep._critic_terms = patched
+
+
+def main(argv):
+    torch.set_num_threads(1)
+    seed, kv = int(argv[0]), dict(a.split("=", 1) for a in argv[1:])
+    data, npc, split_seed = kv.get("data", "digits"), int(kv.get("npc", 20)), int(kv.get("split", 0))
+    cache = kv.get("cache", os.path.expanduser("~/.cache/lsdm_fast"))
+    train, test = load_dataset(data, "train"), load_dataset(data, "test")
+    split = split_paired_unpaired(train.labels, n_per_class=npc, seed=split_seed)
+    cfg = LSDMConfig(seed=seed)
+    if float(kv.get("jitter", 0)) > 0:
+        jitter_pairs(float(kv["jitter"]))
+    width = int(kv.get("width", 512))
+    cfg = replace(cfg, matching=replace(cfg.matching, generator_hidden=(width, width), critic_hidden=(width, width),
+                                        steps=int(kv.get("steps", 4000))))
+    cache_stage1(os.path.join(cache, "stage1"), f"{os.path.basename(os.path.normpath(data))}_n{npc}_split{split_seed}")
+    t0, c0 = time.perf_counter(), time.thread_time()
+    model = LSDM(cfg).fit(train.labels[split.paired], train.images[split.paired], train.images[split.unpaired],
+                          num_classes=train.num_classes, progress=False)
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    feat = M.feature_net(train.images, train.labels, train.num_classes, cache_dir=cache)
+    judge = M.judge_net(train.images, train.labels, train.num_classes, cache_dir=cache)
+    labels = np.repeat(np.arange(train.num_classes), 200)
+    y = model.sample(torch.from_numpy(labels), 1, seed=seed + 1000).numpy()
+    fr = M.extract_features(feat, test.images[:2000]); ff = M.extract_features(feat, y.reshape(len(y), *train.images.shape[1:]))
+    pr = M.prdc(fr, ff)
+    row = dict(jitter=float(kv.get("jitter", 0)), prdc=pr, data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), seed=seed, width=width,
+               steps=cfg.matching.steps, wall_s=wall, cpu_s=cpu, stage_s=model.history["seconds"],
+               stage1_steps=model.history["stage1_steps"], accuracy=M.conditional_accuracy(judge, y, labels),
+               fd=M.classifier_fd(feat, y.reshape(len(y), *train.images.shape[1:]), test.images))
+    print(json.dumps(row))
+    if "log" in kv:
+        with open(kv["log"], "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
