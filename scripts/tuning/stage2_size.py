@@ -1,13 +1,16 @@
-"""Stage 2's size against quality, one stage 1 shared by every variant (results/experiments/issue24_stage2_size).
+"""Stage-2 variants against quality, one stage 1 shared by every variant: its size
+(results/experiments/issue24_stage2_size) and jittered pair latents (issue 25's recall; docs/design.md §7).
 
     python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [split=0] [width=512]
-                                         [steps=4000] [cache=FOLDER] [log=runs.jsonl]
+                                         [steps=4000] [jitter=0] [cache=FOLDER] [log=runs.jsonl]
 
 Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, the rest unpaired),
-except stage 2's generator and critic widths (`width`) and generator steps (`steps`); prints and appends one JSON
-line: per-stage seconds (wall), thread CPU time of the fit, stage-1 steps, the judge's conditional accuracy and the
-feature-CNN FD of 200 samples per class against the test split (lsdm_fast.metrics, nets cached in `cache`; neither
-is used in training). Stage 1 is deterministic given the seed and data, so its result (weights, history, the
+except stage 2's generator and critic widths (`width`), generator steps (`steps`) and `jitter` (> 0: each critic
+update sees the pair latents plus N(0, jitter^2), standardised units, drawn from a generator of its own so the
+method's draws are unchanged); prints and appends one JSON line: per-stage seconds (wall), thread CPU time of the
+fit, stage-1 steps, the judge's conditional accuracy, the feature-CNN FD of 200 samples per class against the test
+split and k-NN precision / recall / density / coverage against 2,000 test images (lsdm_fast.metrics, nets cached
+in `cache`; neither is used in training). Stage 1 is deterministic given the seed and data, so its result (weights, history, the
 training RNG's state after it) is cached under `cache`/stage1 and reused by the next variant: each variant then
 costs only its stage 2, exactly as in a fit of its own."""
 import hashlib
@@ -51,6 +54,22 @@ def cache_stage1(folder: str, tag: str) -> None:
     stages.train_autoencoder = cached
 
 
+def jitter_pair_latents(sigma: float) -> None:
+    """Make each critic update see the pair latents plus N(0, sigma^2)."""
+    from lsdm_fast.matching_step import MatchingStep
+    critic_terms, g = MatchingStep._critic_terms, torch.Generator().manual_seed(4242)
+
+    def jittered(self, c):
+        z = self.z
+        self.z = z + sigma * torch.randn(z.shape, generator=g).to(z)
+        try:
+            return critic_terms(self, c)
+        finally:
+            self.z = z
+
+    MatchingStep._critic_terms = jittered
+
+
 def main(argv):
     torch.set_num_threads(1)
     seed, kv = int(argv[0]), dict(a.split("=", 1) for a in argv[1:])
@@ -62,6 +81,9 @@ def main(argv):
     width = int(kv.get("width", 512))
     cfg = replace(cfg, matching=replace(cfg.matching, generator_hidden=(width, width), critic_hidden=(width, width),
                                         steps=int(kv.get("steps", 4000))))
+    jitter = float(kv.get("jitter", 0))
+    if jitter > 0:
+        jitter_pair_latents(jitter)
     cache_stage1(os.path.join(cache, "stage1"), f"{os.path.basename(os.path.normpath(data))}_n{npc}_split{split_seed}")
     t0, c0 = time.perf_counter(), time.thread_time()
     model = LSDM(cfg).fit(train.labels[split.paired], train.images[split.paired], train.images[split.unpaired],
@@ -71,10 +93,12 @@ def main(argv):
     judge = M.judge_net(train.images, train.labels, train.num_classes, cache_dir=cache)
     labels = np.repeat(np.arange(train.num_classes), 200)
     y = model.sample(torch.from_numpy(labels), 1, seed=seed + 1000).numpy()
+    images = y.reshape(len(y), *train.images.shape[1:])
+    prdc = M.prdc(M.extract_features(feat, test.images[:2000]), M.extract_features(feat, images))
     row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), seed=seed, width=width,
-               steps=cfg.matching.steps, wall_s=wall, cpu_s=cpu, stage_s=model.history["seconds"],
-               stage1_steps=model.history["stage1_steps"], accuracy=M.conditional_accuracy(judge, y, labels),
-               fd=M.classifier_fd(feat, y.reshape(len(y), *train.images.shape[1:]), test.images))
+               steps=cfg.matching.steps, jitter=jitter, prdc=prdc, wall_s=wall, cpu_s=cpu,
+               stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
+               accuracy=M.conditional_accuracy(judge, y, labels), fd=M.classifier_fd(feat, images, test.images))
     print(json.dumps(row))
     if "log" in kv:
         with open(kv["log"], "a") as fh:
