@@ -1,8 +1,9 @@
-"""The checkpoint holds the whole TrainingState: old-format files still resume exactly, damaged ones
+"""The checkpoint holds the whole TrainingState: old-format files still resume (to rounding across CPUs), damaged ones
 are refused with the file and the field named, and resume without a checkpoint is refused."""
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,8 @@ def config():  # the config tests/data/make_v1_checkpoints.py wrote the format-1
                                                     checkpoint_every=10, stop="steps", conv_design="strided",
                                                     lr=1e-3, warmup_steps=0),
                       matching=MatchingConfig(generator_hidden=(32,), critic_hidden=(32, 32), steps=8, batch_size=16,
-                                              backend="torch", generator_ema=0.5, checkpoint_every=4), seed=7)
+                                              backend="torch", generator_ema=0.5, checkpoint_every=4,
+                                              marginal_weight=0.0), seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +41,23 @@ def weights(model):
 
 
 @pytest.mark.parametrize("name, stage, step", [("v1_stage1_step20.pt", 1, 20), ("v1_stage2_step4.pt", 2, 4)])
-def test_format1_checkpoint_resumes_bit_identically(name, stage, step, data, uninterrupted, tmp_path):
+def test_format1_checkpoint_resumes(name, stage, step, data, uninterrupted, tmp_path):
     ck = tmp_path / "ck"
     ck.mkdir()
     shutil.copy(os.path.join(HERE, "data", name), ck / CHECKPOINT_FILE)
     with pytest.warns(RuntimeWarning, match="format-1 checkpoint: the data were checked by shapes and sums only"):
         got = LSDM(config()).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(ck), resume=True)
     assert got.history["resumed_from"] == {"stage": stage, "step": step}
+    # The files were written on one CPU; the steps before the checkpoint round differently on another (AVX-512 vs
+    # AVX2 kernels: 8e-7 relative on an AMD EPYC), so the uninterrupted run here is matched to rounding, not to the
+    # bit. A field the upgrade lost (an optimiser moment, the RNG, the step) moves the result by far more.
+    # Bit-identical resume within one machine is tests/test_resume.py's.
     ref = weights(uninterrupted)
     for k, v in weights(got).items():
-        assert torch.equal(v, ref[k]), k
+        assert (v - ref[k]).abs().max() <= 1e-5 * ref[k].abs().max(), k
     for key in ("reconstruction", "critic_loss", "generator_loss"):
-        assert got.history[key] == uninterrupted.history[key], key
+        assert len(got.history[key]) == len(uninterrupted.history[key]), key
+        assert np.allclose(got.history[key], uninterrupted.history[key], rtol=1e-5, atol=1e-6), key
     assert read_checkpoint(str(ck / CHECKPOINT_FILE))["format"] == 2  # rewritten in the current format
 
 
