@@ -537,8 +537,9 @@ bool valid(const CriticGpParams<T>& p) {
   if (p.dx < 0 || p.dx > p.widths[0] || p.widths[p.n_layers] != 1) return false;
   for (int l = 0; l < p.n_layers; ++l)
     if (p.widths[l] <= 0 || p.W[l] == nullptr || p.b[l] == nullptr) return false;
-  return p.scratch != nullptr && reinterpret_cast<uintptr_t>(p.scratch) % 16 == 0 && p.x != nullptr &&
-         p.z_real != nullptr;
+  // x may be null without a condition (dx = 0: stage 2's marginal critic), being never read then
+  return p.scratch != nullptr && reinterpret_cast<uintptr_t>(p.scratch) % 16 == 0 &&
+         (p.x != nullptr || p.dx == 0) && p.z_real != nullptr;
 }
 
 template <typename T>

@@ -37,6 +37,7 @@ CONFIGS = [
     (7, [12, 37, 5, 37, 1], 5, "latent", 0.2),
     (33, [20, 130, 37, 5, 1], 10, "joint", 0.2),
     (33, [12, 37, 37, 37, 1], 5, "latent", 0.0),
+    (7, [9, 37, 1], 0, "joint", 0.2),  # no condition: stage 2's marginal critic h(z)
 ]
 CFG_IDS = [f"B{b}-{'x'.join(map(str, w))}-dx{dx}-{po}-s{s}" for b, w, dx, po, s in CONFIGS]
 

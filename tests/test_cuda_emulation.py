@@ -73,8 +73,9 @@ CRITIC_CASES = [
     (33, [40, 130, 37, 1], 17, "latent", 0.2),
     (5, [26, 5, 37, 130, 1], 10, "joint", 0.0),
     (300, [42, 64, 49, 1], 10, "joint", 0.2),
+    (33, [32, 37, 1], 0, "joint", 0.2),  # no condition: stage 2's marginal critic h(z)
 ]
-CRITIC_IDS = [f"B{b}-{'x'.join(map(str, w))}-{po}-s{s}" for b, w, _, po, s in CRITIC_CASES]
+CRITIC_IDS = [f"B{b}-{'x'.join(map(str, w))}-dx{dx}-{po}-s{s}" for b, w, dx, po, s in CRITIC_CASES]
 MODES = [(torch.float64, "ieee", 1e-10), (torch.float32, "ieee", 1e-4), (torch.float32, "tf32x3", 1e-4),
          (torch.float32, "tf32", 1e-2)]
 

@@ -112,12 +112,13 @@ def round_to(critic, x, zr, zf, t, dtype):
             r(x), r(zr), r(zf), r(t))
 
 
-# (batch, x width, critic widths): batch 1, odd batches, 2/3/4 layers, widths not multiples of 16
+# (batch, x width, critic widths): batch 1, odd batches, 2/3/4 layers, widths not multiples of 16, no x
 SHAPES = [
     (1, 10, [26, 37, 1]),
     (7, 10, [26, 5, 130, 1]),
     (33, 10, [26, 130, 37, 5, 1]),
     (7, 3, [5, 37, 1]),
+    (5, 0, [7, 37, 1]),  # no condition: stage 2's marginal critic h(z)
 ]
 
 
