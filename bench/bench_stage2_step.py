@@ -9,7 +9,8 @@ CUDA graph, on CPU the same body run eagerly).
     python bench/report.py stage2.json --baseline sync:torch
 
 Variants MODE:BACKEND, and MODE:cpp:bf16: the cpp critic ops with precision="bf16"
-(LSDM_CPU_MATMUL_PRECISION=bf16 for the step; bf16 GEMMs on AMX / AVX512-BF16, emulated elsewhere).
+(LSDM_CPU_MATMUL_PRECISION=bf16 for the step; bf16 GEMMs on AMX / AVX512-BF16, emulated elsewhere);
+sync:BACKEND+marginal: with stage 2's marginal critic h(z) (one more critic update per critic update).
 
 Generator (16 noise + 10 label) -> W -> W -> 16, critic (10 + 16) -> W -> W -> 1, LeakyReLU(0.2),
 W in {256, 512}; batch 256, 4096, 65536 drawn from 8192 (label, latent) pairs. float32. Not part
@@ -37,6 +38,8 @@ WIDTHS = [256] if SMALL else [256, 512]
 MODES = ["sync", "graph"]
 _BACKENDS = available_backends("critic_gradient_penalty", DEVICE)
 VARIANTS = [f"{mode}:{b}" for b in _BACKENDS for mode in MODES] + [f"{mode}:cpp:bf16" for mode in MODES if "cpp" in _BACKENDS]
+# with the marginal critic (the default for class labels with unpaired images), against 4 x ROWS unpaired latents
+VARIANTS += [f"sync:{b}+marginal" for b in _BACKENDS]
 
 
 def _sync():
@@ -51,6 +54,7 @@ def _rounds(batch: int) -> int:
 
 
 def _make_step(variant: str, batch: int, width: int) -> MatchingStep:
+    variant, marginal = variant.removesuffix("+marginal"), variant.endswith("+marginal")
     mode, backend = variant.split(":")[:2]
     g = torch.Generator(device="cpu").manual_seed(0)
     with torch.random.fork_rng(devices=[]):
@@ -61,14 +65,16 @@ def _make_step(variant: str, batch: int, width: int) -> MatchingStep:
     z = torch.randn(ROWS, DZ, generator=g).to(DEVICE)
     cfg = MatchingConfig(generator_hidden=(width, width), critic_hidden=(width, width), critic_steps=CRITIC_STEPS,
                          batch_size=batch, backend=backend, lr=1e-4)
-    return MatchingStep(gen, critic, x, z, cfg, torch.Generator(device=DEVICE).manual_seed(0), mode=mode)
+    z_all = torch.randn(4 * ROWS, DZ, generator=g).to(DEVICE) if marginal else None
+    return MatchingStep(gen, critic, x, z, cfg, torch.Generator(device=DEVICE).manual_seed(0), mode=mode,
+                        z_marginal=z_all, marginal_weight=1.0)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_stage2_step(benchmark, monkeypatch, variant, batch, width):
-    precision = variant.split(":")[2] if variant.count(":") == 2 else "ieee"
+    precision = variant.removesuffix("+marginal").split(":")[2] if variant.count(":") == 2 else "ieee"
     monkeypatch.setenv("LSDM_CPU_MATMUL_PRECISION", precision)  # the matching step names no precision
     step = _make_step(variant, batch, width)
     counter = iter(range(10**9))

@@ -5,8 +5,10 @@ The method is `_draw` and `_body` (with `_critic_terms`, `_generator_grads`, `_u
     for each critic update:   (x, z) pairs and eta ~ N(0, I) drawn, z~ = G(eta, x) without grad,
                               t ~ U(0, 1), loss = -W + gp_weight * penalty (ops.critic_gradient_penalty),
                               gradients averaged over ranks, guard, Adam
-    generator update:         (x, eta) drawn, z~ = G(eta, x), d(-mean f(x, z~))/dz~ (ops.critic_score_grad)
-                              back through G, averaged, guard, Adam, EMA of G's weights
+      and, with a marginal weight w > 0, after each: z' drawn from every image's latent (pairs and unpaired),
+                              the marginal critic h(z) updated the same way on z' against the same z~
+    generator update:         (x, eta) drawn, z~ = G(eta, x), d(-mean f(x, z~) - w mean h(z~))/dz~
+                              (ops.critic_score_grad) back through G, averaged, guard, Adam, EMA of G's weights
 
 Every draw of a step is made first, from `rng` in that order, into static buffers; the body reads
 them. Two modes run the same draw and the same body and differ in the guard and the optimisers:
@@ -41,6 +43,7 @@ STAGE = "stage 2 (joint matching)"
 OPS = ("critic_gradient_penalty", "critic_score_grad")
 CRITIC_TERMS = ("the critic loss", "the critic gradient norm")
 GENERATOR_TERMS = ("the critic score of the generated latents", "the generator gradient norm")
+MARGINAL_TERMS = ("the marginal critic loss", "the marginal critic gradient norm")
 
 
 def no_checkpoint() -> str:
@@ -64,9 +67,12 @@ class MatchingStep:
     def __init__(self, generator: Generator, critic: Critic, x: torch.Tensor, z: torch.Tensor,
                  cfg: MatchingConfig, rng: torch.Generator, *, precision: str = "fp32", mode: str = "auto",
                  describe: Callable[[], str] = no_checkpoint, capture: bool | None = None,
-                 backends: dict[str, str] | None = None):
+                 backends: dict[str, str] | None = None, z_marginal: torch.Tensor | None = None,
+                 marginal_weight: float = 0.0):
         """`capture` (graph mode only): replay from a CUDA graph (default: on CUDA) or run the same body
-        eagerly (the only choice on CPU). `backends`: resolve_backends' answer, when the caller has it."""
+        eagerly (the only choice on CPU). `backends`: resolve_backends' answer, when the caller has it.
+        `z_marginal`, `marginal_weight`: every image's standardised latent and the weight of the marginal
+        critic h(z) that matches G's latent law to theirs (off unless both are given and the weight is > 0)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         D.check_batch(cfg.batch_size, "matching batch_size")
@@ -88,6 +94,22 @@ class MatchingStep:
         self.scaler = make_scaler(precision, dev)  # generator only; graph mode never runs fp16
         # exponential moving average of the generator's weights, swapped in at the end (0: off)
         self.ema = [p.detach().clone() for p in self.gen_params] if cfg.generator_ema > 0 else None
+        self.marginal_weight = float(marginal_weight) if z_marginal is not None else 0.0
+        self.marginal = self.z_marginal = None
+        if self.marginal_weight > 0:
+            if z_marginal.dim() != 2 or z_marginal.shape[1] != z.shape[1] or len(z_marginal) == 0:
+                raise ValueError(f"z_marginal must be (N > 0, {z.shape[1]}), got {tuple(z_marginal.shape)}")
+            self.z_marginal = z_marginal.to(device=dev, dtype=z.dtype)
+            # a training aid like the optimisers: its weights live in state_dict(), not in the saved model; its
+            # initial weights come from the run's seed without drawing from `rng` (a resumed run draws the same)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(rng.initial_seed() + 1)
+                self.marginal = Critic(0, z.shape[1], cfg.critic_hidden, cfg.negative_slope)
+            self.marginal.to(device=dev, dtype=z.dtype)
+            self.marginal_params = list(self.marginal.mlp.params().weights) + list(self.marginal.mlp.params().biases)
+            self._idx_m = torch.zeros(C, B, dtype=torch.long, device=dev)
+            self._t_m = torch.zeros(C, B, dtype=x.dtype, device=dev)
+            self._z_fake: list[torch.Tensor | None] = [None] * C
         self._graph: torch.cuda.CUDAGraph | None = None
         self._enter(mode)
 
@@ -100,9 +122,14 @@ class MatchingStep:
         # the critic's optimiser over its parameters in module order (the checkpoint's order)
         self.gen_opt, self.critic_opt = (torch.optim.Adam(params, lr=self.cfg.lr, betas=self.cfg.betas, **graph)
                                          for params in (self.gen_params, list(self.critic.parameters())))
+        opts = [self.gen_opt, self.critic_opt]
+        if self.marginal is not None:
+            self.marginal_opt = torch.optim.Adam(list(self.marginal.parameters()), lr=self.cfg.lr,
+                                                 betas=self.cfg.betas, **graph)
+            opts.append(self.marginal_opt)
         if mode == "graph":
             self._guard = DeviceGuard(self.device)
-            self._guard.attach(self.gen_opt, self.critic_opt)
+            self._guard.attach(*opts)
         else:
             self._guard = HostGuard(STAGE, self._where, self.describe, self.hint)
 
@@ -117,11 +144,15 @@ class MatchingStep:
                 st["step"] = st["step"].to(device=p.device if graph else "cpu", dtype=torch.float32)
 
     def state_dict(self) -> dict:
-        """The optimisers, the GradScaler and the generator EMA (a stage-2 checkpoint's stage state
-        without the history and the step)."""
-        return {"gen_opt": self.gen_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "gen_ema": [t.clone() for t in self.ema] if self.ema is not None else None}
+        """The optimisers, the GradScaler, the generator EMA and the marginal critic with its optimiser (a
+        stage-2 checkpoint's stage state without the history and the step)."""
+        d = {"gen_opt": self.gen_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+             "gen_ema": [t.clone() for t in self.ema] if self.ema is not None else None}
+        if self.marginal is not None:
+            d["marginal"] = {k: v.detach().clone() for k, v in self.marginal.state_dict().items()}
+            d["marginal_opt"] = self.marginal_opt.state_dict()
+        return d
 
     def load_state_dict(self, d: dict) -> None:
         if self.ema is not None:
@@ -131,10 +162,17 @@ class MatchingStep:
             with torch.no_grad():
                 for e, t in zip(self.ema, d["gen_ema"]):
                     e.copy_(t)
+        if (self.marginal is not None) != (d.get("marginal") is not None):
+            raise ValueError(f"{STAGE}: the saved state was trained {'with' if d.get('marginal') is not None else 'without'}"
+                             f" a marginal critic but marginal_weight is {self.marginal_weight} now")
         self.gen_opt.load_state_dict(d["gen_opt"])
         self.critic_opt.load_state_dict(d["critic_opt"])
         self._adopt(self.gen_opt)
         self._adopt(self.critic_opt)
+        if self.marginal is not None:
+            self.marginal.load_state_dict(d["marginal"])
+            self.marginal_opt.load_state_dict(d["marginal_opt"])
+            self._adopt(self.marginal_opt)
         if self.scaler is not None and d.get("scaler"):
             self.scaler.load_state_dict(d["scaler"])
         self._graph = None  # the optimiser state tensors were replaced: capture again
@@ -183,7 +221,10 @@ class MatchingStep:
         C = self.cfg.critic_steps
         if code < 2 * C:
             return f"generator step {step}, critic step {code // 2}", CRITIC_TERMS[code % 2]
-        return f"generator step {step}", GENERATOR_TERMS[code - 2 * C]
+        if code < 2 * C + 2:
+            return f"generator step {step}", GENERATOR_TERMS[code - 2 * C]
+        code -= 2 * C + 2
+        return f"generator step {step}, critic step {code // 2}", MARGINAL_TERMS[code % 2]
 
     # ------------------------------------------------------------------ the method
     def _draw(self) -> None:
@@ -194,6 +235,10 @@ class MatchingStep:
             torch.randn(B, self.generator.noise_dim, generator=self.rng, out=self._eta[c])
             if c < C:
                 torch.rand(B, generator=self.rng, out=self._t[c])
+        if self.marginal is not None:  # after the joint draws: without the marginal critic they are unchanged
+            for c in range(C):
+                torch.randint(len(self.z_marginal), (B,), generator=self.rng, out=self._idx_m[c])
+                torch.rand(B, generator=self.rng, out=self._t_m[c])
 
     def _body(self) -> torch.Tensor:
         """One generator step from the drawn buffers. The guard checks each update's terms before its
@@ -205,6 +250,12 @@ class MatchingStep:
             for p, g in zip(self.critic_params, grads):
                 p.grad = g
             self.critic_opt.step()
+            if self.marginal is not None:
+                grads, marginal_terms = self._marginal_terms(c)
+                guard.watch(2 * C + 2 + 2 * c, [marginal_terms[0], grad_norm(grads)])
+                for p, g in zip(self.marginal_params, grads):
+                    p.grad = g
+                self.marginal_opt.step()
 
         grads, score = self._generator_grads()
         # under fp16 the scaler skips steps with overflowing gradients by design
@@ -224,6 +275,20 @@ class MatchingStep:
                                           backend=self.backends["critic_gradient_penalty"])
         *grads, terms = D.average(list(out.weight_grads) + list(out.bias_grads)
                                   + [torch.stack([out.loss, out.wasserstein, out.penalty]).float()])
+        if self.marginal is not None:
+            self._z_fake[c] = z_fake.float()  # the marginal critic's update c sees the same generated latents
+        return grads, terms
+
+    def _marginal_terms(self, c: int):
+        """Gradients (averaged over ranks) and [loss, wasserstein, penalty] of marginal critic update c: h on
+        drawn latents of every image against critic update c's generated latents."""
+        z_fake, self._z_fake[c] = self._z_fake[c], None
+        z_real, t = self.z_marginal[D.shard(self._idx_m[c])], D.shard(self._t_m[c])
+        out = ops.critic_gradient_penalty(self.marginal.mlp.params(), z_real.new_zeros(len(z_real), 0), z_real,
+                                          z_fake, t, gp_weight=self.cfg.gp_weight,
+                                          backend=self.backends["critic_gradient_penalty"])
+        *grads, terms = D.average(list(out.weight_grads) + list(out.bias_grads)
+                                  + [torch.stack([out.loss, out.wasserstein, out.penalty]).float()])
         return grads, terms
 
     def _generator_grads(self):
@@ -236,6 +301,10 @@ class MatchingStep:
         z32 = z_fake.float()
         score, grad_z = ops.critic_score_grad(self.critic.mlp.params(), xb, z32.detach(),
                                               backend=self.backends["critic_score_grad"])
+        if self.marginal is not None:
+            _, grad_h = ops.critic_score_grad(self.marginal.mlp.params(), xb.new_zeros(len(xb), 0), z32.detach(),
+                                              backend=self.backends["critic_score_grad"])
+            grad_z = grad_z + self.marginal_weight * grad_h
         self.gen_opt.zero_grad(set_to_none=True)
         # d(-mean f)/dz, then through G by autograd (scaled under fp16, unscaled before the step)
         z32.backward(self.scaler.scale(-grad_z) if self.scaler is not None else -grad_z)

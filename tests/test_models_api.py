@@ -151,3 +151,19 @@ def test_latent_noise_option(digits):
     clean, noisy = run(0.0), run(0.5)
     assert clean == run(0.0)  # off: the pre-option training, draw for draw
     assert clean != noisy and all(np.isfinite(noisy))  # on: the decoder sees perturbed latents
+
+
+def test_marginal_weight_option(digits):
+    """The marginal critic is off by default; a weight given is used (its critic trains beside the joint one and
+    changes the generator); a bad one is refused before any training."""
+    ds, s = digits
+    on = LSDM(tiny_config(marginal_weight=1.0))
+    on.fit(ds.labels[s.paired], ds.images[s.paired], ds.images[s.unpaired], num_classes=10, progress=False)
+    off = fit(digits, 0)
+    assert MatchingConfig().marginal_weight == 0.0 and off.config.matching.marginal_weight == 0.0
+    assert not torch.equal(on.generator.mlp.layers[0].weight, off.generator.mlp.layers[0].weight)
+    assert torch.equal(on.decoder.state_dict()[next(iter(on.decoder.state_dict()))],
+                       off.decoder.state_dict()[next(iter(off.decoder.state_dict()))])  # stage 1 is untouched
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="matching.marginal_weight must be a finite number >= 0"):
+            fit(digits, 0, marginal_weight=bad)

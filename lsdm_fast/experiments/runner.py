@@ -19,7 +19,7 @@ from ..data import load_dataset, make_conditions, split_paired_unpaired
 from ..io import atomic_write_bytes
 from ..runlock import run_lock
 from .evaluate import Evaluator, timed
-from .registry import DIGITS, EXPERIMENTS, QUICK, Budget, Setting, lsdm_config, scale_setting
+from .registry import BUDGET_IMPLIED_BY_ABSENCE, DIGITS, EXPERIMENTS, QUICK, Budget, Setting, lsdm_config, scale_setting
 from .report import slug, write_report
 
 
@@ -170,7 +170,9 @@ def _run_experiment(name, exp, data, seeds, out, quick, backend, budget, cache_d
     if resume and os.path.exists(res_path):
         with open(res_path) as fh:
             old = json.load(fh)
-        if old.get("budget") not in (None, json.loads(json.dumps(asdict(budget)))):
+        # a field added to Budget since: the value its absence meant (the run was made without it)
+        old_budget = None if old.get("budget") is None else {**BUDGET_IMPLIED_BY_ABSENCE, **old["budget"]}
+        if old_budget not in (None, json.loads(json.dumps(asdict(budget)))):
             raise ValueError(f"{res_path}: written with a different budget; use another --out or drop --resume")
         if old.get("fid", "none") != fid:
             raise ValueError(f"{res_path}: written with --fid {old.get('fid', 'none')}, this run has --fid {fid}; "

@@ -1,13 +1,14 @@
 """Stage-2 variants against quality, one stage 1 shared by every variant: its size
-(results/experiments/issue24_stage2_size) and jittered pair latents (issue 25's recall; docs/design.md §7).
+(results/experiments/issue24_stage2_size), jittered pair latents and the marginal critic (issue 25's recall;
+docs/design.md §7).
 
     python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [split=0] [width=512]
-                                         [steps=4000] [jitter=0] [cache=FOLDER] [log=runs.jsonl]
+                                         [steps=4000] [jitter=0] [marginal=0] [cache=FOLDER] [log=runs.jsonl]
 
 Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, the rest unpaired),
-except stage 2's generator and critic widths (`width`), generator steps (`steps`) and `jitter` (> 0: each critic
-update sees the pair latents plus N(0, jitter^2), standardised units, drawn from a generator of its own so the
-method's draws are unchanged); prints and appends one JSON line: per-stage seconds (wall), thread CPU time of the
+except stage 2's generator and critic widths (`width`), generator steps (`steps`), the marginal critic's weight
+(`marginal`, 0: off) and `jitter` (> 0: each critic update sees the pair latents plus
+N(0, jitter^2), standardised units, drawn from a generator of its own so the method's draws are unchanged); prints and appends one JSON line: per-stage seconds (wall), thread CPU time of the
 fit, stage-1 steps, the judge's conditional accuracy, the feature-CNN FD of 200 samples per class against the test
 split and k-NN precision / recall / density / coverage against 2,000 test images (lsdm_fast.metrics, nets cached
 in `cache`; neither is used in training). Stage 1 is deterministic given the seed and data, so its result (weights, history, the
@@ -84,6 +85,8 @@ def main(argv):
     jitter = float(kv.get("jitter", 0))
     if jitter > 0:
         jitter_pair_latents(jitter)
+    marginal = float(kv.get("marginal", 0))
+    cfg = replace(cfg, matching=replace(cfg.matching, marginal_weight=marginal))
     cache_stage1(os.path.join(cache, "stage1"), f"{os.path.basename(os.path.normpath(data))}_n{npc}_split{split_seed}")
     t0, c0 = time.perf_counter(), time.thread_time()
     model = LSDM(cfg).fit(train.labels[split.paired], train.images[split.paired], train.images[split.unpaired],
@@ -96,7 +99,7 @@ def main(argv):
     images = y.reshape(len(y), *train.images.shape[1:])
     prdc = M.prdc(M.extract_features(feat, test.images[:2000]), M.extract_features(feat, images))
     row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), seed=seed, width=width,
-               steps=cfg.matching.steps, jitter=jitter, prdc=prdc, wall_s=wall, cpu_s=cpu,
+               steps=cfg.matching.steps, jitter=jitter, marginal=marginal, prdc=prdc, wall_s=wall, cpu_s=cpu,
                stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
                accuracy=M.conditional_accuracy(judge, y, labels), fd=M.classifier_fd(feat, images, test.images))
     print(json.dumps(row))
