@@ -48,9 +48,9 @@ def test_format1_checkpoint_resumes(name, stage, step, data, uninterrupted, tmp_
     with pytest.warns(RuntimeWarning, match="format-1 checkpoint: the data were checked by shapes and sums only"):
         got = LSDM(config()).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(ck), resume=True)
     assert got.history["resumed_from"] == {"stage": stage, "step": step}
-    # The files were written on one CPU; the steps before the checkpoint round differently on another (AVX-512 vs
-    # AVX2 kernels: 8e-7 relative on an AMD EPYC), so the uninterrupted run here is matched to rounding, not to the
-    # bit. A field the upgrade lost (an optimiser moment, the RNG, the step) moves the result by far more.
+    # The files were written on one CPU; the steps before the checkpoint round differently on another (MKL and
+    # oneDNN pick other kernels: 8e-7 relative on an AMD EPYC), so the uninterrupted run here is matched to rounding,
+    # not to the bit. A field the upgrade lost (an optimiser moment, the RNG, the step) moves the result by far more.
     # Bit-identical resume within one machine is tests/test_resume.py's.
     ref = weights(uninterrupted)
     for k, v in weights(got).items():
