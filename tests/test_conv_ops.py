@@ -62,7 +62,9 @@ def test_lsdm_with_the_default_conv_autoencoder_samples_to_a_file(tmp_path):
     assert m.meta["autoencoder_kind"] == "conv"
     mem = m.sample(torch.arange(10), 3, seed=4, path=str(tmp_path / "s.npy"), chunk_size=7)
     direct = m.sample(torch.arange(10), 3, seed=4)
-    assert np.array_equal(np.asarray(mem), direct.numpy())  # chunked through the file = one call
+    # chunked through the file = one call, to the last bit where the CPU's conv kernels do not depend on the
+    # batch size (the Intel VM); an AMD EPYC's differ by an ulp between batch 7 and 30
+    np.testing.assert_allclose(np.asarray(mem), direct.numpy(), rtol=1e-6, atol=1e-7)
     z = m.encode(ds.images[:5])
     with torch.no_grad():
         assert _rel(z, m.encoder(torch.from_numpy(ds.images[:5].reshape(5, -1)))) < 1e-6

@@ -256,11 +256,12 @@ def test_too_wide_mlp_is_refused(lib):
 @pytest.mark.parametrize("seed,offset", [(0, 0), (2**40 + 7, 2**33 + 1)])
 def test_noise_matches_reference(lib, seed, offset):
     """Philox + Box-Muller in the kernel against lsdm_fast.ops.philox (whose float32 log / cos are
-    not always correctly rounded: most values match bit for bit, all within a few ulps)."""
+    not always correctly rounded: most values match bit for bit, all within a few ulps; how many depends on the
+    CPU's vectorised log / cos: over 90 % on the Intel VM, 79 % on an AMD EPYC)."""
     rows, cols = 257, 31
     out = torch.zeros(rows, cols)
     assert lib.emu_philox_normal(ctypes.c_ulonglong(seed), ctypes.c_longlong(offset), ctypes.c_longlong(rows), cols,
                                  P(out.data_ptr())) == 0
     ref = philox_normal(seed, offset, rows, cols)
     torch.testing.assert_close(out, ref, rtol=0, atol=2e-6)
-    assert (out == ref).float().mean().item() > 0.9
+    assert (out == ref).float().mean().item() > 0.6
