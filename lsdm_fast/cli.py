@@ -71,7 +71,7 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--batch-size", type=_positive(int), default=256)
     p.add_argument("--marginal-weight", type=_nonneg_float, default=0.0,
                    help="weight of stage 2's marginal critic, which matches the generated latents to those of every "
-                        "image, unpaired too (class labels; 0: off; 1: more diverse samples, lower accuracy, a 1.85x "
+                        "image, unpaired too (class labels; 0: off; 1: more diverse samples, lower accuracy, a 1.75x "
                         "slower stage 2, docs/design.md §7)")
     _add_backend_arg(p, "backend of the stage-2 critic step")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",

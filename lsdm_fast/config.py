@@ -100,8 +100,8 @@ class MatchingConfig:
     generator_ema: float = 0.0  # decay of an EMA of the generator's weights, used for sampling (0: off)
     # weight of the marginal critic h(z), which matches G's latent law (x drawn from the pairs) to the latents of
     # every image, paired and unpaired (matching_step.py; 0: off). Opt-in: MNIST, 100 pairs/class, it raised recall
-    # 0.75 -> 0.88 but cost accuracy (98.8 -> 97.6 %) and 1.85x the step (docs/design.md §7); for class labels
-    # only: with float conditions the few paired x do not stand for the x of the unpaired images
+    # 0.77 -> 0.88 at the same FD but cost accuracy (98.6 -> 97.5 %) and 1.75x the step (docs/design.md §7); for
+    # class labels only: with float conditions the few paired x do not stand for the x of the unpaired images
     marginal_weight: float = 0.0
     checkpoint_every: int = 0  # generator steps between checkpoints (0: only at the end); needs a checkpoint_dir
 
