@@ -51,6 +51,8 @@ def critic_cases():
     add(2, 1024, 16, 16, torch.float32, "tf32", large)  # input width a multiple of 16
     add(2, 100, 10, 16, torch.float32, "tf32", small)  # hidden width not a multiple of 16
     add(2, 37, 3, 4, torch.float32, "tf32", 7)
+    add(2, 512, 0, 32, torch.float32, "tf32", small)  # no condition: stage 2's marginal critic h(z)
+    add(2, 512, 0, 32, torch.float32, "tf32", large)
     return cases
 
 
