@@ -38,7 +38,7 @@ WIDTHS = [256] if SMALL else [256, 512]
 MODES = ["sync", "graph"]
 _BACKENDS = available_backends("critic_gradient_penalty", DEVICE)
 VARIANTS = [f"{mode}:{b}" for b in _BACKENDS for mode in MODES] + [f"{mode}:cpp:bf16" for mode in MODES if "cpp" in _BACKENDS]
-# with the marginal critic (the default for class labels with unpaired images), against 4 x ROWS unpaired latents
+# with the marginal critic (opt-in, MatchingConfig.marginal_weight), against 4 x ROWS latents of every image
 VARIANTS += [f"sync:{b}+marginal" for b in _BACKENDS]
 
 
@@ -64,10 +64,10 @@ def _make_step(variant: str, batch: int, width: int) -> MatchingStep:
     x = torch.eye(DX)[torch.randint(DX, (ROWS,), generator=g)].to(DEVICE)
     z = torch.randn(ROWS, DZ, generator=g).to(DEVICE)
     cfg = MatchingConfig(generator_hidden=(width, width), critic_hidden=(width, width), critic_steps=CRITIC_STEPS,
-                         batch_size=batch, backend=backend, lr=1e-4)
+                         batch_size=batch, backend=backend, lr=1e-4, marginal_weight=1.0 if marginal else 0.0)
     z_all = torch.randn(4 * ROWS, DZ, generator=g).to(DEVICE) if marginal else None
     return MatchingStep(gen, critic, x, z, cfg, torch.Generator(device=DEVICE).manual_seed(0), mode=mode,
-                        z_marginal=z_all, marginal_weight=1.0)
+                        z_marginal=z_all)
 
 
 @pytest.mark.parametrize("width", WIDTHS)

@@ -137,7 +137,7 @@ class LSDM:
             if state.stage == Stage.MATCHING:  # stage 2 on the pairs, which come first in all_y
                 z_std = (z_all - state.latent_mean) / state.latent_std  # every image's: the marginal critic's
                 train_joint_matching(state, x, z_std[:n_pairs], cfg.matching, backends=backends, z_marginal=z_std,
-                                     marginal_weight=cfg.matching.marginal_weight, **kw)
+                                     **kw)
                 state.stage, state.optim = Stage.DONE, None  # the step count stays: resumed_from says where it ended
                 if ck is not None:
                     ck.save(state)

@@ -229,7 +229,7 @@ def _config_from_args(args, ae_kind="mlp"):
                                  match_hidden=(256, 256) if demo else None, backend=args.backend, seed=args.seed,
                                  device=args.device, precision=args.precision, checkpoint_every=args.checkpoint_every,
                                  conv_design=getattr(args, "ae_design", None),
-                                 marginal_weight=getattr(args, "marginal_weight", 0.0))
+                                 marginal_weight=args.marginal_weight)
 
 
 def cmd_demo(args) -> int:

@@ -59,6 +59,19 @@ def resolve_backends(backend: str, device: torch.device, layers: int) -> dict[st
     return names
 
 
+def _op_order(critic: Critic) -> list[torch.Tensor]:
+    """The critic's parameters in the order the critic ops return their gradients."""
+    mlp = critic.mlp.params()
+    return list(mlp.weights) + list(mlp.biases)
+
+
+def _averaged(out) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A critic step's gradients and [loss, wasserstein, penalty], averaged over ranks."""
+    *grads, terms = D.average(list(out.weight_grads) + list(out.bias_grads)
+                              + [torch.stack([out.loss, out.wasserstein, out.penalty]).float()])
+    return grads, terms
+
+
 class MatchingStep:
     """One stage-2 generator step: cfg.critic_steps WGAN-GP critic updates, then one generator update."""
 
@@ -67,12 +80,11 @@ class MatchingStep:
     def __init__(self, generator: Generator, critic: Critic, x: torch.Tensor, z: torch.Tensor,
                  cfg: MatchingConfig, rng: torch.Generator, *, precision: str = "fp32", mode: str = "auto",
                  describe: Callable[[], str] = no_checkpoint, capture: bool | None = None,
-                 backends: dict[str, str] | None = None, z_marginal: torch.Tensor | None = None,
-                 marginal_weight: float = 0.0):
+                 backends: dict[str, str] | None = None, z_marginal: torch.Tensor | None = None):
         """`capture` (graph mode only): replay from a CUDA graph (default: on CUDA) or run the same body
         eagerly (the only choice on CPU). `backends`: resolve_backends' answer, when the caller has it.
-        `z_marginal`, `marginal_weight`: every image's standardised latent and the weight of the marginal
-        critic h(z) that matches G's latent law to theirs (off unless both are given and the weight is > 0)."""
+        `z_marginal`: every image's standardised latent, which the marginal critic h(z) matches G's latent law to
+        with weight cfg.marginal_weight (off without them or at weight 0)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         D.check_batch(cfg.batch_size, "matching batch_size")
@@ -80,9 +92,8 @@ class MatchingStep:
         self.precision, self.describe, self.device = precision, describe, x.device
         self.hint = f"try a lower learning rate (matching lr is {cfg.lr})"
         self.gen_params = list(generator.parameters())
-        mlp = critic.mlp.params()
-        self.critic_params = list(mlp.weights) + list(mlp.biases)  # the op's gradient order
-        self.backends = backends or resolve_backends(cfg.backend, self.device, len(mlp.weights))
+        self.critic_params = _op_order(critic)
+        self.backends = backends or resolve_backends(cfg.backend, self.device, len(self.critic_params) // 2)
         self.backend = self.backends["critic_gradient_penalty"]
         mode, self.capture = pick_mode(mode, self.device, precision, capture)
         C, B, dev = cfg.critic_steps, cfg.batch_size, self.device
@@ -94,7 +105,7 @@ class MatchingStep:
         self.scaler = make_scaler(precision, dev)  # generator only; graph mode never runs fp16
         # exponential moving average of the generator's weights, swapped in at the end (0: off)
         self.ema = [p.detach().clone() for p in self.gen_params] if cfg.generator_ema > 0 else None
-        self.marginal_weight = float(marginal_weight) if z_marginal is not None else 0.0
+        self.marginal_weight = float(cfg.marginal_weight) if z_marginal is not None else 0.0
         self.marginal = self.z_marginal = None
         if self.marginal_weight > 0:
             if z_marginal.dim() != 2 or z_marginal.shape[1] != z.shape[1] or len(z_marginal) == 0:
@@ -106,10 +117,9 @@ class MatchingStep:
                 torch.manual_seed(rng.initial_seed() + 1)
                 self.marginal = Critic(0, z.shape[1], cfg.critic_hidden, cfg.negative_slope)
             self.marginal.to(device=dev, dtype=z.dtype)
-            self.marginal_params = list(self.marginal.mlp.params().weights) + list(self.marginal.mlp.params().biases)
+            self.marginal_params = _op_order(self.marginal)
             self._idx_m = torch.zeros(C, B, dtype=torch.long, device=dev)
             self._t_m = torch.zeros(C, B, dtype=x.dtype, device=dev)
-            self._z_fake: list[torch.Tensor | None] = [None] * C
         self._graph: torch.cuda.CUDAGraph | None = None
         self._enter(mode)
 
@@ -245,13 +255,13 @@ class MatchingStep:
         optimiser step (sync: raises; graph: halts the fused optimisers on the device)."""
         C, guard = self.cfg.critic_steps, self._guard
         for c in range(C):
-            grads, terms = self._critic_terms(c)
+            grads, terms, z_fake = self._critic_terms(c)
             guard.watch(2 * c, [terms[0], grad_norm(grads)])
             for p, g in zip(self.critic_params, grads):
                 p.grad = g
             self.critic_opt.step()
             if self.marginal is not None:
-                grads, marginal_terms = self._marginal_terms(c)
+                grads, marginal_terms = self._marginal_terms(c, z_fake)
                 guard.watch(2 * C + 2 + 2 * c, [marginal_terms[0], grad_norm(grads)])
                 for p, g in zip(self.marginal_params, grads):
                     p.grad = g
@@ -265,7 +275,8 @@ class MatchingStep:
         return torch.cat([terms, -score.float().to(terms.device)])
 
     def _critic_terms(self, c: int):
-        """Gradients (averaged over ranks) and [loss, wasserstein, penalty] of critic update c."""
+        """Gradients (averaged over ranks), [loss, wasserstein, penalty] and the generated latents of critic
+        update c."""
         idx, eta, t = D.shard(self._idx[c]), D.shard(self._eta[c]), D.shard(self._t[c])
         xb, zb = self.x[idx], self.z[idx]
         with torch.no_grad(), self._autocast():
@@ -273,23 +284,16 @@ class MatchingStep:
         out = ops.critic_gradient_penalty(self.critic.mlp.params(), xb, zb, z_fake.float(), t,
                                           gp_weight=self.cfg.gp_weight, penalty_over=self.cfg.penalty_over,
                                           backend=self.backends["critic_gradient_penalty"])
-        *grads, terms = D.average(list(out.weight_grads) + list(out.bias_grads)
-                                  + [torch.stack([out.loss, out.wasserstein, out.penalty]).float()])
-        if self.marginal is not None:
-            self._z_fake[c] = z_fake.float()  # the marginal critic's update c sees the same generated latents
-        return grads, terms
+        return (*_averaged(out), z_fake)
 
-    def _marginal_terms(self, c: int):
+    def _marginal_terms(self, c: int, z_fake: torch.Tensor):
         """Gradients (averaged over ranks) and [loss, wasserstein, penalty] of marginal critic update c: h on
-        drawn latents of every image against critic update c's generated latents."""
-        z_fake, self._z_fake[c] = self._z_fake[c], None
+        drawn latents of every image against critic update c's generated latents `z_fake`."""
         z_real, t = self.z_marginal[D.shard(self._idx_m[c])], D.shard(self._t_m[c])
         out = ops.critic_gradient_penalty(self.marginal.mlp.params(), z_real.new_zeros(len(z_real), 0), z_real,
-                                          z_fake, t, gp_weight=self.cfg.gp_weight,
+                                          z_fake.float(), t, gp_weight=self.cfg.gp_weight,
                                           backend=self.backends["critic_gradient_penalty"])
-        *grads, terms = D.average(list(out.weight_grads) + list(out.bias_grads)
-                                  + [torch.stack([out.loss, out.wasserstein, out.penalty]).float()])
-        return grads, terms
+        return _averaged(out)
 
     def _generator_grads(self):
         """The generator's gradients of -mean f(x, G(eta, x)) (in .grad, averaged over ranks; unscaled

@@ -317,15 +317,14 @@ def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderCon
 def train_joint_matching(state: TrainingState, x: torch.Tensor, z: torch.Tensor, cfg: MatchingConfig, *,
                          precision: str = "fp32", progress: bool = True, checkpoint: Checkpointer | None = None,
                          mode: str = "auto", backends: dict[str, str] | None = None,
-                         z_marginal: torch.Tensor | None = None, marginal_weight: float = 0.0) -> None:
+                         z_marginal: torch.Tensor | None = None) -> None:
     """Stage 2: match the law of (x, G(eta, x)) to that of the pairs (x, z) with a WGAN-GP critic and, with
-    `z_marginal` (every image's standardised latent) and `marginal_weight` > 0, G's latent law to theirs with a
-    second critic h(z) (matching_step.py).
+    `z_marginal` (every image's standardised latent) and cfg.marginal_weight > 0, G's latent law to theirs with
+    a second critic h(z) (matching_step.py).
     mode: how MatchingStep runs ("auto": replayed from CUDA graphs on CUDA, host-checked on CPU);
     backends: the ops' backends as matching_step.resolve_backends gives them (None: resolved here)."""
     step_fn = MatchingStep(state.generator, state.critic, x, z, cfg, state.rng, precision=precision,
-                           describe=_describer(checkpoint), mode=mode, backends=backends, z_marginal=z_marginal,
-                           marginal_weight=marginal_weight)
+                           describe=_describer(checkpoint), mode=mode, backends=backends, z_marginal=z_marginal)
     if state.optim is not None:
         step_fn.load_state_dict(state.optim)
     curves = {k: state.history.setdefault(k, []) for k in MATCHING_CURVES}

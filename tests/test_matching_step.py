@@ -67,12 +67,12 @@ def assert_same_state(a, b):
             assert u == v
 
 
-def reference_loop(g, c, x, z, cfg, gen, steps, precision, fused=None, z_marginal=None, marginal_weight=0.0):
+def reference_loop(g, c, x, z, cfg, gen, steps, precision, fused=None, z_marginal=None):
     """Stage 2 as the method states it, one process, no guards: the loop MatchingStep's sync mode
     must reproduce bit for bit, and its graph mode run eagerly with fused=True (its one difference:
     fused Adam). With z_marginal, the marginal critic h(z) too: each critic update is followed by one of h
     on drawn z_marginal rows against the same generated latents, and the generator descends
-    -mean f - marginal_weight * mean h. A step draws everything first: the joint draws, then h's."""
+    -mean f - cfg.marginal_weight * mean h. A step draws everything first: the joint draws, then h's."""
     gen_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
     critic_opt = torch.optim.Adam(c.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
     critic_params = list(c.mlp.params().weights) + list(c.mlp.params().biases)
@@ -81,7 +81,9 @@ def reference_loop(g, c, x, z, cfg, gen, steps, precision, fused=None, z_margina
         if precision != "fp32" else torch.enable_grad
     ema = [p.detach().clone() for p in g.parameters()] if cfg.generator_ema > 0 else None
     B, hist = cfg.batch_size, []
-    if z_marginal is not None:
+    if z_marginal is None or cfg.marginal_weight == 0:
+        z_marginal = None
+    else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(gen.initial_seed() + 1)
             h = Critic(0, z.shape[1], cfg.critic_hidden, cfg.negative_slope)
@@ -117,7 +119,7 @@ def reference_loop(g, c, x, z, cfg, gen, steps, precision, fused=None, z_margina
             z32 = g(eta, xb).float()
         score, grad_z = ops.critic_score_grad(c.mlp.params(), xb, z32.detach(), backend=cfg.backend)
         if marginal_draws:
-            grad_z = grad_z + marginal_weight * ops.critic_score_grad(h.mlp.params(), torch.zeros(B, 0), z32.detach(),
+            grad_z = grad_z + cfg.marginal_weight * ops.critic_score_grad(h.mlp.params(), torch.zeros(B, 0), z32.detach(),
                                                                       backend=cfg.backend)[1]
         gen_opt.zero_grad(set_to_none=True)
         z32.backward(-grad_z if scaler is None else scaler.scale(-grad_z))
@@ -496,12 +498,12 @@ def marginal_latents(dz=3, n=150):
 @pytest.mark.parametrize("mode, precision, penalty_over", [("sync", "fp32", "joint"), ("sync", "bf16", "latent"),
                                                            ("graph", "fp32", "joint")])
 def test_marginal_critic_is_bit_identical_to_the_plain_loop(backend, mode, precision, penalty_over):
-    cfg = config(backend, penalty_over=penalty_over)
+    cfg = config(backend, penalty_over=penalty_over, marginal_weight=0.7)
     zm = marginal_latents()
     g, c, x, z = setup()
     ref_hist, ref_state = reference_loop(g, c, x, z, cfg, rng(), 6, precision, fused=True if mode == "graph" else None,
-                                         z_marginal=zm, marginal_weight=0.7)
-    step, g2, c2, hist = run(mode, cfg, 6, precision, z_marginal=zm, marginal_weight=0.7)
+                                         z_marginal=zm)
+    step, g2, c2, hist = run(mode, cfg, 6, precision, z_marginal=zm)
     assert hist.tolist() == ref_hist
     assert torch.equal(weights(g, c), weights(g2, c2))
     got = step.state_dict()
@@ -511,36 +513,36 @@ def test_marginal_critic_is_bit_identical_to_the_plain_loop(backend, mode, preci
 
 
 def test_marginal_critic_changes_the_generator_and_is_off_at_weight_0():
-    cfg, zm = config(), marginal_latents()
-    _, g0, c0, h0 = run("sync", cfg, 4)
-    step, g1, c1, h1 = run("sync", cfg, 4, z_marginal=zm, marginal_weight=0.0)
+    zm = marginal_latents()
+    _, g0, c0, h0 = run("sync", config(), 4)
+    step, g1, c1, h1 = run("sync", config(marginal_weight=0.0), 4, z_marginal=zm)
     assert step.marginal is None and "marginal" not in step.state_dict()
     assert torch.equal(h0, h1) and torch.equal(weights(g0, c0), weights(g1, c1))
-    _, g2, _, _ = run("sync", cfg, 4, z_marginal=zm, marginal_weight=1.0)
+    _, g2, _, _ = run("sync", config(marginal_weight=1.0), 4, z_marginal=zm)
     assert not torch.equal(weights(g0), weights(g2))
 
 
 @pytest.mark.parametrize("first, second", [("sync", "sync"), ("graph", "graph")])
 def test_marginal_critic_resumes_from_state_dict(first, second):
-    cfg, zm = config(generator_ema=0.8), marginal_latents()
-    _, g_ref, c_ref, h_ref = run(second, cfg, 6, z_marginal=zm, marginal_weight=1.0)
+    cfg, zm = config(generator_ema=0.8, marginal_weight=1.0), marginal_latents()
+    _, g_ref, c_ref, h_ref = run(second, cfg, 6, z_marginal=zm)
     g, c, x, z = setup()
     gen = rng()
-    step = MatchingStep(g, c, x, z, cfg, gen, mode=first, z_marginal=zm, marginal_weight=1.0)
+    step = MatchingStep(g, c, x, z, cfg, gen, mode=first, z_marginal=zm)
     h = [step(i) for i in range(3)]
     saved = copy.deepcopy({"state": step.state_dict(), "g": g.state_dict(), "c": c.state_dict(), "rng": gen.get_state()})
     g2, c2, _, _ = setup(seed=3)
     g2.load_state_dict(saved["g"]), c2.load_state_dict(saved["c"])
     gen2 = torch.Generator().manual_seed(99)  # another seed: h's weights must come from the saved state
     gen2.set_state(saved["rng"])
-    step2 = MatchingStep(g2, c2, x, z, cfg, gen2, mode=second, z_marginal=zm, marginal_weight=1.0)
+    step2 = MatchingStep(g2, c2, x, z, cfg, gen2, mode=second, z_marginal=zm)
     step2.load_state_dict(saved["state"])
     h += [step2(i) for i in range(3, 6)]
     assert torch.equal(torch.stack(h), h_ref) and torch.equal(weights(g2, c2), weights(g_ref, c_ref))
     with pytest.raises(ValueError, match="trained with a marginal critic but marginal_weight is 0.0 now"):
         MatchingStep(*setup(), cfg, rng(), mode=first).load_state_dict(saved["state"])
     with pytest.raises(ValueError, match=r"z_marginal must be \(N > 0, 3\), got \(10, 2\)"):
-        MatchingStep(*setup(), cfg, rng(), z_marginal=torch.zeros(10, 2), marginal_weight=1.0)
+        MatchingStep(*setup(), cfg, rng(), z_marginal=torch.zeros(10, 2))
 
 
 @pytest.mark.parametrize("mode", ["sync", "graph"])
@@ -548,7 +550,7 @@ def test_nan_in_the_marginal_critic_is_named(mode):
     g, c, x, z = setup()
     zm = marginal_latents()
     zm[:] = float("nan")  # every drawn row poisons h's loss at the first update
-    step = MatchingStep(g, c, x, z, config(), rng(), mode=mode, z_marginal=zm, marginal_weight=1.0)
+    step = MatchingStep(g, c, x, z, config(marginal_weight=1.0), rng(), mode=mode, z_marginal=zm)
     with pytest.raises(TrainingError, match="generator step 0, critic step 0: the marginal critic loss is nan"):
         step(0)
         step.check()

@@ -7,11 +7,12 @@ docs/design.md §7).
 
 Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, the rest unpaired),
 except stage 2's generator and critic widths (`width`), generator steps (`steps`), the marginal critic's weight
-(`marginal`, 0: off) and `jitter` (> 0: each critic update sees the pair latents plus
-N(0, jitter^2), standardised units, drawn from a generator of its own so the method's draws are unchanged); prints and appends one JSON line: per-stage seconds (wall), thread CPU time of the
-fit, stage-1 steps, the judge's conditional accuracy, the feature-CNN FD of 200 samples per class against the test
-split and k-NN precision / recall / density / coverage against 2,000 test images (lsdm_fast.metrics, nets cached
-in `cache`; neither is used in training). Stage 1 is deterministic given the seed and data, so its result (weights, history, the
+(`marginal`, 0: off) and `jitter` (> 0: each critic update sees the pair latents plus N(0, jitter^2),
+standardised units, drawn from a generator of its own so the method's draws are unchanged); prints and appends
+one JSON line: per-stage seconds (wall), thread CPU time of the fit, stage-1 steps, the judge's conditional
+accuracy, the feature-CNN FD of 200 samples per class against the test split and k-NN precision / recall /
+density / coverage against 2,000 test images (lsdm_fast.metrics, nets cached in `cache`; neither is used in
+training). Stage 1 is deterministic given the seed and data, so its result (weights, history, the
 training RNG's state after it) is cached under `cache`/stage1 and reused by the next variant: each variant then
 costs only its stage 2, exactly as in a fit of its own."""
 import hashlib
