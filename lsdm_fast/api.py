@@ -8,15 +8,18 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import ops
-from .config import LSDMConfig, as_config, check_sampling_seed
+from .config import PSEUDO_LABEL_AUTO, LSDMConfig, as_config, check_sampling_seed
 from .io import require_free_space
 from .model_folder import FORMAT_VERSION, MODEL_FILES, ModelFolderError, load_model, meta_json, save_model  # noqa: F401
 from .models import MLP, Critic, Generator, build_autoencoder, resolve_kind
 from .ops._weight_cache import DerivedCache
 from .ops.encode_generate import condition_tensor
 from .state import Stage, TrainingState
+
+PSEUDO_SEED = 7919  # the pseudo-label classifier's generator: config seed + this, apart from every other stream
 
 
 def _as_tensor(a, name: str, dtype=None) -> torch.Tensor:
@@ -136,7 +139,8 @@ class LSDM:
             self.latent_mean, self.latent_std = state.latent_mean, state.latent_std
             if state.stage == Stage.MATCHING:  # stage 2 on the pairs, which come first in all_y
                 z_std = (z_all - state.latent_mean) / state.latent_std  # every image's: the marginal critic's
-                train_joint_matching(state, x, z_std[:n_pairs], cfg.matching, backends=backends, z_marginal=z_std,
+                x_pairs, z_pairs = self._stage2_pairs(state, x, z_std, n_pairs)
+                train_joint_matching(state, x_pairs, z_pairs, cfg.matching, backends=backends, z_marginal=z_std,
                                      **kw)
                 state.stage, state.optim = Stage.DONE, None  # the step count stays: resumed_from says where it ended
                 if ck is not None:
@@ -146,6 +150,24 @@ class LSDM:
         if resumed_from is not None:
             self.history["resumed_from"] = resumed_from
         return self
+
+    def _stage2_pairs(self, state: TrainingState, x: torch.Tensor, z_std: torch.Tensor,
+                      n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2's (conditions, standardised latents): the pairs, and with matching.pseudo_label > 0 the
+        unpaired latents its classifier labels confidently (recomputed identically on resume)."""
+        from .pseudo_labels import pseudo_label
+
+        q = self.config.matching.pseudo_label
+        if q is None:  # auto
+            q = PSEUDO_LABEL_AUTO if self.meta["cond_kind"] == "onehot" else 0.0
+        if q == 0 or len(z_std) == n_pairs:
+            return x, z_std[:n_pairs]
+        k = self.meta["num_classes"]
+        pl = pseudo_label(z_std[:n_pairs], x.argmax(1), z_std[n_pairs:], k, q, seed=self.config.seed + PSEUDO_SEED)
+        state.history["pseudo_pairs"] = {"kept": len(pl.index), "fraction": pl.kept_fraction,
+                                         "per_class": torch.bincount(pl.labels, minlength=k).tolist()}
+        x_pl = F.one_hot(pl.labels, k).to(x)
+        return torch.cat([x, x_pl]), torch.cat([z_std[:n_pairs], z_std[n_pairs:][pl.index.to(z_std.device)]])
 
     @contextlib.contextmanager
     def _checkpointer(self, folder: str | None, resume: bool, overwrite: bool, data: tuple, run_record: dict | None):
@@ -218,6 +240,9 @@ class LSDM:
         for name, t in (("paired_y", py), ("unpaired_y", uy)):
             if t.numel() and (t.min() < 0 or t.max() > 1):
                 raise ValueError(f"{name} must have values in [0, 1], got [{float(t.min()):.3g}, {float(t.max()):.3g}]")
+        if (self.config.matching.pseudo_label or 0) > 0 and self.meta["cond_kind"] != "onehot":
+            raise ValueError("matching.pseudo_label labels the unpaired images with classes: it needs integer class "
+                             f"labels as paired_x, got float conditions {tuple(px.shape)}; set it to 0 for these")
         self.meta.update(data_dim=int(py.shape[1]), image_shape=image_shape, format_version=FORMAT_VERSION)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)

@@ -31,6 +31,13 @@ def _nonneg_int(s):
     return v
 
 
+def _confidence(s):
+    v = _nonneg_float(s)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a probability in (0, 1], got {s}")
+    return v
+
+
 def _nonneg_float(s):
     try:
         v = float(s)
@@ -73,6 +80,10 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="weight of stage 2's marginal critic, which matches the generated latents to those of every "
                         "image, unpaired too (class labels; 0: off; 1: more diverse samples, lower accuracy, a 1.75x "
                         "slower stage 2, docs/design.md §7)")
+    p.add_argument("--pseudo-label", type=_confidence, default=None, metavar="CONFIDENCE",
+                   help="class labels: unpaired images whose latent a classifier trained on the pairs labels with "
+                        "at least this probability join stage 2's pairs (default: 0.99 for --task class, off for "
+                        "superres; 0: off; docs/design.md §1)")
     _add_backend_arg(p, "backend of the stage-2 critic step")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast for stage 1 and the generator; the critic step stays fp32")
@@ -202,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--match-hidden", default=None, help="override the generator and critic widths, e.g. 512,512")
     ex.add_argument("--marginal-weight", type=_nonneg_float, default=None,
                     help="override the weight of stage 2's marginal critic (0: off)")
+    ex.add_argument("--pseudo-label", type=_confidence, default=None, metavar="CONFIDENCE",
+                    help="override stage 2's pseudo-label confidence (default: 0.99 for class labels; 0: off)")
     ex.add_argument("--diffusion-steps", type=_nonneg_int, default=None, help="override denoiser training steps")
     ex.add_argument("--ddim-steps", default=None, help="comma-separated DDIM sampling steps to evaluate")
     ex.add_argument("--cache-dir", default=None, help="where the evaluation nets are cached "
@@ -229,7 +242,7 @@ def _config_from_args(args, ae_kind="mlp"):
                                  match_hidden=(256, 256) if demo else None, backend=args.backend, seed=args.seed,
                                  device=args.device, precision=args.precision, checkpoint_every=args.checkpoint_every,
                                  conv_design=getattr(args, "ae_design", None),
-                                 marginal_weight=args.marginal_weight)
+                                 marginal_weight=args.marginal_weight, pseudo_label=args.pseudo_label)
 
 
 def cmd_demo(args) -> int:
@@ -480,7 +493,8 @@ def cmd_experiment(args) -> int:
             raise ValueError(f"unknown method(s) {sorted(bad)}")
     budget = QUICK if args.quick else (DIGITS if args.data in ("digits", "sklearn-digits") else Budget())
     for key, val in (("ae_steps", args.ae_steps), ("match_steps", args.steps), ("diffusion_steps", args.diffusion_steps),
-                     ("latent_dim", args.latent_dim), ("marginal_weight", args.marginal_weight)):
+                     ("latent_dim", args.latent_dim), ("marginal_weight", args.marginal_weight),
+                     ("pseudo_label", args.pseudo_label)):
         if val is not None:
             budget = replace(budget, **{key: val})
     for key, val in (("ae_hidden", args.ae_hidden), ("match_hidden", args.match_hidden)):
@@ -489,6 +503,9 @@ def cmd_experiment(args) -> int:
             if not widths or min(widths) < 1:
                 raise ValueError(f"--{key.replace('_', '-')}: widths must be positive integers, got {val!r}")
             budget = replace(budget, **{key: widths})
+    if (budget.pseudo_label or 0) > 0 and any(s.task != "class" for s in EXPERIMENTS[args.name].settings):
+        raise ValueError(f"--pseudo-label labels unpaired images with classes; experiment {args.name!r} has "
+                         "float conditions (super-resolution): leave it off there")
     if args.ddim_steps:
         steps = tuple(_int_list(args.ddim_steps, "--ddim-steps"))
         budget = replace(budget, ddim_steps=steps, ddim_few=min(steps), ddim_many=max(steps))

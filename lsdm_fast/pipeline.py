@@ -165,6 +165,8 @@ def _optional_outputs(model, spec, train, test, paired_y, unpaired_y, factor, ou
                "task": spec.task, "paired": len(paired_y), "unpaired": len(unpaired_y), "seed": cfg.seed,
                "fit_seconds": model.history["seconds"], "critic_backend": model.history.get("backend"),
                "versions": _versions(), "config": cfg.to_dict()}
+    if "pseudo_pairs" in model.history:  # matching.pseudo_label: the unpaired images that joined stage 2's pairs
+        metrics["pseudo_pairs"] = model.history["pseudo_pairs"]
     y_test = torch.from_numpy(test.images).reshape(len(test), -1)
     with torch.no_grad():
         rec = model.decode(model.encode(y_test)).cpu()

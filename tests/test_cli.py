@@ -44,14 +44,18 @@ def test_train_ae_design_patch(tmp_path):
     out = str(tmp_path / "run")
     assert main(["train", "--data", data, "--n-per-class", "2", "--latent-dim", "4", "--ae-steps", "5",
                  "--ae-stop", "steps", "--steps", "2", "--batch-size", "8", "--no-eval", "--ae-design", "patch",
-                 "--out", out, "--quiet"]) == 0
+                 "--pseudo-label", "0.5", "--out", out, "--quiet"]) == 0
     config = json.load(open(os.path.join(out, "model", "config.json")))
     assert config["config"]["autoencoder"]["conv_design"] == "patch"
+    assert config["config"]["matching"]["pseudo_label"] == 0.5
+    pseudo = json.load(open(os.path.join(out, "model", "history.json")))["pseudo_pairs"]
+    assert pseudo["kept"] == sum(pseudo["per_class"]) <= 20  # of the 20 unpaired images
 
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "/no/such/folder"], "/no/such/folder: data folder not found"),
     (["sample", "--model", "/no/such/model"], "config.json: not found"),
+    (["experiment", "superres_x4", "--quick", "--pseudo-label", "0.9"], "float conditions (super-resolution)"),
 ])
 def test_bad_paths_give_one_clear_line(argv, message, capsys):
     assert main(argv) == 2
@@ -63,6 +67,7 @@ def test_bad_paths_give_one_clear_line(argv, message, capsys):
     ["train", "--data", "x", "--n-per-class", "0"],
     ["train", "--data", "x", "--n-per-class", "abc"],
     ["train", "--data", "x", "--steps", "-1"],
+    ["train", "--data", "x", "--pseudo-label", "1.5"],
     ["train", "--data", "x", "--task", "nope"],
     ["train", "--data", "x", "--n-per-class", "3", "--n-pairs", "5"],
     ["demo", "--backend", "gpu"],

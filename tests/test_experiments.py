@@ -82,6 +82,15 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert "NOT Inception-FID" in readme and "Wall time" in readme and "Machine" in readme
     for a in res["aggregate"]:
         assert 0 <= a["conditional_accuracy"][0] <= 1 and a["classifier_fd"][0] >= 0
+    # results written before Budget had pseudo_label ran without pseudo-pairs: with today's default (auto, on for
+    # class labels) their resume is refused, with --pseudo-label 0 it is not
+    old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "pseudo_label"})
+    (out / "results.json").write_text(json.dumps(old))
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "written with a different budget" in capsys.readouterr().err
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache"), "--pseudo-label", "0"]) == 0
     # results written before Budget had marginal_weight resume as run without it; another weight is refused
     res["budget"].pop("marginal_weight")
     (out / "results.json").write_text(json.dumps(res))

@@ -51,16 +51,26 @@ def checkpoint_stage(path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ref") / "run")
-    finish(lsdm(ARGS + ["--out", out]))  # checkpoints only at the stage ends: their frequency must not change the run
-    return out
+    """The uninterrupted run of ARGS + extra, per extra."""
+    runs = {}
+
+    def run(extra=()):
+        if extra not in runs:
+            runs[extra] = str(tmp_path_factory.mktemp("ref") / "run")
+            # checkpoints only at the stage ends: their frequency must not change the run
+            finish(lsdm(ARGS + list(extra) + ["--out", runs[extra]]))
+        return runs[extra]
+    return run
 
 
-@pytest.mark.parametrize("kill_in_stage", [1, 2])
-def test_sigkill_mid_stage_then_resume_is_bit_identical(kill_in_stage, uninterrupted, tmp_path):
+@pytest.mark.parametrize("kill_in_stage, extra", [(1, ()), (2, ()), (2, ("--pseudo-label", "0.5"))])
+def test_sigkill_mid_stage_then_resume_is_bit_identical(kill_in_stage, extra, uninterrupted, tmp_path):
+    """Stage 2 with pseudo-pairs too (0.5: the tiny model labels few latents at the default 0.99): they are
+    recomputed on resume, the same ones."""
+    uninterrupted = uninterrupted(extra)
     out = str(tmp_path / "run")
     ck = os.path.join(out, "checkpoint", CHECKPOINT_FILE)
-    proc = lsdm(ARGS + ["--out", out, "--checkpoint-every", "10"])
+    proc = lsdm(ARGS + list(extra) + ["--out", out, "--checkpoint-every", "10"])
     deadline = time.time() + 120
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
@@ -88,8 +98,10 @@ def test_sigkill_mid_stage_then_resume_is_bit_identical(kill_in_stage, uninterru
     for k in ref:
         assert torch.equal(ref[k], got[k]), f"{k} differs after resuming from {killed_at}"
     h_ref, h_got = history(uninterrupted), history(out)
-    for key in ("reconstruction", "critic_loss", "generator_loss"):
-        assert h_ref[key] == h_got[key], key
+    for key in ("reconstruction", "critic_loss", "generator_loss", "pseudo_pairs"):
+        assert h_ref.get(key) == h_got.get(key), key
+    if extra:
+        assert h_got["pseudo_pairs"]["kept"] > 0  # stage 2 resumed with pseudo-pairs in it
     assert h_got["resumed_from"] == {"stage": killed_at[0], "step": killed_at[1]}
 
 

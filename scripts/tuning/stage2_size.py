@@ -3,7 +3,8 @@
 docs/design.md §7).
 
     python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [split=0] [width=512]
-                                         [steps=4000] [jitter=0] [marginal=0] [cache=FOLDER] [log=runs.jsonl]
+                                         [steps=4000] [jitter=0] [marginal=0] [pseudo=0] [ae=K=V,...] [cache=FOLDER]
+                                         [log=runs.jsonl]
 
 Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, the rest unpaired),
 except stage 2's generator and critic widths (`width`), generator steps (`steps`), the marginal critic's weight
@@ -14,7 +15,9 @@ accuracy, the feature-CNN FD of 200 samples per class against the test split and
 density / coverage against 2,000 test images (lsdm_fast.metrics, nets cached in `cache`; neither is used in
 training). Stage 1 is deterministic given the seed and data, so its result (weights, history, the
 training RNG's state after it) is cached under `cache`/stage1 and reused by the next variant: each variant then
-costs only its stage 2, exactly as in a fit of its own."""
+costs only its stage 2, exactly as in a fit of its own. `ae` overrides AutoencoderConfig fields (a Python keyword
+list); the row adds the reconstruction FD and the FD of test latents moved by 0.25 standardised units before
+decoding (how much the decoder amplifies stage 2's misses)."""
 import hashlib
 import json
 import os
@@ -87,7 +90,10 @@ def main(argv):
     if jitter > 0:
         jitter_pair_latents(jitter)
     marginal = float(kv.get("marginal", 0))
-    cfg = replace(cfg, matching=replace(cfg.matching, marginal_weight=marginal))
+    pseudo = float(kv.get("pseudo", 0))
+    cfg = replace(cfg, matching=replace(cfg.matching, marginal_weight=marginal, pseudo_label=pseudo))
+    ae = eval(f"dict({kv.get('ae', '')})")  # AutoencoderConfig overrides, e.g. ae="conv_design='patch',patch_depth=2"
+    cfg = replace(cfg, autoencoder=replace(cfg.autoencoder, **ae))
     cache_stage1(os.path.join(cache, "stage1"), f"{os.path.basename(os.path.normpath(data))}_n{npc}_split{split_seed}")
     t0, c0 = time.perf_counter(), time.thread_time()
     model = LSDM(cfg).fit(train.labels[split.paired], train.images[split.paired], train.images[split.unpaired],
@@ -99,8 +105,17 @@ def main(argv):
     y = model.sample(torch.from_numpy(labels), 1, seed=seed + 1000).numpy()
     images = y.reshape(len(y), *train.images.shape[1:])
     prdc = M.prdc(M.extract_features(feat, test.images[:2000]), M.extract_features(feat, images))
-    row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), seed=seed, width=width,
-               steps=cfg.matching.steps, jitter=jitter, marginal=marginal, prdc=prdc, wall_s=wall, cpu_s=cpu,
+    # the decoder's floor (evaluate.Evaluator.reconstruction_fd's protocol) and its sensitivity: the same test
+    # images' latents moved by sigma standardised units of N(0, I) before decoding
+    pick = np.random.default_rng(4321).permutation(len(test))[:len(labels)]
+    z = model.encode(torch.from_numpy(test.images[pick]))
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(99))
+    decoded_fd = {sigma: M.classifier_fd(feat, model.decode(z + sigma * model.latent_std * eps).numpy(), test.images)
+                  for sigma in (0.0, 0.25)}
+    row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), seed=seed, split=split_seed,
+               ae=ae, width=width, steps=cfg.matching.steps, jitter=jitter, marginal=marginal, pseudo=pseudo,
+               pseudo_pairs=model.history.get("pseudo_pairs"), prdc=prdc,
+               recon_fd=decoded_fd[0.0], perturbed_fd=decoded_fd[0.25], wall_s=wall, cpu_s=cpu,
                stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
                accuracy=M.conditional_accuracy(judge, y, labels), fd=M.classifier_fd(feat, images, test.images))
     print(json.dumps(row))
