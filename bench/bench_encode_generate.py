@@ -11,8 +11,8 @@ Sizes: N = 2^16 and 2^20 rows on a GPU; 256 and 1024 on the CPU (or with LSDM_BE
 LSDM_BENCH_ROWS=1048576 (comma-separated) picks the sizes.
 
 Group "patch-model-generate-N" / "patch-model-encode-N" (the largest size): the patch autoencoder for 28 x 28
-images (conv_design="patch", W 64: opt-in, issue 24; the model the fused patch kernels are for; the default
-strided model has no GPU kernel of ours), built with random weights: eager-fp32 /
+images (conv_design="patch", W 64; the default design is patch at W 96 since issue 25, which the fused
+kernels also take; the strided design has no GPU kernel of ours), built with random weights: eager-fp32 /
 eager-bf16 (the modules themselves), cudagraph-bf16, compile-bf16; lsdm-B (LSDM.sample / LSDM.encode with
 backend B, float32 weights at the default precision: the dense parts fused, the front / tail through the
 modules); lsdm-B-bf16 and lsdm-triton-tf32 (ops.generate / ops.encode with bf16 weights, or float32 as TF32,
@@ -296,8 +296,8 @@ def _peak_extra_gb(fn) -> float | None:
 
 
 def _conv_case(variant, op, rows):
-    """The callable of one variant of the patch model's generate / encode (conv_design="patch", opt-in: the
-    model the fused patch kernels are for; the default strided model has no kernel of ours on a GPU): eager (the modules, wrapped in a
+    """The callable of one variant of the patch model's generate / encode (conv_design="patch" at W 64, the
+    width ops/roofline.py estimates; the strided design has no kernel of ours on a GPU): eager (the modules, wrapped in a
     CUDA graph or torch.compile), lsdm-B (LSDM.sample / LSDM.encode: float32 weights, the backend's default
     precision), lsdm-B-bf16 / lsdm-triton-tf32 (ops.generate / ops.encode with the modules' front / tail in
     bf16, or float32 as TF32: on the Triton backend the fused patch kernels, encode_generate_triton_patch.py)."""
@@ -367,7 +367,7 @@ CPU_DEFAULT_ROWS = 4096
 @pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if b in available_backends("generate", "cpu")])
 @torch.no_grad()
 def test_bench_default_model_cpu(benchmark, backend, op, design):
-    """Group "<design>-model-cpu-<op>": the strided (default) or patch model (MNIST 28 x 28, random weights) on the
+    """Group "<design>-model-cpu-<op>": the strided or patch (default) model (MNIST 28 x 28, random weights) on the
     CPU through LSDM.sample / LSDM.encode, float32: "torch" runs the generator and the decoder's head, then the
     module's tail (eager); "cpp" fuses the head and tail (encode: the front and the dense layer) in C++ a few
     images at a time (ops/encode_generate_cpp.py). extra_info images_per_s; issue 24's target for generate:

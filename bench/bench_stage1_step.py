@@ -1,9 +1,9 @@
 """One stage-1 step (a batch of images through E then D, BCE, backward, Adam) of the package's image
 autoencoders, every competitor in the same run:
 
-- `strided`: the issue-14 default (4x4 stride-2 convolutions 32/64 channels, transposed convolutions,
-  GroupNorm), the model old checkpoints hold;
-- `patch`: the opt-in fast design (models.PatchEncoder/PatchDecoder at the config's patch_width: every layer a GEMM on channels-last tensors);
+- `strided`: issue 14's design, the default until issue 25 (4x4 stride-2 convolutions 32/64 channels,
+  transposed convolutions, GroupNorm), the model old checkpoints hold;
+- `patch`: the default fast design (models.PatchEncoder/PatchDecoder at the config's patch_width: every layer a GEMM on channels-last tensors);
 
 each as eager fp32 (`eager`), channels-last memory format (`channels_last`, strided only: the patch model is
 channels-last by construction), bf16 autocast (`bf16`, only where the CPU has AMX or AVX512-BF16; what

@@ -91,6 +91,13 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert "written with a different budget" in capsys.readouterr().err
     assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
                  "--cache-dir", str(tmp_path / "cache"), "--pseudo-label", "0"]) == 0
+    # results written before Budget had ae_design ran the strided autoencoder: resumed with today's default (patch)
+    # they are refused, not continued with another autoencoder
+    old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "ae_design"})
+    (out / "results.json").write_text(json.dumps(old))
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache"), "--ae-design", "patch"]) == 2
+    assert "written with a different budget" in capsys.readouterr().err
     # results written before Budget had marginal_weight resume as run without it; another weight is refused
     res["budget"].pop("marginal_weight")
     (out / "results.json").write_text(json.dumps(res))

@@ -112,7 +112,7 @@ def test_every_parameter_gets_a_finite_gradient():
 
 
 def test_auto_kind_and_fits():
-    assert AutoencoderConfig().conv_design == "strided" and AutoencoderConfig().patch_width == 96  # config.py: why
+    assert AutoencoderConfig().conv_design == "patch" and AutoencoderConfig().patch_width == 96  # config.py: why
     arch = AutoencoderConfig(conv_design="patch").arch_kwargs()
     assert resolve_kind("auto", (28, 28), **arch) == "conv"
     assert resolve_kind("auto", (3, 32, 32), **arch) == "conv"

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..config import LSDMConfig
+from ..config import AutoencoderConfig, LSDMConfig
 
 # lsdm_paired_only: its stage 1 to convergence, like LSDM's; ..._equal_steps: as many stage-1 steps as LSDM's
 # took in the same cell (equal compute). Stage 2, the denoiser and pixel matching take equal steps and batches.
@@ -27,6 +27,7 @@ class Budget:
     batch_size: int = 256
     latent_dim: int = 32
     ae_hidden: tuple = (1024, 512)  # MLP autoencoder widths (when ae_kind resolves to "mlp")
+    ae_design: str = AutoencoderConfig().conv_design  # the conv autoencoder's (AutoencoderConfig.conv_design)
     latent_noise: float = 0.0
     match_hidden: tuple = (512, 512)  # generator and critic widths (stage 2; pixel matching too)
     marginal_weight: float = 0.0  # stage 2's marginal critic (MatchingConfig's; 0: off)
@@ -42,7 +43,7 @@ class Budget:
 
 
 # Budget fields added since results were first written, and what a results.json without them was run with
-BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0}
+BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0, "ae_design": "strided"}
 
 QUICK = Budget(ae_kind="mlp", ae_stop="steps", ae_steps=40, match_steps=6, diffusion_steps=40, batch_size=32,
                latent_dim=4, ae_hidden=(64, 32), match_hidden=(32, 32), eval_per_class=8, eval_sr=40, feature_steps=20,
@@ -103,4 +104,5 @@ def lsdm_config(b: Budget, seed: int, backend: str) -> LSDMConfig:
     return LSDMConfig.from_knobs(latent_dim=b.latent_dim, ae_kind=b.ae_kind, ae_hidden=b.ae_hidden, ae_stop=b.ae_stop,
                                  ae_steps=b.ae_steps, steps=b.match_steps, batch_size=b.batch_size,
                                  match_hidden=b.match_hidden, latent_noise=b.latent_noise, backend=backend, seed=seed,
-                                 marginal_weight=b.marginal_weight, pseudo_label=b.pseudo_label)
+                                 marginal_weight=b.marginal_weight, pseudo_label=b.pseudo_label,
+                                 conv_design=b.ae_design)
