@@ -11,10 +11,10 @@ SEED_LIMIT = 2**63
 KINDS = ("auto", "mlp", "conv")
 CONV_DESIGNS = ("patch", "strided")
 STOPS = ("plateau", "steps")
-# Fields added after configs were first saved, and what a saved config without them meant: an old
-# checkpoint or model keeps its behaviour (and still resumes) instead of taking today's default.
 PSEUDO_LABEL_AUTO = 0.99  # MatchingConfig.pseudo_label=None with class labels
 
+# Fields added after configs were first saved, and what a saved config without them meant: an old
+# checkpoint or model keeps its behaviour (and still resumes) instead of taking today's default.
 IMPLIED_BY_ABSENCE = {
     "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
                     "conv_design": "strided", "warmup_steps": 0, "ema": 0.0, "check_epochs": 1.0,
@@ -33,7 +33,7 @@ class AutoencoderConfig:
     hidden: tuple[int, ...] = (1024, 512)  # MLP widths (kind "mlp")
     # kind "conv": "patch" (models.PatchEncoder/PatchDecoder: every layer a GEMM on channels-last patches, a fused
     # C++ stage-1 step and fused C++ sampling: 4x faster stage-1 steps, 6x faster sampling on one thread) or
-    # "strided" (issue 14's 4x4 stride-2 convolutions, `conv_channels` and `res_blocks`; the default before issue 24).
+    # "strided" (issue 14's 4x4 stride-2 convolutions, `conv_channels` and `res_blocks`; the default until issue 25).
     # With stage 2's pseudo-pairs (MatchingConfig.pseudo_label) the two sample alike: MNIST, 100 pairs/class, seeds
     # 0-2, FD 7.8 +- 1.8 against 7.5 +- 1.8, accuracy 99.5 % both; digits and textures (seed 0) no worse
     # (results/experiments/issue25_pseudo). Without pseudo-pairs strided scored the lower FD (11.4 +- 1.1 against
