@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import ops
-from .config import PSEUDO_LABEL_AUTO, LSDMConfig, as_config, check_sampling_seed
+from .config import LATENT_START, PSEUDO_LABEL_AUTO, LSDMConfig, as_config, check_sampling_seed
 from .io import require_free_space
 from .model_folder import FORMAT_VERSION, MODEL_FILES, ModelFolderError, load_model, meta_json, save_model  # noqa: F401
 from .models import MLP, Critic, Generator, build_autoencoder, resolve_kind
@@ -63,6 +65,7 @@ class LSDM:
     def __init__(self, config: LSDMConfig | dict | None = None):
         self.config = as_config(config)  # a dict is read as LSDMConfig.from_dict; any other type: TypeError
         self.config.validate()
+        self._requested = self.config  # fit starts from it: latent_dim None is resolved (and grown) per fit
         self.encoder = self.decoder = self.generator = self.critic = None
         self.meta: dict = {}
         self.history: dict = {}
@@ -71,14 +74,14 @@ class LSDM:
     # ------------------------------------------------------------------ building
     def _build(self, data_dim: int, cond_dim: int, image_shape) -> None:
         a, m = self.config.autoencoder, self.config.matching
-        k = m.noise_dim or a.latent_dim
-        self.encoder, self.decoder = build_autoencoder(a.kind, data_dim, a.latent_dim, a.hidden, image_shape,
-                                                       **a.arch_kwargs())
+        d = a.latent_dim if a.latent_dim is not None else LATENT_START  # None: fit() resolves it before building
+        k = m.noise_dim or d
+        self.encoder, self.decoder = build_autoencoder(a.kind, data_dim, d, a.hidden, image_shape, **a.arch_kwargs())
         self.meta["autoencoder_kind"] = resolve_kind(a.kind, image_shape, **a.arch_kwargs())
-        self.generator = Generator(k, cond_dim, a.latent_dim, m.generator_hidden, m.negative_slope)
-        self.critic = Critic(cond_dim, a.latent_dim, m.critic_hidden, m.negative_slope)
-        self.latent_mean = torch.zeros(a.latent_dim)
-        self.latent_std = torch.ones(a.latent_dim)
+        self.generator = Generator(k, cond_dim, d, m.generator_hidden, m.negative_slope)
+        self.critic = Critic(cond_dim, d, m.critic_hidden, m.negative_slope)
+        self.latent_mean = torch.zeros(d)
+        self.latent_std = torch.ones(d)
         for mod in self.modules():
             mod.to(self.device)
 
@@ -113,20 +116,33 @@ class LSDM:
         (lsdm_fast.runlock) is held from before the first byte written to the end of the fit."""
         from .stages import train_autoencoder, train_joint_matching
 
-        cfg = self.config
+        self.config = self._requested
+        requested = self.config.to_dict()  # what a resume is checked against (latent_dim None stays None)
         x, all_y, n_pairs = self._fit_data(paired_x, paired_y, unpaired_y, num_classes)
+        cfg = self.config
         backends = self._check_backend()
         _warn_untrained(cfg)
-        with self._checkpointer(checkpoint_dir, resume, overwrite, (x, all_y), run_record) as ck:
+        with self._checkpointer(checkpoint_dir, resume, overwrite, (x, all_y), run_record, requested) as ck:
             state = self._new_state()
             if resume:
-                ck.restore(state, ck.load())
+                blob = ck.load()
+                search = blob["history"].get("latent_search") if isinstance(blob.get("history"), dict) else None
+                if search:  # the run grew its latent before this checkpoint: the weights have the grown shapes
+                    self._rebuild(2 * int(search[-1]["latent_dim"]))
+                    state = self._new_state()
+                ck.restore(state, blob)
             resumed_from = {"stage": int(state.stage), "step": state.step} if resume else None
             kw = dict(precision=cfg.precision, progress=progress, checkpoint=ck)
 
             t0 = time.perf_counter()
-            if state.stage == Stage.AUTOENCODER:  # stage 1 on every image
-                train_autoencoder(state, all_y, cfg.autoencoder, seed=cfg.seed, **kw)
+            while state.stage == Stage.AUTOENCODER:  # stage 1 on every image
+                train_autoencoder(state, all_y, self.config.autoencoder, seed=cfg.seed, **kw)
+                if not self._grows(state):
+                    break
+                state = self._grow(state, progress)
+                if ck is not None:
+                    ck.save(state)
+            cfg = self.config  # the latent as grown
             t1 = time.perf_counter()
             for mod in (self.encoder, self.decoder):
                 mod.eval().requires_grad_(False)  # frozen from here on
@@ -151,6 +167,36 @@ class LSDM:
             self.history["resumed_from"] = resumed_from
         return self
 
+    def _grows(self, state: TrainingState) -> bool:
+        """AutoencoderConfig.grow_latent's rule, at the end of stage 1: too much held-out variance unexplained,
+        and room to double the latent."""
+        a, r = self.config.autoencoder, state.history.get("stage1_unexplained")
+        return (self._requested.autoencoder.latent_dim is None and a.grow_latent > 0 and r is not None
+                and r > a.grow_latent and 2 * a.latent_dim <= a.latent_max)
+
+    def _grow(self, state: TrainingState, progress: bool) -> TrainingState:
+        """Stage 1 again from scratch with twice the latent (every network rebuilt, seeded as the first were); the
+        attempt just ended is summarised in history["latent_search"], the training RNG continues."""
+        a = self.config.autoencoder
+        search = state.history.get("latent_search", []) + [
+            {"latent_dim": a.latent_dim, "unexplained": state.history["stage1_unexplained"],
+             "steps": state.history["stage1_steps"]}]
+        if progress:
+            print(f"stage 1: the autoencoder leaves {100 * search[-1]['unexplained']:.1f} % of the held-out images' "
+                  f"variance unexplained (more than grow_latent {100 * a.grow_latent:g} %): latent {a.latent_dim} -> "
+                  f"{2 * a.latent_dim}, stage 1 again", file=sys.stderr, flush=True)
+        self._rebuild(2 * a.latent_dim)
+        grown = self._new_state()
+        grown.rng, grown.history = state.rng, {"latent_search": search}
+        return grown
+
+    def _rebuild(self, latent_dim: int) -> None:
+        """Every network rebuilt for `latent_dim` (seeded as at the start of fit); the config says the new size."""
+        self.config = replace(self.config, autoencoder=replace(self.config.autoencoder, latent_dim=latent_dim))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            self._build(self.meta["data_dim"], self.meta["cond_dim"], self.meta["image_shape"])
+
     def _stage2_pairs(self, state: TrainingState, x: torch.Tensor, z_std: torch.Tensor,
                       n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 2's (conditions, standardised latents): the pairs, and with matching.pseudo_label > 0 the
@@ -170,7 +216,8 @@ class LSDM:
         return torch.cat([x, x_pl]), torch.cat([z_std[:n_pairs], z_std[n_pairs:][pl.index.to(z_std.device)]])
 
     @contextlib.contextmanager
-    def _checkpointer(self, folder: str | None, resume: bool, overwrite: bool, data: tuple, run_record: dict | None):
+    def _checkpointer(self, folder: str | None, resume: bool, overwrite: bool, data: tuple, run_record: dict | None,
+                      config: dict):
         """The run's Checkpointer (None without a folder), the folder locked for the block (rank 0). Checked before
         anything is written: a new run refuses a folder that holds a checkpoint (unless overwrite: removed), and a
         disk without room for the run's checkpoints and saved model."""
@@ -190,7 +237,7 @@ class LSDM:
                 raise ValueError(f"{folder} already holds a checkpoint; continue it with `lsdm train --resume "
                                  f"{folder}` (LSDM.fit(..., resume=True)), replace it with --overwrite "
                                  "(overwrite=True), or choose another checkpoint folder (--out/--checkpoint-dir)")
-            ck = Checkpointer(folder, self.config.to_dict(), data, meta=meta_json(self.meta))
+            ck = Checkpointer(folder, config, data, meta=meta_json(self.meta))
             # a checkpoint is about 3x the weights (weights + Adam's two moments), twice while one replaces the
             # other, and the saved model 1x: refused now rather than after the training it would lose
             require_free_space(folder, 7 * self._weight_bytes(), "this run's checkpoints and saved model (estimated)")
@@ -244,6 +291,8 @@ class LSDM:
             raise ValueError("matching.pseudo_label labels the unpaired images with classes: it needs integer class "
                              f"labels as paired_x, got float conditions {tuple(px.shape)}; set it to 0 for these")
         self.meta.update(data_dim=int(py.shape[1]), image_shape=image_shape, format_version=FORMAT_VERSION)
+        if self.config.autoencoder.latent_dim is None:  # fitted to the data: from LATENT_START (grow_latent)
+            self.config = replace(self.config, autoencoder=replace(self.config.autoencoder, latent_dim=LATENT_START))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             self._build(py.shape[1], self.meta["cond_dim"], image_shape)

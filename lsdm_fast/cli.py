@@ -38,6 +38,13 @@ def _confidence(s):
     return v
 
 
+def _fraction(s):
+    v = _nonneg_float(s)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a fraction in (0, 1), got {s}")
+    return v
+
+
 def _nonneg_float(s):
     try:
         v = float(s)
@@ -69,11 +76,18 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--out", default=defaults["out"], help="output folder")
     p.add_argument("--seed", type=_seed(check_seed), default=0, help="an integer in [0, 2^63)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--latent-dim", type=_positive(int), default=defaults["latent_dim"])
+    p.add_argument("--latent-dim", type=_positive(int), default=defaults["latent_dim"],
+                   help="the latent size d (default: " + ("fitted to the data: 32, doubled by --grow-latent's rule"
+                                                          if defaults["latent_dim"] is None else str(defaults["latent_dim"]))
+                        + "; a number given here is used as it is)")
     p.add_argument("--ae-stop", choices=["plateau", "steps"], default=defaults["ae_stop"],
                    help="stage-1 budget: 'plateau' trains to convergence (held-out loss), 'steps' exactly --ae-steps")
     p.add_argument("--ae-steps", type=_nonneg_int, default=defaults["ae_steps"],
                    help="stage-1 steps (--ae-stop steps) or their cap (--ae-stop plateau)")
+    p.add_argument("--grow-latent", type=_fraction, default=None, metavar="FRACTION",
+                   help="without --latent-dim and with --ae-stop plateau: while stage 1 leaves more than this "
+                        "fraction of the held-out images' pixel variance unexplained, train it again with twice the "
+                        "latent, from 32 up to 128 (default: 0.1; 0: off; docs/design.md §1)")
     p.add_argument("--steps", type=_nonneg_int, default=defaults["steps"], help="stage-2 generator steps")
     p.add_argument("--batch-size", type=_positive(int), default=256)
     p.add_argument("--marginal-weight", type=_nonneg_float, default=0.0,
@@ -168,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace a run already in --out, all its outputs as "
                                                               "one (refused otherwise)")
     tr.add_argument("--eval-per-class", type=_positive(int), default=200)
-    _add_train_args(tr, {"out": "runs/train", "latent_dim": 32, "ae_stop": "plateau", "ae_steps": 20000,
+    _add_train_args(tr, {"out": "runs/train", "latent_dim": None, "ae_stop": "plateau", "ae_steps": 20000,
                          "steps": 4000})
 
     sm = sub.add_parser("sample", help="draw samples from a saved model (class labels, or low-resolution inputs "
@@ -244,7 +258,8 @@ def _config_from_args(args, ae_kind="mlp"):
                                  match_hidden=(256, 256) if demo else None, backend=args.backend, seed=args.seed,
                                  device=args.device, precision=args.precision, checkpoint_every=args.checkpoint_every,
                                  conv_design=getattr(args, "ae_design", None),
-                                 marginal_weight=args.marginal_weight, pseudo_label=args.pseudo_label)
+                                 marginal_weight=args.marginal_weight, pseudo_label=args.pseudo_label,
+                                 grow_latent=getattr(args, "grow_latent", None))
 
 
 def cmd_demo(args) -> int:

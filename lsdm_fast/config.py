@@ -15,10 +15,14 @@ PSEUDO_LABEL_AUTO = 0.99  # MatchingConfig.pseudo_label=None with class labels
 
 # Fields added after configs were first saved, and what a saved config without them meant: an old
 # checkpoint or model keeps its behaviour (and still resumes) instead of taking today's default.
+# the patch autoencoder's stage-1 schedule where its fields are None (AutoencoderConfig.schedule); before issue 24's
+# schedule it trained at LEGACY_PATCH_LR with patience 2, which checkpoints written then resume with
+PATCH_LR, PATCH_PATIENCE, LEGACY_PATCH_LR = 6e-3, 1, 3e-3
+LATENT_START = 32  # AutoencoderConfig.latent_dim=None: stage 1 starts at this size (grow_latent)
 IMPLIED_BY_ABSENCE = {
     "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
                     "conv_design": "strided", "warmup_steps": 0, "ema": 0.0, "check_epochs": 1.0,
-                    "backend": "auto"},
+                    "backend": "auto", "grow_latent": 0.0},
     "matching": {"marginal_weight": 0.0, "pseudo_label": 0.0},
 }
 
@@ -29,7 +33,9 @@ class AutoencoderConfig:
     # "mlp" (flat rows). A convolutional stage 1 was what let unpaired data lower the sample FD (MNIST, 100 pairs
     # per class: reconstruction FD 4.9 against 24.5 for the former MLP default; results/experiments/README.md)
     kind: str = "auto"
-    latent_dim: int = 32  # 16 left the reconstruction FD at 25 whatever the autoencoder (same study)
+    # None: fitted to the data, LATENT_START (16 left MNIST's reconstruction FD at 25 whatever the autoencoder,
+    # same study) doubled by grow_latent's rule; an integer: exactly that size
+    latent_dim: int | None = None
     hidden: tuple[int, ...] = (1024, 512)  # MLP widths (kind "mlp")
     # kind "conv": "patch" (models.PatchEncoder/PatchDecoder: every layer a GEMM on channels-last patches, a fused
     # C++ stage-1 step and fused C++ sampling: 4x faster stage-1 steps, 6x faster sampling on one thread) or
@@ -54,12 +60,14 @@ class AutoencoderConfig:
     check_every: int = 200  # plateau: steps between held-out checks, at least (at least check_epochs epochs)
     check_epochs: float = 1.0  # plateau: ... and at least this many passes over the training images between checks
     plateau_tol: float = 0.002  # plateau: a relative improvement below this is no improvement
-    plateau_patience: int = 2  # plateau: checks without improvement before the learning rate drops (x0.2)
+    # plateau: checks without improvement before the learning rate drops (x0.2); None: by the model, schedule()
+    plateau_patience: int | None = None
     plateau_decays: int = 2  # plateau: drops before stopping (the next plateau ends stage 1)
     batch_size: int = 256
-    # None: by the model, schedule(): the patch autoencoder 3e-3 after a 100-step warm-up (MNIST seed 0, plateau
-    # rule: reconstruction FD 4.2 / 3.6 with / without warm-up against 5.2 at 1e-3; the warm-up keeps a first
-    # step at 3e-3 from unsettling other data), every other model 1e-3 without warm-up (what it was tuned with)
+    # None: by the model, schedule(): the patch autoencoder PATCH_LR after a 100-step warm-up, patience
+    # PATCH_PATIENCE (issue 24: the plateau in half the steps, results/experiments/issue24_stage1_schedule; the
+    # warm-up keeps a first step at full rate from unsettling other data), every other model 1e-3 without warm-up,
+    # patience 2 (what they were tuned with)
     lr: float | None = None
     warmup_steps: int | None = None  # linear learning-rate warm-up from lr / warmup_steps over the first steps
     ema: float = 0.0  # decay of an average of the weights that the plateau checks measure and stage 1 ends with (0: off)
@@ -68,17 +76,25 @@ class AutoencoderConfig:
     # decode z + latent_noise * std_batch(z) * N(0, I) in training: the decoder learns to map a
     # neighbourhood of each latent to a clean image, which forgives stage 2's small misses (0: off)
     latent_noise: float = 0.0
+    # latent_dim None, plateau rule: stage 1 starts at LATENT_START, and when it ends leaving more than this
+    # fraction of the held-out images' pixel variance unexplained (mean squared reconstruction error over
+    # variance), it starts again from scratch with twice the latent, up to latent_max (0: off). Issue 25: MNIST
+    # leaves 4 % at latent 32 and keeps it; the texture set 18 % at 32, 11 % at 64, 6 % at 128 (reconstruction FD
+    # 325 -> 141 -> 52; docs/design.md §1, §7)
+    grow_latent: float = 0.1
+    latent_max: int = 128
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of the stage); needs a checkpoint_dir
     # of ops.autoencoder_loss_grads, the fused step of the patch autoencoder at fp32 (other models and precisions
     # train through autograd); the results do not depend on it
     backend: str = "auto"
 
-    def schedule(self, patch: bool) -> tuple[float, int]:
-        """(learning rate, warm-up steps) for a patch autoencoder (`patch`) or any other model: the fields, or
-        where they are None the defaults measured for that model (the comment on `lr`)."""
-        lr = self.lr if self.lr is not None else (3e-3 if patch else 1e-3)
+    def schedule(self, patch: bool) -> tuple[float, int, int]:
+        """(learning rate, warm-up steps, plateau patience) for a patch autoencoder (`patch`) or any other model:
+        the fields, or where they are None the defaults measured for that model (the comment on `lr`)."""
+        lr = self.lr if self.lr is not None else (PATCH_LR if patch else 1e-3)
         warmup = self.warmup_steps if self.warmup_steps is not None else (100 if patch else 0)
-        return lr, warmup
+        patience = self.plateau_patience if self.plateau_patience is not None else (PATCH_PATIENCE if patch else 2)
+        return lr, warmup, patience
 
     def arch_kwargs(self) -> dict:
         """The conv architecture's fields, as models.build_autoencoder / conv_fits take them."""
@@ -152,18 +168,21 @@ class LSDMConfig:
         return build(cls, {**d, "autoencoder": ae, "matching": mt})
 
     @classmethod
-    def from_knobs(cls, *, latent_dim: int = 32, ae_kind: str = "auto", ae_hidden=(1024, 512), ae_stop: str = "plateau",
+    def from_knobs(cls, *, latent_dim: int | None = None, ae_kind: str = "auto", ae_hidden=(1024, 512), ae_stop: str = "plateau",
                    ae_steps: int = 20000, steps: int = 4000, batch_size: int = 256, match_hidden=None,
                    latent_noise: float = 0.0, backend: str = "auto", seed: int = 0, device: str = "cpu",
                    precision: str = "fp32", checkpoint_every: int = 0, conv_design: str | None = None,
-                   marginal_weight: float = 0.0, pseudo_label: float | None = None) -> "LSDMConfig":
+                   marginal_weight: float = 0.0, pseudo_label: float | None = None,
+                   grow_latent: float | None = None) -> "LSDMConfig":
         """The config from the few knobs `lsdm train`/`demo` and `lsdm experiment` expose (one translation for
         all); everything else keeps its default. ae_steps: stage 1's steps ("steps") or their cap ("plateau");
         match_hidden: generator and critic widths (None: the defaults); conv_design: None for the default;
-        marginal_weight, pseudo_label: MatchingConfig's."""
+        marginal_weight, pseudo_label: MatchingConfig's; grow_latent: AutoencoderConfig's (None: its default)."""
         nets = {} if match_hidden is None else {"generator_hidden": tuple(match_hidden),
                                                  "critic_hidden": tuple(match_hidden)}
         design = {} if conv_design is None else {"conv_design": conv_design}
+        if grow_latent is not None:
+            design["grow_latent"] = grow_latent
         return cls(autoencoder=AutoencoderConfig(kind=ae_kind, latent_dim=latent_dim, hidden=tuple(ae_hidden),
                                                  stop=ae_stop, steps=ae_steps, batch_size=batch_size,
                                                  latent_noise=latent_noise, checkpoint_every=checkpoint_every, **design),
@@ -182,7 +201,7 @@ class LSDMConfig:
             (a.stop in STOPS, f"autoencoder.stop must be one of {STOPS}, got {a.stop!r}"),
             (a.epochs >= 0, f"autoencoder.epochs must be >= 0, got {a.epochs}"),
             (0 < a.holdout < 1, f"autoencoder.holdout must be in (0, 1), got {a.holdout}"),
-            (a.check_every >= 1 and a.plateau_patience >= 1 and a.plateau_decays >= 0 and a.plateau_tol >= 0,
+            (a.check_every >= 1 and (a.plateau_patience is None or a.plateau_patience >= 1) and a.plateau_decays >= 0 and a.plateau_tol >= 0,
              "autoencoder.check_every and plateau_patience must be >= 1, plateau_decays and plateau_tol >= 0"),
             (len(a.conv_channels) >= 1 and min(a.conv_channels) >= 1 and a.res_blocks >= 0,
              "autoencoder.conv_channels needs positive widths, res_blocks >= 0"),
@@ -193,9 +212,12 @@ class LSDMConfig:
             (a.warmup_steps is None or a.warmup_steps >= 0, f"autoencoder.warmup_steps must be >= 0, got {a.warmup_steps}"),
             (a.check_epochs >= 0, f"autoencoder.check_epochs must be >= 0, got {a.check_epochs}"),
             (0 <= a.ema < 1, f"autoencoder.ema must be in [0, 1), got {a.ema}"),
+            (0 <= a.grow_latent < 1, f"autoencoder.grow_latent must be in [0, 1) (0: off), got {a.grow_latent}"),
+            (a.latent_max >= 1, f"autoencoder.latent_max must be >= 1, got {a.latent_max}"),
             (0 <= m.generator_ema < 1, f"matching.generator_ema must be in [0, 1), got {m.generator_ema}"),
             (a.latent_noise >= 0, f"autoencoder.latent_noise must be >= 0, got {a.latent_noise}"),
-            (a.latent_dim >= 1, f"autoencoder.latent_dim must be >= 1, got {a.latent_dim}"),
+            (a.latent_dim is None or a.latent_dim >= 1,
+             f"autoencoder.latent_dim must be None (fitted to the data) or >= 1, got {a.latent_dim}"),
             (a.loss in ("bce", "mse"), f"autoencoder.loss must be 'bce' or 'mse', got {a.loss!r}"),
             (a.steps >= 0 and m.steps >= 0, "steps must be >= 0"),
             (a.batch_size >= 1 and m.batch_size >= 1, "batch sizes must be >= 1"),

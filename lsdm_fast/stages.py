@@ -32,7 +32,7 @@ from tqdm.auto import trange
 from . import distributed as D
 from . import ops
 from .checkpoint import Checkpointer
-from .config import AutoencoderConfig, MatchingConfig
+from .config import LEGACY_PATCH_LR, AutoencoderConfig, MatchingConfig
 from .guards import TrainingError, finite_or_raise, grad_norm, out_of_memory_as_training_error  # noqa: F401 (re-export)
 from .matching_step import MatchingStep, no_checkpoint
 from .models import PatchDecoder, PatchEncoder, copy_weights
@@ -92,7 +92,8 @@ class AutoencoderStep:
         self.encoder, self.decoder, self.y, self.cfg, self.rng = encoder, decoder, y, cfg, rng
         self.precision, self.describe = precision, describe
         self.params = list(encoder.parameters()) + list(decoder.parameters())
-        self.lr, self.warmup = cfg.schedule(isinstance(encoder, PatchEncoder))
+        self.patch = isinstance(encoder, PatchEncoder)
+        self.lr, self.warmup, self.patience = cfg.schedule(self.patch)
         self.opt = torch.optim.Adam(self.params, lr=self.lr)
         self.scaler = make_scaler(precision, y.device)
         self.hint = f"try a lower learning rate (autoencoder lr is {self.lr})"
@@ -117,6 +118,10 @@ class AutoencoderStep:
         self.ema_updates = 0
         # plateau rule: best held-out loss, checks since it improved, drops so far, stopped
         self.plateau = {"best": math.inf, "bad": 0, "drops": 0, "done": False}
+        # the patch model ends the plateau rule with the weights of its lowest held-out check (a late loss spike at
+        # its high learning rate would otherwise be what stage 1 hands on); other models end with the last weights
+        self.keep_best = self.patch and self.heldout is not None
+        self.best: list[torch.Tensor] | None = None
         # the backend of the fused step (ops.autoencoder_loss_grads), resolved once; None: autograd through the
         # modules (models the op does not take, mixed precision)
         self.backend = None
@@ -208,9 +213,13 @@ class AutoencoderStep:
                 e.copy_(t)
 
     def finish(self) -> None:
-        """End of the stage: the networks take the averaged weights (when the EMA is on)."""
+        """End of the stage: the networks take the averaged weights (when the EMA is on), or with keep_best the
+        weights of the lowest held-out check."""
         if self.ema is not None:
             copy_weights(self.params, self.ema)
+        if self.keep_best and self.best is not None:
+            with torch.no_grad():
+                copy_weights(self.params, self.best)
 
     def heldout_loss(self) -> float:
         """The reconstruction loss on the held-out images (with the averaged weights when the EMA is on)."""
@@ -224,17 +233,28 @@ class AutoencoderStep:
             if self.ema is not None:
                 self._swap_ema()
 
+    def heldout_unexplained(self) -> float:
+        """The fraction of the held-out images' pixel variance the autoencoder misses: their mean squared
+        reconstruction error over their variance (AutoencoderConfig.grow_latent's measure)."""
+        with torch.no_grad(), autocast(self.precision, self.y.device):
+            err = sum(float(((self.decoder(self.encoder(h)).float() - h) ** 2).sum()) for h in self.heldout.split(512))
+        return err / (self.heldout.numel() * max(float(self.heldout.var()), 1e-12))
+
     def check(self, step_done: int) -> float | None:
         """Plateau rule, every `period` steps: the held-out loss (returned), learning-rate drops, `done`."""
         if self.heldout is None or step_done % self.period:
             return None
         v = self.heldout_loss()
         p = self.plateau
+        if self.keep_best and v < p.get("lowest", math.inf):
+            p["lowest"] = v
+            with torch.no_grad():
+                self.best = [t.detach().clone() for t in (self.ema if self.ema is not None else self.params)]
         if v < p["best"] * (1 - self.cfg.plateau_tol):
             p["best"], p["bad"] = v, 0
         else:
             p["bad"] += 1
-            if p["bad"] >= self.cfg.plateau_patience:
+            if p["bad"] >= self.patience:
                 if p["drops"] >= self.cfg.plateau_decays:
                     p["done"] = True
                 else:
@@ -247,9 +267,19 @@ class AutoencoderStep:
         return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict() if self.sched is not None else None,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None, "plateau": dict(self.plateau),
                 "ema": [t.clone() for t in self.ema] if self.ema is not None else None,
-                "ema_updates": self.ema_updates}
+                "ema_updates": self.ema_updates, "lr": self.lr, "patience": self.patience, "keep_best": self.keep_best,
+                "best": [t.clone() for t in self.best] if self.best is not None else None}
 
     def load_state_dict(self, d: dict) -> None:
+        # a run resumes with the schedule it started with: checkpoints from before issue 24's schedule carry
+        # none, and a patch model whose fields were None trained then at LEGACY_PATCH_LR with patience 2
+        legacy_lr = LEGACY_PATCH_LR if self.patch else self.lr
+        legacy_patience = 2 if self.cfg.plateau_patience is None else self.cfg.plateau_patience
+        self.lr = float(d.get("lr", self.lr if self.cfg.lr is not None else legacy_lr))
+        self.patience = int(d.get("patience", legacy_patience))
+        self.keep_best = bool(d.get("keep_best", False))
+        self.best = [t.clone() for t in d["best"]] if d.get("best") is not None else None
+        self.hint = f"try a lower learning rate (autoencoder lr is {self.lr})"
         self.opt.load_state_dict(d["opt"])
         if self.sched is not None:
             self.sched.load_state_dict(d["sched"])
@@ -270,7 +300,7 @@ def _plateau_state(step_fn: AutoencoderStep) -> str:
     """Where the plateau rule stands: the best held-out loss, checks without gain, learning-rate drops."""
     p, cfg = step_fn.plateau, step_fn.cfg
     best = f"{p['best']:.4f}" if math.isfinite(p["best"]) else "not measured yet"
-    return (f"held-out best {best}, {p['bad']}/{cfg.plateau_patience} checks without gain, "
+    return (f"held-out best {best}, {p['bad']}/{step_fn.patience} checks without gain, "
             f"{p['drops']}/{cfg.plateau_decays} lr drops" + (" (plateaued)" if p["done"] else ""))
 
 
@@ -310,6 +340,8 @@ def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderCon
         state.history["autoencoder_backend"] = step_fn.backend
     state.optim = step_fn.state_dict()
     step_fn.finish()
+    if plateau:
+        state.history["stage1_unexplained"] = step_fn.heldout_unexplained()
 
 
 # ------------------------------------------------------------------------------ stage 2

@@ -103,7 +103,7 @@ def test_plateau_stage1_resumes_exactly(y, stop_at):
 
 def test_package_default_is_a_conv_autoencoder_to_convergence():
     cfg = LSDMConfig()
-    assert cfg.autoencoder.kind == "auto" and cfg.autoencoder.stop == "plateau" and cfg.autoencoder.latent_dim == 32
+    assert cfg.autoencoder.kind == "auto" and cfg.autoencoder.stop == "plateau" and cfg.autoencoder.latent_dim is None
     ds = load_digits_dataset("train")
     small = LSDMConfig(autoencoder=AutoencoderConfig(steps=30, batch_size=32, check_every=10),
                        matching=MatchingConfig(steps=2, batch_size=32, generator_hidden=(16,), critic_hidden=(16,)))
@@ -138,3 +138,73 @@ def test_weight_average_is_what_stage1_checks_and_ends_with(y):
     step.finish()
     assert all(torch.equal(p, e) for p, e in zip(step.params, average))
     assert step.heldout_loss() == before
+
+
+def test_schedule_by_model_and_fields():
+    """None fields take the schedule measured for the model; explicit fields always win."""
+    from lsdm_fast.config import PATCH_LR, PATCH_PATIENCE
+    cfg = AutoencoderConfig()
+    assert cfg.schedule(patch=True) == (PATCH_LR, 100, PATCH_PATIENCE)
+    assert cfg.schedule(patch=False) == (1e-3, 0, 2)
+    mine = AutoencoderConfig(lr=2e-4, warmup_steps=7, plateau_patience=3)
+    assert mine.schedule(patch=True) == mine.schedule(patch=False) == (2e-4, 7, 3)
+    with pytest.raises(ValueError, match="plateau_patience"):
+        LSDMConfig(autoencoder=AutoencoderConfig(plateau_patience=0)).validate()
+
+
+def _patch_step(y, **kw):
+    torch.manual_seed(0)
+    enc, dec = build_autoencoder("conv", 64, 4, (32,), (8, 8), conv_design="patch", patch_width=8, patch_stride=2)
+    cfg = AutoencoderConfig(kind="conv", latent_dim=4, conv_design="patch", patch_width=8, patch_stride=2,
+                            batch_size=32, check_every=5, **kw)
+    return AutoencoderStep(enc, dec, y, cfg, torch.Generator().manual_seed(0))
+
+
+def test_resume_keeps_the_schedule_the_run_started_with(y):
+    """A checkpoint records the resolved learning rate and patience; one written before they were recorded
+    (a patch model whose fields were None then trained at LEGACY_PATCH_LR, patience 2) resumes with those."""
+    from lsdm_fast.config import LEGACY_PATCH_LR, PATCH_LR, PATCH_PATIENCE
+    step = _patch_step(y)
+    assert (step.lr, step.patience) == (PATCH_LR, PATCH_PATIENCE)
+    for s in range(3):
+        step(s)
+    saved = step.state_dict()
+    again = _patch_step(y)
+    again.load_state_dict(copy.deepcopy(saved))
+    assert (again.lr, again.patience) == (PATCH_LR, PATCH_PATIENCE)
+    old = {k: v for k, v in saved.items() if k not in ("lr", "patience")}
+    legacy = _patch_step(y)
+    legacy.load_state_dict(copy.deepcopy(old))
+    assert (legacy.lr, legacy.patience) == (LEGACY_PATCH_LR, 2)
+    legacy(1)  # inside the warm-up: the ramp climbs to the rate the run started with
+    assert legacy.opt.param_groups[0]["lr"] == pytest.approx(LEGACY_PATCH_LR * 2 / 100)
+    mine = _patch_step(y, lr=1e-4, plateau_patience=4)
+    mine.load_state_dict(copy.deepcopy(old))
+    assert (mine.lr, mine.patience) == (1e-4, 4)  # explicit fields meant the same then
+
+
+def test_patch_stage1_ends_with_its_best_heldout_weights(y):
+    """A loss spike after the lowest held-out check is not what the patch model's stage 1 hands on."""
+    step = _patch_step(y)
+    for s in range(step.period):
+        step(s)
+    low = step.check(step.period)
+    best = [p.detach().clone() for p in step.params]
+    with torch.no_grad():
+        for p in step.params:
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))  # the spike
+    assert step.check(2 * step.period) > low
+    saved = step.state_dict()
+    step.finish()
+    assert all(torch.equal(p, b) for p, b in zip(step.params, best))
+    assert step.heldout_loss() == low
+    again = _patch_step(y)
+    again.load_state_dict(copy.deepcopy(saved))  # the best weights travel with a checkpoint
+    again.finish()
+    assert all(torch.equal(p, b) for p, b in zip(again.params, best))
+    old = {k: v for k, v in saved.items() if k not in ("keep_best", "best")}
+    legacy = _patch_step(y)
+    legacy.load_state_dict(copy.deepcopy(old))  # written before: ends with its last weights, as it did then
+    assert not legacy.keep_best
+    mlp = AutoencoderStep(*build_autoencoder("mlp", 64, 4, (32,)), y, plateau_cfg(), torch.Generator().manual_seed(0))
+    assert not mlp.keep_best  # other models keep their last weights

@@ -140,7 +140,7 @@ def test_save_never_silently_overwrites(saved_model, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("autoencoder.latent_dim", "16", r"autoencoder.latent_dim must be an integer, got '16' \(str\)"),
+    ("autoencoder.latent_dim", "16", r"autoencoder.latent_dim must be an integer or None, got '16' \(str\)"),
     ("matching.lr", "3e-4", "matching.lr must be a number"),
     ("matching.critic_hidden", (256, "256"), "matching.critic_hidden must be a tuple of integers"),
     ("seed", 1.5, "seed must be an integer"),

@@ -25,7 +25,7 @@ class Budget:
     match_steps: int = 4000
     diffusion_steps: int = 8000
     batch_size: int = 256
-    latent_dim: int = 32
+    latent_dim: int | None = None  # None: fitted to the data (AutoencoderConfig.latent_dim)
     ae_hidden: tuple = (1024, 512)  # MLP autoencoder widths (when ae_kind resolves to "mlp")
     ae_design: str = AutoencoderConfig().conv_design  # the conv autoencoder's (AutoencoderConfig.conv_design)
     latent_noise: float = 0.0

@@ -117,6 +117,8 @@ def main(argv):
                pseudo_pairs=model.history.get("pseudo_pairs"), prdc=prdc,
                recon_fd=decoded_fd[0.0], perturbed_fd=decoded_fd[0.25], wall_s=wall, cpu_s=cpu,
                stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
+               latent_dim=model.config.autoencoder.latent_dim, latent_search=model.history.get("latent_search"),
+               unexplained=model.history.get("stage1_unexplained"),
                accuracy=M.conditional_accuracy(judge, y, labels), fd=M.classifier_fd(feat, images, test.images))
     print(json.dumps(row))
     if "log" in kv:

@@ -1,0 +1,115 @@
+"""AutoencoderConfig.grow_latent: stage 1 starts again with twice the latent while its held-out images keep too
+much of their variance unexplained; the grown size is what the model trains, saves, loads and resumes with."""
+import shutil
+
+import pytest
+import torch
+
+from lsdm_fast import LSDM, AutoencoderConfig, LSDMConfig, MatchingConfig
+from lsdm_fast.checkpoint import CHECKPOINT_FILE, Checkpointer, read_checkpoint
+from lsdm_fast.config import LATENT_START
+from lsdm_fast.data import load_digits_dataset
+
+
+def config(grow, latent=None, latent_max=128, checkpoint_every=0):
+    return LSDMConfig(autoencoder=AutoencoderConfig(kind="mlp", latent_dim=latent, hidden=(32,), steps=60,
+                                                    batch_size=32, check_every=10, holdout=0.2, grow_latent=grow,
+                                                    latent_max=latent_max, checkpoint_every=checkpoint_every),
+                      matching=MatchingConfig(generator_hidden=(16,), critic_hidden=(16,), steps=3, batch_size=16,
+                                              backend="torch", pseudo_label=0.0, checkpoint_every=checkpoint_every),
+                      seed=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.set_num_threads(1)
+    ds = load_digits_dataset("train")
+    return ds.labels[:40], ds.images[:40], ds.images[40:200]
+
+
+def weights(model):
+    return {f"{i}.{k}": v for i, m in enumerate(model.modules()) for k, v in m.state_dict().items()}
+
+
+def test_latent_doubles_while_too_much_variance_is_unexplained(data, tmp_path):
+    m = LSDM(config(grow=1e-6)).fit(*data, num_classes=10, progress=False)  # any error is too much: grows to the cap
+    search = m.history["latent_search"]
+    assert [s["latent_dim"] for s in search] == [LATENT_START, 2 * LATENT_START]
+    assert all(s["unexplained"] > 1e-6 and s["steps"] > 0 for s in search)
+    assert 0 < m.history["stage1_unexplained"] < 1
+    d = 4 * LATENT_START
+    assert m.config.autoencoder.latent_dim == d and m.latent_std.shape == (d,)
+    assert m.encoder(torch.rand(3, 64)).shape == (3, d) and m.generator.latent_dim == d
+    images = m.sample(torch.arange(10), n_per_x=2, seed=0)
+    m.save(str(tmp_path / "grown"))
+    again = LSDM.load(str(tmp_path / "grown"))
+    assert again.config.autoencoder.latent_dim == d
+    assert torch.equal(again.sample(torch.arange(10), n_per_x=2, seed=0), images)
+    refit = m.fit(*data, num_classes=10, progress=False)  # a second fit starts from the requested config again
+    assert refit.history["latent_search"] == search
+
+
+def test_no_growth_when_the_rule_holds_is_off_or_the_size_is_given(data):
+    kept = LSDM(config(grow=0.99)).fit(*data, num_classes=10, progress=False)
+    assert "latent_search" not in kept.history and kept.config.autoencoder.latent_dim == LATENT_START
+    assert 0 < kept.history["stage1_unexplained"] < 0.99
+    off = LSDM(config(grow=0.0)).fit(*data, num_classes=10, progress=False)
+    assert "latent_search" not in off.history
+    for a, b in zip(weights(kept).values(), weights(off).values()):  # the measure itself draws nothing
+        assert torch.equal(a, b)
+    capped = LSDM(config(grow=1e-6, latent_max=LATENT_START + 1)).fit(*data, num_classes=10, progress=False)
+    assert "latent_search" not in capped.history  # twice the size would pass latent_max
+    given = LSDM(config(grow=1e-6, latent=2)).fit(*data, num_classes=10, progress=False)
+    assert "latent_search" not in given.history and given.config.autoencoder.latent_dim == 2  # used as it is
+
+
+def test_resume_mid_grown_stage1_is_bit_identical(data, tmp_path, monkeypatch):
+    cfg = config(grow=1e-6, latent_max=2 * LATENT_START, checkpoint_every=10)
+    snapshots = []
+    save = Checkpointer.save
+
+    def keep(self, state):
+        save(self, state)
+        snapshots.append((int(state.stage), state.step, bool(state.history.get("latent_search")),
+                          open(self.path, "rb").read()))
+
+    monkeypatch.setattr(Checkpointer, "save", keep)
+    ref = LSDM(cfg).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(tmp_path / "ref"))
+    monkeypatch.setattr(Checkpointer, "save", save)
+    assert ref.config.autoencoder.latent_dim == 2 * LATENT_START
+    # the first checkpoint of the second attempt (stage 1, latent 64, mid-way)
+    blob = next(b for stage, step, grown, b in snapshots if stage == 1 and grown and step >= 10)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / CHECKPOINT_FILE).write_bytes(blob)
+    assert read_checkpoint(str(ck / CHECKPOINT_FILE))["history"]["latent_search"][0]["latent_dim"] == LATENT_START
+    got = LSDM(cfg).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(ck), resume=True)
+    assert got.config.autoencoder.latent_dim == 2 * LATENT_START and got.history["latent_search"] == ref.history["latent_search"]
+    ref_w = weights(ref)
+    for k, v in weights(got).items():
+        assert torch.equal(v, ref_w[k]), k
+    # and from the checkpoint written at the growth itself (step 0 of the second attempt)
+    first = next(b for stage, step, grown, b in snapshots if stage == 1 and grown and step == 0)
+    shutil.rmtree(ck)
+    ck.mkdir()
+    (ck / CHECKPOINT_FILE).write_bytes(first)
+    got = LSDM(cfg).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(ck), resume=True)
+    for k, v in weights(got).items():
+        assert torch.equal(v, ref_w[k]), k
+
+
+def test_bad_values_are_named():
+    for bad, message in (({"grow_latent": 1.0}, "grow_latent must be in"), ({"grow_latent": -0.1}, "grow_latent"),
+                         ({"latent_max": 0}, "latent_max must be >= 1")):
+        with pytest.raises(ValueError, match=message):
+            LSDM(LSDMConfig(autoencoder=AutoencoderConfig(**bad)))
+
+
+def test_old_configs_do_not_grow():
+    """Configs saved before the rule gave latent_dim as a number: it stays their size."""
+    old = LSDMConfig().to_dict()
+    old["autoencoder"].pop("grow_latent")
+    old["autoencoder"]["latent_dim"] = 32
+    cfg = LSDMConfig.from_dict(old, saved=True)
+    assert cfg.autoencoder.grow_latent == 0.0 and cfg.autoencoder.latent_dim == 32
+    assert LSDMConfig.from_dict(old).autoencoder.grow_latent == AutoencoderConfig().grow_latent
