@@ -379,7 +379,8 @@ def _summary(m: dict) -> str:
     """A few lines of what a run did and scored (the whole record is metrics.json)."""
     lines = [f"{m['paired']} pairs + {m['unpaired']} unpaired images; fit {sum(m['fit_seconds'].values()):.0f} s, "
              f"total {m['total_seconds']:.0f} s; critic backend {m.get('critic_backend')}",
-             f"test reconstruction MSE {m['test_reconstruction_mse']:.4g}"]
+             f"test reconstruction MSE {m['test_reconstruction_mse']:.4g}"
+             + (f" (latent size {m['latent_dim']})" if m.get("latent_dim") is not None else "")]
     if "conditional_accuracy" in m:
         lines.append(f"conditional accuracy of samples {m['conditional_accuracy']:.3f} (the judging classifier on "
                      f"real test images: {m['classifier_test_accuracy']:.3f})")

@@ -165,6 +165,10 @@ def _optional_outputs(model, spec, train, test, paired_y, unpaired_y, factor, ou
                "task": spec.task, "paired": len(paired_y), "unpaired": len(unpaired_y), "seed": cfg.seed,
                "fit_seconds": model.history["seconds"], "critic_backend": model.history.get("backend"),
                "versions": _versions(), "config": cfg.to_dict()}
+    # the latent size the fit chose (AutoencoderConfig.latent_dim None: grown by grow_latent's rule) and why
+    metrics["latent_dim"] = model.config.autoencoder.latent_dim
+    metrics["stage1"] = {k: model.history[k] for k in ("stage1_steps", "stage1_unexplained", "latent_search")
+                         if k in model.history}
     if "pseudo_pairs" in model.history:  # matching.pseudo_label: the unpaired images that joined stage 2's pairs
         metrics["pseudo_pairs"] = model.history["pseudo_pairs"]
     y_test = torch.from_numpy(test.images).reshape(len(test), -1)

@@ -88,3 +88,21 @@ def test_bad_idx_file_rejected_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train-labels-idx1-ubyte.gz" in err and "wrong magic number" in err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_train_grows_the_latent_and_says_so(tmp_path):
+    """Without --latent-dim the latent is fitted (here any error is too much: 32 -> 64); the model, metrics.json
+    and history.json say what was chosen and why."""
+    rng = np.random.default_rng(2)
+    labels = np.arange(60) % 10
+    data = make_mnist_folder(str(tmp_path / "data"), images=(rng.random((60, 28, 28)) * 255).astype(np.uint8),
+                             labels=labels)
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", data, "--n-per-class", "2", "--ae-steps", "12", "--steps", "2",
+                 "--batch-size", "8", "--grow-latent", "0.000001", "--classifier-steps", "5", "--eval-per-class",
+                 "2", "--pseudo-label", "0", "--out", out, "--quiet"]) == 0
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["latent_dim"] == 128 and [s["latent_dim"] for s in m["stage1"]["latent_search"]] == [32, 64]
+    assert m["config"]["autoencoder"]["latent_dim"] is None  # what was asked for
+    saved = json.load(open(os.path.join(out, "model", "config.json")))
+    assert saved["config"]["autoencoder"]["latent_dim"] == 128  # what the saved model is
