@@ -221,14 +221,17 @@ class AutoencoderStep:
             with torch.no_grad():
                 copy_weights(self.params, self.best)
 
+    def _heldout_sum(self, term) -> float:
+        """sum over 512-image pieces of the held-out images of float(term(reconstruction, images))."""
+        with torch.no_grad(), autocast(self.precision, self.y.device):
+            return sum(float(term(self.decoder(self.encoder(h)).float(), h)) for h in self.heldout.split(512))
+
     def heldout_loss(self) -> float:
         """The reconstruction loss on the held-out images (with the averaged weights when the EMA is on)."""
         if self.ema is not None:
             self._swap_ema()
         try:
-            with torch.no_grad(), autocast(self.precision, self.y.device):
-                return sum(float(self._loss(self.decoder(self.encoder(h)).float(), h)) * len(h)
-                           for h in self.heldout.split(512)) / len(self.heldout)
+            return self._heldout_sum(lambda rec, h: float(self._loss(rec, h)) * len(h)) / len(self.heldout)
         finally:
             if self.ema is not None:
                 self._swap_ema()
@@ -236,8 +239,7 @@ class AutoencoderStep:
     def heldout_unexplained(self) -> float:
         """The fraction of the held-out images' pixel variance the autoencoder misses: their mean squared
         reconstruction error over their variance (AutoencoderConfig.grow_latent's measure)."""
-        with torch.no_grad(), autocast(self.precision, self.y.device):
-            err = sum(float(((self.decoder(self.encoder(h)).float() - h) ** 2).sum()) for h in self.heldout.split(512))
+        err = self._heldout_sum(lambda rec, h: ((rec - h) ** 2).sum())
         return err / (self.heldout.numel() * max(float(self.heldout.var()), 1e-12))
 
     def check(self, step_done: int) -> float | None:

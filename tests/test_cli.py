@@ -36,11 +36,15 @@ def test_train_and_sample_on_tiny_idx_folder(tmp_path, capsys):
     assert np.load(tmp_path / "s.npy").shape == (6, 784)
 
 
+def _noise_folder(tmp_path, n: int, seed: int) -> str:
+    """An IDX folder of n uniform-noise 28x28 images labelled 0..9 in turn."""
+    rng = np.random.default_rng(seed)
+    return make_mnist_folder(str(tmp_path / "data"), images=(rng.random((n, 28, 28)) * 255).astype(np.uint8),
+                             labels=np.arange(n) % 10)
+
+
 def test_train_ae_design_patch(tmp_path):
-    rng = np.random.default_rng(1)
-    labels = np.arange(40) % 10
-    data = make_mnist_folder(str(tmp_path / "data"), images=(rng.random((40, 28, 28)) * 255).astype(np.uint8),
-                             labels=labels)
+    data = _noise_folder(tmp_path, 40, seed=1)
     out = str(tmp_path / "run")
     assert main(["train", "--data", data, "--n-per-class", "2", "--latent-dim", "4", "--ae-steps", "5",
                  "--ae-stop", "steps", "--steps", "2", "--batch-size", "8", "--no-eval", "--ae-design", "patch",
@@ -91,12 +95,9 @@ def test_bad_idx_file_rejected_before_training(tmp_path, capsys):
 
 
 def test_train_grows_the_latent_and_says_so(tmp_path):
-    """Without --latent-dim the latent is fitted (here any error is too much: 32 -> 64); the model, metrics.json
-    and history.json say what was chosen and why."""
-    rng = np.random.default_rng(2)
-    labels = np.arange(60) % 10
-    data = make_mnist_folder(str(tmp_path / "data"), images=(rng.random((60, 28, 28)) * 255).astype(np.uint8),
-                             labels=labels)
+    """Without --latent-dim the latent is fitted (here any error is too much: 32 -> 64 -> 128); metrics.json and the
+    saved model say what was chosen and why."""
+    data = _noise_folder(tmp_path, 60, seed=2)
     out = str(tmp_path / "run")
     assert main(["train", "--data", data, "--n-per-class", "2", "--ae-steps", "12", "--steps", "2",
                  "--batch-size", "8", "--grow-latent", "0.000001", "--classifier-steps", "5", "--eval-per-class",
