@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lsdm_fast import ops
-from lsdm_fast.config import AutoencoderConfig
+from lsdm_fast.config import LATENT_START, AutoencoderConfig
 from lsdm_fast.models import build_autoencoder
 from lsdm_fast.precision import cpu_has_fast_bf16
 from lsdm_fast.profiling import count_flops
@@ -59,8 +59,9 @@ def _sync():
 
 def _make(design: str):
     cfg = AutoencoderConfig(**DESIGNS[design])
+    latent = cfg.latent_dim if cfg.latent_dim is not None else LATENT_START  # the fitted default keeps 32 on MNIST
     torch.manual_seed(0)
-    enc, dec = build_autoencoder(cfg.kind, SIDE * SIDE, cfg.latent_dim, cfg.hidden, (SIDE, SIDE), **cfg.arch_kwargs())
+    enc, dec = build_autoencoder(cfg.kind, SIDE * SIDE, latent, cfg.hidden, (SIDE, SIDE), **cfg.arch_kwargs())
     return enc.to(DEVICE), dec.to(DEVICE)
 
 
