@@ -395,7 +395,7 @@ class InceptionNet:
     preprocessing (`inception_input`). Call it on images in [0, 1] to get (N, 2048) float64 features."""
 
     def __init__(self, path: str | None = None, *, sha1: str = INCEPTION_SHA1, device: str = "cpu",
-                 batch_size: int = 32):
+                 batch_size: int = 32, freeze: bool = True):
         self.path = inception_weights_path() if path is None else path
         got = file_sha1(self.path)
         if got != sha1.lower():
@@ -405,13 +405,19 @@ class InceptionNet:
         with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; the published file is one
             warnings.simplefilter("ignore", DeprecationWarning)
             self.net = torch.jit.load(self.path, map_location=self.device).eval()
+            # the Inception graph frozen (batch norm folded into the convolutions) and fed channels_last: 153 ->
+            # 117 ms an image on one Sapphire Rapids thread; its features equal the plain graph's to ~1e-6 relative
+            self.frozen = False
+            if freeze and self.device.type == "cpu" and got == INCEPTION_SHA1:  # measured on that graph only
+                self.net = torch.jit.optimize_for_inference(torch.jit.freeze(self.net))
+                self.frozen = True
 
     @torch.no_grad()
     def __call__(self, images, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
         out = []
         for i in range(0, len(images), self.batch_size):
             x = inception_input(images[i:i + self.batch_size], image_shape).to(self.device)
-            f = self.net(x)
+            f = self.net(x.contiguous(memory_format=torch.channels_last) if self.frozen else x)
             if f.ndim != 2 or len(f) != len(x):
                 raise ValueError(f"{self.path}: the network returned shape {tuple(f.shape)} for {len(x)} images; "
                                  "expected (N, features)")

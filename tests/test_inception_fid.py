@@ -155,6 +155,11 @@ def test_real_inception_weights():
     assert fa.min() >= 0  # pool3 averages ReLU outputs
     # a different batching gives the same features
     assert np.allclose(M.InceptionNet(path, batch_size=3)(a[:6]), fa[:6], rtol=1e-4, atol=1e-5)
+    # the frozen, channels_last graph (the default on CPU) computes the published graph's features
+    plain = M.InceptionNet(path, batch_size=8, freeze=False)
+    assert net.frozen and not plain.frozen
+    fp = plain(a)
+    assert np.abs(fa - fp).max() / np.abs(fp).max() < 1e-5
     fb = net(b)
     noise = np.random.default_rng(0).uniform(0, 1, a.shape).astype(np.float32)
     fn = net(noise)
