@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "OUT/results.json and run only the missing ones")
     ex.add_argument("--quiet", action="store_true", help="no progress bars and no per-cell lines")
     ex.add_argument("--fid", default="none", choices=["none", "inception"],
-                    help="inception: add the literature's Inception-FID column (slow on a CPU, ~3 min per 1,000 "
+                    help="inception: add the literature's Inception-FID column (slow on a CPU, ~2 min per 1,000 "
                          "images on one thread; needs pip install 'lsdm_fast[fid]')")
     _add_threads_arg(ex)
 

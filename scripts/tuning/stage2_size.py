@@ -2,11 +2,11 @@
 (results/experiments/issue24_stage2_size), jittered pair latents and the marginal critic (issue 25's recall;
 docs/design.md §7).
 
-    python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [split=0] [width=512]
+    python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [m=all] [split=0] [width=512]
                                          [steps=4000] [jitter=0] [marginal=0] [pseudo=0] [ae=K=V,...] [cache=FOLDER]
                                          [log=runs.jsonl]
 
-Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, the rest unpaired),
+Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, `m` of the rest unpaired, default all),
 except stage 2's generator and critic widths (`width`), generator steps (`steps`), the marginal critic's weight
 (`marginal`, 0: off) and `jitter` (> 0: each critic update sees the pair latents plus N(0, jitter^2),
 standardised units, drawn from a generator of its own so the method's draws are unchanged); prints and appends
@@ -81,7 +81,8 @@ def main(argv):
     data, npc, split_seed = kv.get("data", "digits"), int(kv.get("npc", 20)), int(kv.get("split", 0))
     cache = kv.get("cache", os.path.expanduser("~/.cache/lsdm_fast"))
     train, test = load_dataset(data, "train"), load_dataset(data, "test")
-    split = split_paired_unpaired(train.labels, n_per_class=npc, seed=split_seed)
+    m = int(kv["m"]) if "m" in kv else None  # unpaired images (None: all the rest)
+    split = split_paired_unpaired(train.labels, n_per_class=npc, m_unpaired=m, seed=split_seed)
     cfg = LSDMConfig(seed=seed)
     width = int(kv.get("width", 512))
     cfg = replace(cfg, matching=replace(cfg.matching, generator_hidden=(width, width), critic_hidden=(width, width),
@@ -112,7 +113,7 @@ def main(argv):
     eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(99))
     decoded_fd = {sigma: M.classifier_fd(feat, model.decode(z + sigma * model.latent_std * eps).numpy(), test.images)
                   for sigma in (0.0, 0.25)}
-    row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), seed=seed, split=split_seed,
+    row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), m=m, seed=seed, split=split_seed,
                ae=ae, width=width, steps=cfg.matching.steps, jitter=jitter, marginal=marginal, pseudo=pseudo,
                pseudo_pairs=model.history.get("pseudo_pairs"), prdc=prdc,
                recon_fd=decoded_fd[0.0], perturbed_fd=decoded_fd[0.25], wall_s=wall, cpu_s=cpu,
