@@ -34,6 +34,10 @@ for other in sys.argv[2:]:
         have[key(r)] = r
         print(f"added {key(r)} from {other}")
     dst["cell_seconds"] += src["cell_seconds"]
+    if "inception_cost" in src:  # Inception forward passes over the samples (--fid inception)
+        cost = dst.setdefault("inception_cost", {"seconds": 0.0, "images": 0})
+        cost["seconds"] += src["inception_cost"]["seconds"]
+        cost["images"] += src["inception_cost"]["images"]
     dst["commands"] += src["commands"]
     for f in glob.glob(os.path.join(other, "grids_*.npz")):  # add the new methods' sample grids
         mine = os.path.join(HERE, os.path.basename(f))
