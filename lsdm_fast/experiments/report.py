@@ -194,12 +194,14 @@ def fid_note(ctx: dict, eval_nets: dict) -> str:
     per_k = f"{1000 * cost['seconds'] / cost['images']:.0f} s per 1,000 images" if cost["images"] else "no samples yet"
     per_row = (f"{ctx['budget'].eval_per_class} samples per class" if ctx["exp"].settings[0].task == "class"
                else f"{ctx['budget'].eval_sr} samples")
-    return (f"Inception-FID: {M.FID_NOTE}. Here each row's {per_row} against all "
+    t_ref = eval_nets.get("inception_reference_seconds", 0.0)
+    ref_cost = (f"plus {t_ref:.0f} s for the test images' statistics (cached for later runs)" if t_ref >= 1 else
+                "the test images' statistics were read from the cache (computed once per data set)")
+    return (f"{M.FID_NOTE}. Here each row's {per_row} against all "
             f"{eval_nets.get('inception_reference_images', '?')} test images (weights SHA-1 "
             f"{eval_nets.get('inception_sha1', '?')}); latent diffusion only at {ctx['budget'].ddim_few} and "
             f"{ctx['budget'].ddim_many} DDIM steps. Cost: {cost['seconds'] / 60:.1f} min for {cost['images']} "
-            f"samples ({per_k}, {torch.get_num_threads()} torch threads), plus "
-            f"{eval_nets.get('inception_reference_seconds', 0.0):.0f} s for the test images' statistics (0 when cached).")
+            f"samples ({per_k}, {torch.get_num_threads()} torch threads); " + ref_cost + ".")
 
 
 def write_report(ctx: dict, rows: list[dict], cell_seconds: float) -> dict:
