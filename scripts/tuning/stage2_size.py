@@ -3,8 +3,8 @@
 docs/design.md §7).
 
     python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [m=all] [split=0] [width=512]
-                                         [steps=4000] [jitter=0] [marginal=0] [pseudo=0] [ae=K=V,...] [cache=FOLDER]
-                                         [log=runs.jsonl]
+                                         [steps=4000] [jitter=0] [marginal=0] [pseudo=0] [ae=K=V,...] [ema_checks=average|raw]
+                                         [cache=FOLDER] [log=runs.jsonl]
 
 Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, `m` of the rest unpaired, default all),
 except stage 2's generator and critic widths (`width`), generator steps (`steps`), the marginal critic's weight
@@ -75,6 +75,13 @@ def jitter_pair_latents(sigma: float) -> None:
     MatchingStep._critic_terms = jittered
 
 
+def ema_checks_on_raw_weights() -> None:
+    """With AutoencoderConfig.ema: the plateau checks measure the raw weights (the stop of a run without the EMA)
+    while the run still ends on the average (at the lowest raw check, with the best-weights rule)."""
+    stages.AutoencoderStep.heldout_loss = lambda self: self._heldout_sum(
+        lambda rec, h: float(self._loss(rec, h)) * len(h)) / len(self.heldout)
+
+
 def main(argv):
     torch.set_num_threads(1)
     seed, kv = int(argv[0]), dict(a.split("=", 1) for a in argv[1:])
@@ -95,7 +102,11 @@ def main(argv):
     cfg = replace(cfg, matching=replace(cfg.matching, marginal_weight=marginal, pseudo_label=pseudo))
     ae = eval(f"dict({kv.get('ae', '')})")  # AutoencoderConfig overrides, e.g. ae="conv_design='patch',patch_depth=2"
     cfg = replace(cfg, autoencoder=replace(cfg.autoencoder, **ae))
-    cache_stage1(os.path.join(cache, "stage1"), f"{os.path.basename(os.path.normpath(data))}_n{npc}_split{split_seed}")
+    raw_checks = kv.get("ema_checks", "average") == "raw"
+    if raw_checks:
+        ema_checks_on_raw_weights()
+    cache_stage1(os.path.join(cache, "stage1"), f"{os.path.basename(os.path.normpath(data))}_n{npc}_split{split_seed}"
+                 + ("_rawchecks" if raw_checks else ""))
     t0, c0 = time.perf_counter(), time.thread_time()
     model = LSDM(cfg).fit(train.labels[split.paired], train.images[split.paired], train.images[split.unpaired],
                           num_classes=train.num_classes, progress=False)
@@ -114,6 +125,7 @@ def main(argv):
     decoded_fd = {sigma: M.classifier_fd(feat, model.decode(z + sigma * model.latent_std * eps).numpy(), test.images)
                   for sigma in (0.0, 0.25)}
     row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), m=m, seed=seed, split=split_seed,
+               ema_checks="raw" if raw_checks else "average",
                ae=ae, width=width, steps=cfg.matching.steps, jitter=jitter, marginal=marginal, pseudo=pseudo,
                pseudo_pairs=model.history.get("pseudo_pairs"), prdc=prdc,
                recon_fd=decoded_fd[0.0], perturbed_fd=decoded_fd[0.25], wall_s=wall, cpu_s=cpu,
