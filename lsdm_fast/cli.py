@@ -88,6 +88,10 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="without --latent-dim and with --ae-stop plateau: while stage 1 leaves more than this "
                         "fraction of the held-out images' pixel variance unexplained, train it again with twice the "
                         "latent, from 32 up to 128 (default: 0.1; 0: off; docs/design.md §1)")
+    p.add_argument("--ae-ema", type=_fraction, default=None, metavar="DECAY",
+                   help="stage 1's average of the weights, which the plateau checks measure and stage 1 ends with "
+                        "(default 0: off; 0.999 lowered MNIST's sample FD but raised the texture set's, "
+                        "results/experiments/issue25_ema)")
     p.add_argument("--steps", type=_nonneg_int, default=defaults["steps"], help="stage-2 generator steps")
     p.add_argument("--batch-size", type=_positive(int), default=256)
     p.add_argument("--marginal-weight", type=_nonneg_float, default=0.0,
@@ -227,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--match-hidden", default=None, help="override the generator and critic widths, e.g. 512,512")
     ex.add_argument("--ae-design", choices=list(CONV_DESIGNS), default=None,
                     help="override the conv autoencoder's design (default: the package's, patch)")
+    ex.add_argument("--ae-ema", type=_fraction, default=None, metavar="DECAY",
+                    help="override stage 1's weight average's decay (default 0: off)")
     ex.add_argument("--marginal-weight", type=_nonneg_float, default=None,
                     help="override the weight of stage 2's marginal critic (0: off)")
     ex.add_argument("--pseudo-label", type=_confidence, default=None, metavar="CONFIDENCE",
@@ -259,7 +265,7 @@ def _config_from_args(args, ae_kind="mlp"):
                                  device=args.device, precision=args.precision, checkpoint_every=args.checkpoint_every,
                                  conv_design=getattr(args, "ae_design", None),
                                  marginal_weight=args.marginal_weight, pseudo_label=args.pseudo_label,
-                                 grow_latent=getattr(args, "grow_latent", None))
+                                 grow_latent=getattr(args, "grow_latent", None), ae_ema=getattr(args, "ae_ema", None))
 
 
 def cmd_demo(args) -> int:
@@ -512,7 +518,7 @@ def cmd_experiment(args) -> int:
     budget = QUICK if args.quick else (DIGITS if args.data in ("digits", "sklearn-digits") else Budget())
     for key, val in (("ae_steps", args.ae_steps), ("match_steps", args.steps), ("diffusion_steps", args.diffusion_steps),
                      ("latent_dim", args.latent_dim), ("marginal_weight", args.marginal_weight),
-                     ("pseudo_label", args.pseudo_label), ("ae_design", args.ae_design)):
+                     ("pseudo_label", args.pseudo_label), ("ae_design", args.ae_design), ("ae_ema", args.ae_ema)):
         if val is not None:
             budget = replace(budget, **{key: val})
     for key, val in (("ae_hidden", args.ae_hidden), ("match_hidden", args.match_hidden)):

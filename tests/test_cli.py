@@ -48,9 +48,10 @@ def test_train_ae_design_patch(tmp_path):
     out = str(tmp_path / "run")
     assert main(["train", "--data", data, "--n-per-class", "2", "--latent-dim", "4", "--ae-steps", "5",
                  "--ae-stop", "steps", "--steps", "2", "--batch-size", "8", "--no-eval", "--ae-design", "patch",
-                 "--pseudo-label", "0.5", "--out", out, "--quiet"]) == 0
+                 "--pseudo-label", "0.5", "--ae-ema", "0.9", "--out", out, "--quiet"]) == 0
     config = json.load(open(os.path.join(out, "model", "config.json")))
     assert config["config"]["autoencoder"]["conv_design"] == "patch"
+    assert config["config"]["autoencoder"]["ema"] == 0.9
     assert config["config"]["matching"]["pseudo_label"] == 0.5
     pseudo = json.load(open(os.path.join(out, "model", "history.json")))["pseudo_pairs"]
     assert pseudo["kept"] == sum(pseudo["per_class"]) <= 20  # of the 20 unpaired images
@@ -72,6 +73,8 @@ def test_bad_paths_give_one_clear_line(argv, message, capsys):
     ["train", "--data", "x", "--n-per-class", "abc"],
     ["train", "--data", "x", "--steps", "-1"],
     ["train", "--data", "x", "--pseudo-label", "1.5"],
+    ["train", "--data", "x", "--ae-ema", "1"],
+    ["experiment", "class_n10", "--ae-ema", "-0.5"],
     ["train", "--data", "x", "--task", "nope"],
     ["train", "--data", "x", "--n-per-class", "3", "--n-pairs", "5"],
     ["demo", "--backend", "gpu"],

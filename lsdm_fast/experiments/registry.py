@@ -29,6 +29,7 @@ class Budget:
     ae_hidden: tuple = (1024, 512)  # MLP autoencoder widths (when ae_kind resolves to "mlp")
     ae_design: str = AutoencoderConfig().conv_design  # the conv autoencoder's (AutoencoderConfig.conv_design)
     latent_noise: float = 0.0
+    ae_ema: float = 0.0  # stage 1's weight average's decay (AutoencoderConfig.ema; 0: off)
     match_hidden: tuple = (512, 512)  # generator and critic widths (stage 2; pixel matching too)
     marginal_weight: float = 0.0  # stage 2's marginal critic (MatchingConfig's; 0: off)
     pseudo_label: float | None = None  # stage 2's pseudo-pairs' confidence (MatchingConfig's; None: auto, 0: off)
@@ -43,7 +44,7 @@ class Budget:
 
 
 # Budget fields added since results were first written, and what a results.json without them was run with
-BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0, "ae_design": "strided"}
+BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0, "ae_design": "strided", "ae_ema": 0.0}
 
 QUICK = Budget(ae_kind="mlp", ae_stop="steps", ae_steps=40, match_steps=6, diffusion_steps=40, batch_size=32,
                latent_dim=4, ae_hidden=(64, 32), match_hidden=(32, 32), eval_per_class=8, eval_sr=40, feature_steps=20,
@@ -105,4 +106,4 @@ def lsdm_config(b: Budget, seed: int, backend: str) -> LSDMConfig:
                                  ae_steps=b.ae_steps, steps=b.match_steps, batch_size=b.batch_size,
                                  match_hidden=b.match_hidden, latent_noise=b.latent_noise, backend=backend, seed=seed,
                                  marginal_weight=b.marginal_weight, pseudo_label=b.pseudo_label,
-                                 conv_design=b.ae_design)
+                                 conv_design=b.ae_design, ae_ema=b.ae_ema)
