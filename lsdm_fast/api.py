@@ -126,9 +126,11 @@ class LSDM:
             state = self._new_state()
             if resume:
                 blob = ck.load()
-                search = blob["history"].get("latent_search") if isinstance(blob.get("history"), dict) else None
+                hist = blob["history"] if isinstance(blob.get("history"), dict) else {}
+                search = hist.get("latent_search")
                 if search:  # the run grew its latent before this checkpoint: the weights have the grown shapes
-                    self._rebuild(2 * int(search[-1]["latent_dim"]))
+                    # (or, after a grown attempt ended worse, the shapes of the attempt it went back to)
+                    self._rebuild(int(hist.get("stage1_latent_dim", 2 * int(search[-1]["latent_dim"]))))
                     state = self._new_state()
                 ck.restore(state, blob)
             resumed_from = {"stage": int(state.stage), "step": state.step} if resume else None
@@ -137,11 +139,15 @@ class LSDM:
             t0 = time.perf_counter()
             while state.stage == Stage.AUTOENCODER:  # stage 1 on every image
                 train_autoencoder(state, all_y, self.config.autoencoder, seed=cfg.seed, **kw)
+                if self._grew_worse(state):
+                    state = self._back_to_best_attempt(state, progress)
+                    break
                 if not self._grows(state):
                     break
                 state = self._grow(state, progress)
                 if ck is not None:
                     ck.save(state)
+            state.best_attempt = None  # stage 2's checkpoints need only the weights stage 1 handed on
             cfg = self.config  # the latent as grown
             t1 = time.perf_counter()
             for mod in (self.encoder, self.decoder):
@@ -174,6 +180,31 @@ class LSDM:
         return (self._requested.autoencoder.latent_dim is None and a.grow_latent > 0 and r is not None
                 and r > a.grow_latent and 2 * a.latent_dim <= a.latent_max)
 
+    def _grew_worse(self, state: TrainingState) -> bool:
+        """A grown attempt that ended with no less held-out variance unexplained than the best attempt before it."""
+        r, best = state.history.get("stage1_unexplained"), state.best_attempt
+        return best is not None and r is not None and r >= best["unexplained"]
+
+    def _back_to_best_attempt(self, state: TrainingState, progress: bool) -> TrainingState:
+        """Stage 1 ends with the best attempt's networks and history (the latent it had); the attempt just ended
+        joins history["latent_search"] marked kept=False; the training RNG continues."""
+        a, best = self.config.autoencoder, state.best_attempt
+        search = state.history.get("latent_search", []) + [
+            {"latent_dim": a.latent_dim, "unexplained": state.history["stage1_unexplained"],
+             "steps": state.history["stage1_steps"], "kept": False}]
+        if progress:
+            print(f"stage 1: latent {a.latent_dim} leaves {100 * search[-1]['unexplained']:.1f} % of the held-out "
+                  f"images' variance unexplained, no better than latent {best['latent_dim']} "
+                  f"({100 * best['unexplained']:.1f} %): stage 1 ends with the latent-{best['latent_dim']} attempt",
+                  file=sys.stderr, flush=True)
+        self._rebuild(int(best["latent_dim"]))
+        kept = self._new_state()
+        self.encoder.load_state_dict(best["models"]["encoder"])
+        self.decoder.load_state_dict(best["models"]["decoder"])
+        kept.rng = state.rng
+        kept.history = {**best["history"], "latent_search": search, "stage1_latent_dim": int(best["latent_dim"])}
+        return kept
+
     def _grow(self, state: TrainingState, progress: bool) -> TrainingState:
         """Stage 1 again from scratch with twice the latent (every network rebuilt, seeded as the first were); the
         attempt just ended is summarised in history["latent_search"], the training RNG continues."""
@@ -185,9 +216,15 @@ class LSDM:
             print(f"stage 1: the autoencoder leaves {100 * search[-1]['unexplained']:.1f} % of the held-out images' "
                   f"variance unexplained (more than grow_latent {100 * a.grow_latent:g} %): latent {a.latent_dim} -> "
                   f"{2 * a.latent_dim}, stage 1 again", file=sys.stderr, flush=True)
+        best = state.best_attempt
+        if best is None or search[-1]["unexplained"] < best["unexplained"]:  # the attempt to return to if needed
+            best = {"latent_dim": a.latent_dim, "unexplained": search[-1]["unexplained"],
+                    "models": {n: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+                               for n, m in (("encoder", self.encoder), ("decoder", self.decoder))},
+                    "history": {k: v for k, v in state.history.items() if k != "latent_search"}}
         self._rebuild(2 * a.latent_dim)
         grown = self._new_state()
-        grown.rng, grown.history = state.rng, {"latent_search": search}
+        grown.rng, grown.history, grown.best_attempt = state.rng, {"latent_search": search}, best
         return grown
 
     def _rebuild(self, latent_dim: int) -> None:

@@ -206,6 +206,7 @@ class Checkpointer:
             state.latent_mean = blob["latent_mean"].to(state.rng.device)
             state.latent_std = blob["latent_std"].to(state.rng.device)
         state.stage, state.step, state.optim = blob["stage"], int(blob["step"]), blob.get("optim")
+        state.best_attempt = blob.get("best_attempt")
         state.history = {k: (list(v) if isinstance(v, list) else v) for k, v in blob["history"].items()}
         missing = [k for k in (("reconstruction",) if state.stage > Stage.AUTOENCODER else ())
                    + (MATCHING_CURVES if state.stage > Stage.MATCHING else ()) if k not in state.history]
@@ -227,7 +228,8 @@ class Checkpointer:
                            for n, m in state.models().items()},
                 "latent_mean": None if state.latent_mean is None else state.latent_mean.detach().cpu(),
                 "latent_std": None if state.latent_std is None else state.latent_std.detach().cpu(),
-                "rng": state.rng.get_state(), "optim": state.optim, "history": state.history}
+                "rng": state.rng.get_state(), "optim": state.optim, "history": state.history,
+                "best_attempt": state.best_attempt}
         buf = io.BytesIO()
         torch.save(blob, buf)
         try:

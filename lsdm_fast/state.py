@@ -37,6 +37,9 @@ class TrainingState:
     # "reconstruction" (stage 1, per step), MATCHING_CURVES (stage 2, per generator step), "backend"
     history: dict = field(default_factory=dict)
     optim: dict | None = None  # the running stage's optimiser / scheduler / scaler / EMA states
+    # latent growth: the stage-1 attempt with the least unexplained variance so far, kept to return to if a grown
+    # attempt ends worse ({"latent_dim", "unexplained", "models": {"encoder", "decoder"}, "history"}); stage 1 only
+    best_attempt: dict | None = None
 
     def models(self) -> dict[str, nn.Module]:
         return {n: m for n, m in zip(MODEL_NAMES, (self.encoder, self.decoder, self.generator, self.critic))

@@ -98,6 +98,54 @@ def test_resume_mid_grown_stage1_is_bit_identical(data, tmp_path, monkeypatch):
         assert torch.equal(v, ref_w[k]), k
 
 
+def test_a_grown_attempt_that_ends_worse_is_not_kept(data, tmp_path, monkeypatch):
+    """32 -> 64 -> 128 where 128 ends with more variance unexplained than 64: stage 1 hands on the 64 attempt (the
+    networks a run capped at 64 trains), says so in latent_search, and a resumed run decides the same."""
+    from lsdm_fast.stages import AutoencoderStep
+
+    def unexplained(*values):  # what each attempt's end measures, in turn (the real measure draws nothing either)
+        it = iter(values)
+        monkeypatch.setattr(AutoencoderStep, "heldout_unexplained", lambda self: next(it))
+
+    cfg = config(grow=0.1, checkpoint_every=10)
+    snapshots = []
+    save = Checkpointer.save
+
+    def keep(self, state):
+        save(self, state)
+        snapshots.append((int(state.stage), state.step, len(state.history.get("latent_search", [])),
+                          open(self.path, "rb").read()))
+
+    monkeypatch.setattr(Checkpointer, "save", keep)
+    unexplained(0.5, 0.3, 0.4)
+    ref = LSDM(cfg).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(tmp_path / "ref"))
+    monkeypatch.setattr(Checkpointer, "save", save)
+    d = 2 * LATENT_START
+    assert [(s["latent_dim"], s["unexplained"], s.get("kept", True)) for s in ref.history["latent_search"]] == [
+        (LATENT_START, 0.5, True), (d, 0.3, True), (2 * d, 0.4, False)]
+    assert ref.config.autoencoder.latent_dim == d and ref.latent_std.shape == (d,) and ref.generator.latent_dim == d
+    assert ref.history["stage1_unexplained"] == 0.3 and ref.history["stage1_latent_dim"] == d
+    unexplained(0.5, 0.3)
+    capped = LSDM(config(grow=0.1, latent_max=d)).fit(*data, num_classes=10, progress=False)
+    for name in ("encoder", "decoder"):
+        mine, theirs = getattr(ref, name).state_dict(), getattr(capped, name).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), name
+    assert ref.history["reconstruction"] == capped.history["reconstruction"]
+    ref_w = weights(ref)
+    for pick in (lambda stage, step, n: stage == 1 and n == 2 and step >= 10,  # mid-way through the 128 attempt
+                 lambda stage, step, n: stage == 2):  # stage 2, after going back to 64
+        blob = next(b for stage, step, n, b in snapshots if pick(stage, step, n))
+        ck = tmp_path / "ck"
+        shutil.rmtree(ck, ignore_errors=True)
+        ck.mkdir()
+        (ck / CHECKPOINT_FILE).write_bytes(blob)
+        unexplained(0.4)
+        got = LSDM(cfg).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(ck), resume=True)
+        assert got.config.autoencoder.latent_dim == d and got.history["latent_search"] == ref.history["latent_search"]
+        for k, v in weights(got).items():
+            assert torch.equal(v, ref_w[k]), k
+
+
 def test_bad_values_are_named():
     for bad, message in (({"grow_latent": 1.0}, "grow_latent must be in"), ({"grow_latent": -0.1}, "grow_latent"),
                          ({"latent_max": 0}, "latent_max must be >= 1")):
