@@ -180,6 +180,13 @@ class LSDM:
         return (self._requested.autoencoder.latent_dim is None and a.grow_latent > 0 and r is not None
                 and r > a.grow_latent and 2 * a.latent_dim <= a.latent_max)
 
+    def _search_with_ended_attempt(self, state: TrainingState, **extra) -> list[dict]:
+        """history["latent_search"] with the stage-1 attempt that just ended appended (its size, unexplained
+        fraction and steps, plus `extra`)."""
+        return state.history.get("latent_search", []) + [
+            {"latent_dim": self.config.autoencoder.latent_dim, "unexplained": state.history["stage1_unexplained"],
+             "steps": state.history["stage1_steps"], **extra}]
+
     def _grew_worse(self, state: TrainingState) -> bool:
         """A grown attempt that ended with no less held-out variance unexplained than the best attempt before it."""
         r, best = state.history.get("stage1_unexplained"), state.best_attempt
@@ -189,9 +196,7 @@ class LSDM:
         """Stage 1 ends with the best attempt's networks and history (the latent it had); the attempt just ended
         joins history["latent_search"] marked kept=False; the training RNG continues."""
         a, best = self.config.autoencoder, state.best_attempt
-        search = state.history.get("latent_search", []) + [
-            {"latent_dim": a.latent_dim, "unexplained": state.history["stage1_unexplained"],
-             "steps": state.history["stage1_steps"], "kept": False}]
+        search = self._search_with_ended_attempt(state, kept=False)
         if progress:
             print(f"stage 1: latent {a.latent_dim} leaves {100 * search[-1]['unexplained']:.1f} % of the held-out "
                   f"images' variance unexplained, no better than latent {best['latent_dim']} "
@@ -209,9 +214,7 @@ class LSDM:
         """Stage 1 again from scratch with twice the latent (every network rebuilt, seeded as the first were); the
         attempt just ended is summarised in history["latent_search"], the training RNG continues."""
         a = self.config.autoencoder
-        search = state.history.get("latent_search", []) + [
-            {"latent_dim": a.latent_dim, "unexplained": state.history["stage1_unexplained"],
-             "steps": state.history["stage1_steps"]}]
+        search = self._search_with_ended_attempt(state)
         if progress:
             print(f"stage 1: the autoencoder leaves {100 * search[-1]['unexplained']:.1f} % of the held-out images' "
                   f"variance unexplained (more than grow_latent {100 * a.grow_latent:g} %): latent {a.latent_dim} -> "

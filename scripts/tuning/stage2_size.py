@@ -78,8 +78,16 @@ def jitter_pair_latents(sigma: float) -> None:
 def ema_checks_on_raw_weights() -> None:
     """With AutoencoderConfig.ema: the plateau checks measure the raw weights (the stop of a run without the EMA)
     while the run still ends on the average (at the lowest raw check, with the best-weights rule)."""
-    stages.AutoencoderStep.heldout_loss = lambda self: self._heldout_sum(
-        lambda rec, h: float(self._loss(rec, h)) * len(h)) / len(self.heldout)
+    average_checks = stages.AutoencoderStep.heldout_loss
+
+    def raw_checks(self):
+        ema, self.ema = self.ema, None  # the package's own held-out loss, without its swap to the average
+        try:
+            return average_checks(self)
+        finally:
+            self.ema = ema
+
+    stages.AutoencoderStep.heldout_loss = raw_checks
 
 
 def main(argv):
