@@ -18,6 +18,11 @@ PSEUDO_LABEL_AUTO = 0.99  # MatchingConfig.pseudo_label=None with class labels
 # the patch autoencoder's stage-1 schedule where its fields are None (AutoencoderConfig.schedule); before issue 24's
 # schedule it trained at LEGACY_PATCH_LR with patience 2, which checkpoints written then resume with
 PATCH_LR, PATCH_PATIENCE, LEGACY_PATCH_LR = 6e-3, 1, 3e-3
+# ... except at latents of WIDE_LATENT and more (issue 25, results/experiments/issue25_wide_schedule): the texture
+# set's d = 128 stage 1 at PATCH_LR, patience 1 ended anywhere between 6.1 and 7.6 % of the held-out variance
+# unexplained over 3 seeds (a grown attempt once at 17.7 %), at 3e-3 with patience 2 at 6.1-6.2 % on every seed;
+# at d = 64 the two end alike (11.4-11.8 %) and PATCH_LR in fewer steps
+WIDE_LATENT, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE = 128, 3e-3, 2
 LATENT_START = 32  # AutoencoderConfig.latent_dim=None: stage 1 starts at this size (grow_latent)
 IMPLIED_BY_ABSENCE = {
     "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
@@ -65,7 +70,8 @@ class AutoencoderConfig:
     plateau_decays: int = 2  # plateau: drops before stopping (the next plateau ends stage 1)
     batch_size: int = 256
     # None: by the model, schedule(): the patch autoencoder PATCH_LR after a 100-step warm-up, patience
-    # PATCH_PATIENCE (issue 24: the plateau in half the steps, results/experiments/issue24_stage1_schedule; the
+    # PATCH_PATIENCE (WIDE_PATCH_LR, WIDE_PATCH_PATIENCE from latent WIDE_LATENT up)
+    # (issue 24: the plateau in half the steps, results/experiments/issue24_stage1_schedule; the
     # warm-up keeps a first step at full rate from unsettling other data), every other model 1e-3 without warm-up,
     # patience 2 (what they were tuned with)
     lr: float | None = None
@@ -93,10 +99,13 @@ class AutoencoderConfig:
 
     def schedule(self, patch: bool) -> tuple[float, int, int]:
         """(learning rate, warm-up steps, plateau patience) for a patch autoencoder (`patch`) or any other model:
-        the fields, or where they are None the defaults measured for that model (the comment on `lr`)."""
-        lr = self.lr if self.lr is not None else (PATCH_LR if patch else 1e-3)
+        the fields, or where they are None the defaults measured for that model and latent size (the comment on
+        `lr`; latent_dim None counts as LATENT_START, where a fit starts)."""
+        wide = (self.latent_dim if self.latent_dim is not None else LATENT_START) >= WIDE_LATENT
+        patch_lr, patch_patience = (WIDE_PATCH_LR, WIDE_PATCH_PATIENCE) if wide else (PATCH_LR, PATCH_PATIENCE)
+        lr = self.lr if self.lr is not None else (patch_lr if patch else 1e-3)
         warmup = self.warmup_steps if self.warmup_steps is not None else (100 if patch else 0)
-        patience = self.plateau_patience if self.plateau_patience is not None else (PATCH_PATIENCE if patch else 2)
+        patience = self.plateau_patience if self.plateau_patience is not None else (patch_patience if patch else 2)
         return lr, warmup, patience
 
     def arch_kwargs(self) -> dict:

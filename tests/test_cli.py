@@ -100,10 +100,18 @@ def test_bad_idx_file_rejected_before_training(tmp_path, capsys):
 def test_train_grows_the_latent_and_says_so(tmp_path, monkeypatch):
     """Without --latent-dim the latent is fitted (here any error is too much, and each attempt, on noise, is made to
     measure a little better than the last: 32 -> 64 -> 128); metrics.json and the saved model say what was chosen
-    and why."""
+    and why. The 128 attempt trains with the wide latents' schedule."""
+    from lsdm_fast.config import PATCH_LR, PATCH_PATIENCE, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE
     from lsdm_fast.stages import AutoencoderStep
     measures = iter([0.5, 0.4, 0.3])
     monkeypatch.setattr(AutoencoderStep, "heldout_unexplained", lambda self: next(measures))
+    schedules, init = [], AutoencoderStep.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        schedules.append((self.cfg.latent_dim, self.lr, self.patience))
+
+    monkeypatch.setattr(AutoencoderStep, "__init__", recording)
     data = _noise_folder(tmp_path, 60, seed=2)
     out = str(tmp_path / "run")
     assert main(["train", "--data", data, "--n-per-class", "2", "--ae-steps", "12", "--steps", "2",
@@ -114,3 +122,5 @@ def test_train_grows_the_latent_and_says_so(tmp_path, monkeypatch):
     assert m["config"]["autoencoder"]["latent_dim"] is None  # what was asked for
     saved = json.load(open(os.path.join(out, "model", "config.json")))
     assert saved["config"]["autoencoder"]["latent_dim"] == 128  # what the saved model is
+    assert schedules == [(32, PATCH_LR, PATCH_PATIENCE), (64, PATCH_LR, PATCH_PATIENCE),
+                         (128, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE)]

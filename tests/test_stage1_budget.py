@@ -142,10 +142,16 @@ def test_weight_average_is_what_stage1_checks_and_ends_with(y):
 
 def test_schedule_by_model_and_fields():
     """None fields take the schedule measured for the model; explicit fields always win."""
-    from lsdm_fast.config import PATCH_LR, PATCH_PATIENCE
+    from lsdm_fast.config import PATCH_LR, PATCH_PATIENCE, WIDE_LATENT, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE
     cfg = AutoencoderConfig()
     assert cfg.schedule(patch=True) == (PATCH_LR, 100, PATCH_PATIENCE)
     assert cfg.schedule(patch=False) == (1e-3, 0, 2)
+    # the patch model's wide latents (a grown attempt, or a size asked for) train at their own rate and patience
+    for d in (WIDE_LATENT, 2 * WIDE_LATENT):
+        assert AutoencoderConfig(latent_dim=d).schedule(patch=True) == (WIDE_PATCH_LR, 100, WIDE_PATCH_PATIENCE)
+        assert AutoencoderConfig(latent_dim=d).schedule(patch=False) == (1e-3, 0, 2)
+    assert AutoencoderConfig(latent_dim=WIDE_LATENT // 2).schedule(patch=True) == (PATCH_LR, 100, PATCH_PATIENCE)
+    assert AutoencoderConfig(latent_dim=2 * WIDE_LATENT, lr=1e-3).schedule(patch=True)[0] == 1e-3
     mine = AutoencoderConfig(lr=2e-4, warmup_steps=7, plateau_patience=3)
     assert mine.schedule(patch=True) == mine.schedule(patch=False) == (2e-4, 7, 3)
     with pytest.raises(ValueError, match="plateau_patience"):

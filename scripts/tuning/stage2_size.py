@@ -1,23 +1,30 @@
 """Stage-2 variants against quality, one stage 1 shared by every variant: its size
-(results/experiments/issue24_stage2_size), jittered pair latents and the marginal critic (issue 25's recall;
-docs/design.md §7).
+(results/experiments/issue24_stage2_size), jittered pair latents, the marginal critic, the generator's weight
+average (issue 25's recall and super-resolution FD; docs/design.md §7).
 
     python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [m=all] [split=0] [width=512]
-                                         [steps=4000] [jitter=0] [marginal=0] [pseudo=0] [ae=K=V,...] [ema_checks=average|raw]
-                                         [cache=FOLDER] [log=runs.jsonl]
+                                         [steps=4000] [jitter=0] [marginal=0] [pseudo=0] [ae=K=V,...]
+                                         [match=K=V,...] [ema_checks=average|raw] [task=class|superres]
+                                         [pairs=1000] [cache=FOLDER] [tag=] [log=runs.jsonl]
 
-Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, `m` of the rest unpaired, default all),
-except stage 2's generator and critic widths (`width`), generator steps (`steps`), the marginal critic's weight
-(`marginal`, 0: off) and `jitter` (> 0: each critic update sees the pair latents plus N(0, jitter^2),
-standardised units, drawn from a generator of its own so the method's draws are unchanged); prints and appends
-one JSON line: per-stage seconds (wall), thread CPU time of the fit, stage-1 steps, the judge's conditional
-accuracy, the feature-CNN FD of 200 samples per class against the test split and k-NN precision / recall /
-density / coverage against 2,000 test images (lsdm_fast.metrics, nets cached in `cache`; neither is used in
-training). Stage 1 is deterministic given the seed and data, so its result (weights, history, the
-training RNG's state after it) is cached under `cache`/stage1 and reused by the next variant: each variant then
-costs only its stage 2, exactly as in a fit of its own. `ae` overrides AutoencoderConfig fields (a Python keyword
-list); the row adds the reconstruction FD and the FD of test latents moved by 0.25 standardised units before
-decoding (how much the decoder amplifies stage 2's misses)."""
+Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, `m` of the rest
+unpaired, default all), except stage 2's generator and critic widths (`width`), generator steps (`steps`), the
+marginal critic's weight (`marginal`, 0: off) and `jitter` (> 0: each critic update sees the pair latents plus
+N(0, jitter^2), standardised units, drawn from a generator of its own so the method's draws are unchanged);
+prints and appends one JSON line: per-stage seconds (wall), thread CPU time of the fit, stage-1 steps, the
+judge's conditional accuracy, the feature-CNN FD of 200 samples per class against the test split and k-NN
+precision / recall / density / coverage against 2,000 test images (lsdm_fast.metrics, nets cached in `cache`;
+neither is used in training). Stage 1 is deterministic given the seed and data, so its result (weights,
+history, the training RNG's state after it) is cached under `cache`/stage1 and reused by the next variant: each
+variant then costs only its stage 2, exactly as in a fit of its own (`tag` keeps the stage 1 of code that
+changed apart). `ae` overrides AutoencoderConfig fields and
+`match` MatchingConfig fields (Python keyword lists, e.g. match=generator_ema=0.999); the row adds the
+reconstruction FD and the FD of test latents moved by 0.25 standardised units before decoding (how much the
+decoder amplifies stage 2's misses).
+
+task=superres: superres_x4's setting instead (`pairs` random pairs, 7x7 -> 28x28 conditions, the rest unpaired;
+npc, pseudo and marginal do not apply), scored by the experiments' own Evaluator, so with split=SEED the row
+equals the LSDM row of `lsdm experiment superres_x4 --seeds SEED`."""
 import hashlib
 import json
 import os
@@ -31,7 +38,9 @@ import torch
 import lsdm_fast.stages as stages
 from lsdm_fast import LSDM, LSDMConfig
 from lsdm_fast import metrics as M
-from lsdm_fast.data import load_dataset, split_paired_unpaired
+from lsdm_fast.data import load_dataset, make_conditions, split_paired_unpaired
+from lsdm_fast.experiments.evaluate import Evaluator
+from lsdm_fast.experiments.registry import Budget
 
 
 def cache_stage1(folder: str, tag: str) -> None:
@@ -97,7 +106,13 @@ def main(argv):
     cache = kv.get("cache", os.path.expanduser("~/.cache/lsdm_fast"))
     train, test = load_dataset(data, "train"), load_dataset(data, "test")
     m = int(kv["m"]) if "m" in kv else None  # unpaired images (None: all the rest)
-    split = split_paired_unpaired(train.labels, n_per_class=npc, m_unpaired=m, seed=split_seed)
+    superres = kv.get("task", "class") == "superres"
+    if superres:  # superres_x4's setting: `pairs` random pairs (default 1,000), 7x7 -> 28x28, the rest unpaired
+        split = split_paired_unpaired(train.labels, n_pairs=int(kv.get("pairs", 1000)), m_unpaired=m, seed=split_seed,
+                                      num_classes=train.num_classes)
+        npc = f"sr{len(split.paired)}"  # the stage-1 cache's tag
+    else:
+        split = split_paired_unpaired(train.labels, n_per_class=npc, m_unpaired=m, seed=split_seed)
     cfg = LSDMConfig(seed=seed)
     width = int(kv.get("width", 512))
     cfg = replace(cfg, matching=replace(cfg.matching, generator_hidden=(width, width), critic_hidden=(width, width),
@@ -108,19 +123,34 @@ def main(argv):
     marginal = float(kv.get("marginal", 0))
     pseudo = float(kv.get("pseudo", 0))
     cfg = replace(cfg, matching=replace(cfg.matching, marginal_weight=marginal, pseudo_label=pseudo))
+    match = eval(f"dict({kv.get('match', '')})")  # MatchingConfig overrides, e.g. match="generator_ema=0.999"
+    cfg = replace(cfg, matching=replace(cfg.matching, **match))
     ae = eval(f"dict({kv.get('ae', '')})")  # AutoencoderConfig overrides, e.g. ae="conv_design='patch',patch_depth=2"
     cfg = replace(cfg, autoencoder=replace(cfg.autoencoder, **ae))
     raw_checks = kv.get("ema_checks", "average") == "raw"
     if raw_checks:
         ema_checks_on_raw_weights()
     cache_stage1(os.path.join(cache, "stage1"), f"{os.path.basename(os.path.normpath(data))}_n{npc}_split{split_seed}"
-                 + ("_rawchecks" if raw_checks else ""))
+                 + ("_rawchecks" if raw_checks else "") + kv.get("tag", ""))
     t0, c0 = time.perf_counter(), time.thread_time()
-    model = LSDM(cfg).fit(train.labels[split.paired], train.images[split.paired], train.images[split.unpaired],
+    px = make_conditions(train, "superres", 4)[split.paired] if superres else train.labels[split.paired]
+    model = LSDM(cfg).fit(px, train.images[split.paired], train.images[split.unpaired],
                           num_classes=train.num_classes, progress=False)
     wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
     feat = M.feature_net(train.images, train.labels, train.num_classes, cache_dir=cache)
     judge = M.judge_net(train.images, train.labels, train.num_classes, cache_dir=cache)
+    if superres:  # scored exactly as `lsdm experiment superres_x4` scores its LSDM row
+        ev = Evaluator("superres", train, test, feat, judge, Budget(), 4, seed, split.paired)
+        res, _ = ev(lambda c: model.sample(c, 1, seed=seed + 1000), model, model)
+        row = dict(data=os.path.basename(os.path.normpath(data)), task="superres", pairs=len(split.paired), m=m,
+                   seed=seed, split=split_seed, ae=ae, match=match, width=width, steps=cfg.matching.steps,
+                   wall_s=wall, cpu_s=cpu, stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
+                   latent_dim=model.config.autoencoder.latent_dim, **res)
+        print(json.dumps(row))
+        if "log" in kv:
+            with open(kv["log"], "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        return
     labels = np.repeat(np.arange(train.num_classes), 200)
     y = model.sample(torch.from_numpy(labels), 1, seed=seed + 1000).numpy()
     images = y.reshape(len(y), *train.images.shape[1:])
@@ -132,10 +162,16 @@ def main(argv):
     eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(99))
     decoded_fd = {sigma: M.classifier_fd(feat, model.decode(z + sigma * model.latent_std * eps).numpy(), test.images)
                   for sigma in (0.0, 0.25)}
+    # recall's ceilings in the same protocol: 2,000 real training images, and the same images through E then D
+    real = train.images[np.random.default_rng(4321).permutation(len(train))[:len(labels)]]
+    real_feats = M.extract_features(feat, test.images[:2000])
+    real_prdc = M.prdc(real_feats, M.extract_features(feat, real))
+    recon = model.decode(model.encode(torch.from_numpy(real))).numpy().reshape(len(real), -1)
+    recon_prdc = M.prdc(real_feats, M.extract_features(feat, recon))
     row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), m=m, seed=seed, split=split_seed,
                ema_checks="raw" if raw_checks else "average",
-               ae=ae, width=width, steps=cfg.matching.steps, jitter=jitter, marginal=marginal, pseudo=pseudo,
-               pseudo_pairs=model.history.get("pseudo_pairs"), prdc=prdc,
+               ae=ae, match=match, width=width, steps=cfg.matching.steps, jitter=jitter, marginal=marginal, pseudo=pseudo,
+               pseudo_pairs=model.history.get("pseudo_pairs"), prdc=prdc, real_prdc=real_prdc, recon_prdc=recon_prdc,
                recon_fd=decoded_fd[0.0], perturbed_fd=decoded_fd[0.25], wall_s=wall, cpu_s=cpu,
                stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
                latent_dim=model.config.autoencoder.latent_dim, latent_search=model.history.get("latent_search"),
