@@ -6,7 +6,6 @@ the default (issue 25; results/experiments/issue25_stage2_probes).
 
 STAGE1_STEPS: LSDM's stage-1 step count on that seed (its row's stage1_steps). Split, conditions, config and
 scoring are the experiment's own (split seed = SEED), so with MATCH_STEPS 4000 the row equals the experiment's."""
-import json
 import os
 import sys
 from dataclasses import replace
@@ -16,8 +15,8 @@ import torch
 from lsdm_fast import metrics as M
 from lsdm_fast.baselines import fit_paired_only
 from lsdm_fast.data import load_dataset, make_conditions, split_paired_unpaired
-from lsdm_fast.experiments.evaluate import Evaluator
 from lsdm_fast.experiments.registry import Budget, lsdm_config
+from stage2_size import emit, score_superres  # this folder's
 
 
 def main(argv):
@@ -35,13 +34,8 @@ def main(argv):
     model = fit_paired_only(equal, px, py, num_classes=train.num_classes, progress=False)
     feat = M.feature_net(train.images, train.labels, train.num_classes, cache_dir=cache)
     judge = M.judge_net(train.images, train.labels, train.num_classes, cache_dir=cache)
-    ev = Evaluator("superres", train, test, feat, judge, budget, 4, seed, split.paired)
-    res, _ = ev(lambda c: model.sample(c, 1, seed=seed + 1000), model, model)
-    row = dict(method="lsdm_paired_only_equal_steps", seed=seed, stage1_steps=n1, steps=steps, **res)
-    print(json.dumps(row))
-    if "log" in kv:
-        with open(kv["log"], "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+    res = score_superres(model, train, test, feat, judge, seed, split.paired, budget)
+    emit(dict(method="lsdm_paired_only_equal_steps", seed=seed, stage1_steps=n1, steps=steps, **res), kv.get("log"))
 
 
 if __name__ == "__main__":

@@ -99,6 +99,20 @@ def ema_checks_on_raw_weights() -> None:
     stages.AutoencoderStep.heldout_loss = raw_checks
 
 
+def score_superres(model, train, test, feat, judge, seed: int, paired, budget: Budget | None = None) -> dict:
+    """The metrics `lsdm experiment superres_x4` gives a model's row (its Evaluator, its sampling seed)."""
+    ev = Evaluator("superres", train, test, feat, judge, budget or Budget(), 4, seed, paired)
+    return ev(lambda c: model.sample(c, 1, seed=seed + 1000), model, model)[0]
+
+
+def emit(row: dict, log: str | None) -> None:
+    """Print the row as one JSON line and append it to `log` (if given)."""
+    print(json.dumps(row))
+    if log:
+        with open(log, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def main(argv):
     torch.set_num_threads(1)
     seed, kv = int(argv[0]), dict(a.split("=", 1) for a in argv[1:])
@@ -140,21 +154,17 @@ def main(argv):
     feat = M.feature_net(train.images, train.labels, train.num_classes, cache_dir=cache)
     judge = M.judge_net(train.images, train.labels, train.num_classes, cache_dir=cache)
     if superres:  # scored exactly as `lsdm experiment superres_x4` scores its LSDM row
-        ev = Evaluator("superres", train, test, feat, judge, Budget(), 4, seed, split.paired)
-        res, _ = ev(lambda c: model.sample(c, 1, seed=seed + 1000), model, model)
-        row = dict(data=os.path.basename(os.path.normpath(data)), task="superres", pairs=len(split.paired), m=m,
-                   seed=seed, split=split_seed, ae=ae, match=match, width=width, steps=cfg.matching.steps,
-                   wall_s=wall, cpu_s=cpu, stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
-                   latent_dim=model.config.autoencoder.latent_dim, **res)
-        print(json.dumps(row))
-        if "log" in kv:
-            with open(kv["log"], "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+        res = score_superres(model, train, test, feat, judge, seed, split.paired)
+        emit(dict(data=os.path.basename(os.path.normpath(data)), task="superres", pairs=len(split.paired), m=m,
+                  seed=seed, split=split_seed, ae=ae, match=match, width=width, steps=cfg.matching.steps,
+                  wall_s=wall, cpu_s=cpu, stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
+                  latent_dim=model.config.autoencoder.latent_dim, **res), kv.get("log"))
         return
     labels = np.repeat(np.arange(train.num_classes), 200)
     y = model.sample(torch.from_numpy(labels), 1, seed=seed + 1000).numpy()
     images = y.reshape(len(y), *train.images.shape[1:])
-    prdc = M.prdc(M.extract_features(feat, test.images[:2000]), M.extract_features(feat, images))
+    test_feats = M.extract_features(feat, test.images[:2000])  # the k-NN reference of every prdc below
+    prdc = M.prdc(test_feats, M.extract_features(feat, images))
     # the decoder's floor (evaluate.Evaluator.reconstruction_fd's protocol) and its sensitivity: the same test
     # images' latents moved by sigma standardised units of N(0, I) before decoding
     pick = np.random.default_rng(4321).permutation(len(test))[:len(labels)]
@@ -164,10 +174,9 @@ def main(argv):
                   for sigma in (0.0, 0.25)}
     # recall's ceilings in the same protocol: 2,000 real training images, and the same images through E then D
     real = train.images[np.random.default_rng(4321).permutation(len(train))[:len(labels)]]
-    real_feats = M.extract_features(feat, test.images[:2000])
-    real_prdc = M.prdc(real_feats, M.extract_features(feat, real))
+    real_prdc = M.prdc(test_feats, M.extract_features(feat, real))
     recon = model.decode(model.encode(torch.from_numpy(real))).numpy().reshape(len(real), -1)
-    recon_prdc = M.prdc(real_feats, M.extract_features(feat, recon))
+    recon_prdc = M.prdc(test_feats, M.extract_features(feat, recon))
     row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), m=m, seed=seed, split=split_seed,
                ema_checks="raw" if raw_checks else "average",
                ae=ae, match=match, width=width, steps=cfg.matching.steps, jitter=jitter, marginal=marginal, pseudo=pseudo,
@@ -177,10 +186,7 @@ def main(argv):
                latent_dim=model.config.autoencoder.latent_dim, latent_search=model.history.get("latent_search"),
                unexplained=model.history.get("stage1_unexplained"),
                accuracy=M.conditional_accuracy(judge, y, labels), fd=M.classifier_fd(feat, images, test.images))
-    print(json.dumps(row))
-    if "log" in kv:
-        with open(kv["log"], "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+    emit(row, kv.get("log"))
 
 
 if __name__ == "__main__":
