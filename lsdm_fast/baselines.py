@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .api import LSDM
-from .config import LSDMConfig, MatchingConfig
+from .config import MATCH_STEPS, LSDMConfig, MatchingConfig
 from .models import Critic, Generator
 from .ops.encode_generate import condition_tensor
 from .stages import train_joint_matching
@@ -46,6 +46,8 @@ class PixelMatching:
     def __init__(self, matching: MatchingConfig, *, noise_dim: int = 32, generator_hidden=(256, 256),
                  critic_hidden=(256, 256), seed: int = 0):
         self.cfg = copy.deepcopy(matching)
+        if self.cfg.steps is None:  # pixels are no latent: the baseline keeps MATCH_STEPS, not the wide-latent budget
+            self.cfg.steps = MATCH_STEPS
         self.noise_dim, self.seed = noise_dim, seed
         self.generator_hidden, self.critic_hidden = tuple(generator_hidden), tuple(critic_hidden)
         self.generator = self.critic = None

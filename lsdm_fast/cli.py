@@ -92,7 +92,9 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="stage 1's average of the weights, which the plateau checks measure and stage 1 ends with "
                         "(default 0: off; 0.999 lowered MNIST's sample FD but raised the texture set's, "
                         "results/experiments/issue25_ema)")
-    p.add_argument("--steps", type=_nonneg_int, default=defaults["steps"], help="stage-2 generator steps")
+    p.add_argument("--steps", type=_nonneg_int, default=defaults["steps"],
+                   help="stage-2 generator steps" + (" (default: sized to the latent: 4000, or 8000 from a 128-d "
+                                                     "latent up; docs/design.md §2)" if defaults["steps"] is None else ""))
     p.add_argument("--batch-size", type=_positive(int), default=256)
     p.add_argument("--marginal-weight", type=_nonneg_float, default=0.0,
                    help="weight of stage 2's marginal critic, which matches the generated latents to those of every "
@@ -187,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "one (refused otherwise)")
     tr.add_argument("--eval-per-class", type=_positive(int), default=200)
     _add_train_args(tr, {"out": "runs/train", "latent_dim": None, "ae_stop": "plateau", "ae_steps": 20000,
-                         "steps": 4000})
+                         "steps": None})
 
     sm = sub.add_parser("sample", help="draw samples from a saved model (class labels, or low-resolution inputs "
                                        "for a super-resolution model)", **fmt)

@@ -372,14 +372,16 @@ def train_joint_matching(state: TrainingState, x: torch.Tensor, z: torch.Tensor,
         pending.clear()
         state.history["backend"] = step_fn.backend
 
-    bar = _steps(state.step, cfg.steps, "stage 2: joint matching", progress)
+    total = cfg.generator_steps(z.shape[1])  # None: sized to the latent
+    state.history["stage2_steps"] = total
+    bar = _steps(state.step, total, "stage 2: joint matching", progress)
     for step in bar:
         pending.append(step_fn(step))  # no host read in graph mode: the guard is read in read_back
         state.step = step + 1
         if len(pending) >= LOG_EVERY:
             read_back()
             bar.set_postfix(W=f"{curves['wasserstein'][-1]:.3f}", GP=f"{curves['penalty'][-1]:.3f}")
-        if checkpoint is not None and _due(cfg.checkpoint_every, state.step, cfg.steps):
+        if checkpoint is not None and _due(cfg.checkpoint_every, state.step, total):
             read_back()
             state.optim = step_fn.state_dict()
             checkpoint.save(state)

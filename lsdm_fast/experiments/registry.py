@@ -22,7 +22,7 @@ class Budget:
     ae_kind: str = "auto"  # conv for the 28x28 images (AutoencoderConfig.kind)
     ae_stop: str = "plateau"  # each method's stage 1 to convergence; "steps": exactly ae_steps
     ae_steps: int = 20000  # stage-1 steps ("steps") or their cap ("plateau")
-    match_steps: int = 4000
+    match_steps: int | None = None  # None: stage 2 sized to the latent (MatchingConfig.generator_steps), pixels MATCH_STEPS
     diffusion_steps: int = 8000
     batch_size: int = 256
     latent_dim: int | None = None  # None: fitted to the data (AutoencoderConfig.latent_dim)

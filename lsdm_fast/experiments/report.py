@@ -13,6 +13,7 @@ import torch
 from .. import metrics as M
 from ..io import atomic_write_bytes, atomic_write_json
 from ..viz import save_figure
+from ..config import MATCH_STEPS, WIDE_LATENT, WIDE_MATCH_STEPS
 from .registry import Budget
 
 TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("classifier_fd", "clf-FD ↓", 1, "{:.2f}"),
@@ -24,7 +25,7 @@ TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("cl
                  ("latent_w1", "latent W1 ↓", 1, "{:.3f}"), ("psnr_db", "PSNR ↑", 1, "{:.2f}"),
                  ("ssim", "SSIM ↑", 1, "{:.3f}"), ("consistency_rmse", "consist. ↓", 1, "{:.4f}"),
                  ("samples_per_second", "samples/s", 1, "{:.0f}"), ("fit_seconds", "fit s", 1, "{:.0f}"),
-                 ("stage1_steps", "stage-1 steps", 1, "{:.0f}")]
+                 ("stage1_steps", "stage-1 steps", 1, "{:.0f}"), ("stage2_steps", "stage-2 steps", 1, "{:.0f}")]
 
 
 def _method_name(row) -> str:
@@ -184,8 +185,15 @@ def budget_note(b: Budget) -> str:
     else:
         stage1 = f"Stage 1: every method's autoencoder trains exactly {b.ae_steps} steps (equal compute)."
     return (stage1 + f" Stage 2 (LSDM, paired-only LSDM), pixel matching and the latent-diffusion denoiser: "
-            f"{b.match_steps} generator steps / {b.diffusion_steps} denoiser steps, batch {b.batch_size}; latent "
+            f"{_match_steps(b)} generator steps / {b.diffusion_steps} denoiser steps, batch {b.batch_size}; latent "
             "diffusion uses LSDM's autoencoder from the same cell.")
+
+
+def _match_steps(b) -> str:
+    if b.match_steps is not None:
+        return str(b.match_steps)
+    return (f"{MATCH_STEPS} (stage 2: {WIDE_MATCH_STEPS} where the latent is {WIDE_LATENT}-d or wider, "
+            "MatchingConfig.generator_steps; the stage2_steps field of results.json says which)")
 
 
 def fid_note(ctx: dict, eval_nets: dict) -> str:

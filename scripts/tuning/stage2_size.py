@@ -130,7 +130,7 @@ def main(argv):
     cfg = LSDMConfig(seed=seed)
     width = int(kv.get("width", 512))
     cfg = replace(cfg, matching=replace(cfg.matching, generator_hidden=(width, width), critic_hidden=(width, width),
-                                        steps=int(kv.get("steps", 4000))))
+                                        steps=int(kv["steps"]) if "steps" in kv else None))  # None: sized to the latent
     jitter = float(kv.get("jitter", 0))
     if jitter > 0:
         jitter_pair_latents(jitter)
@@ -156,7 +156,7 @@ def main(argv):
     if superres:  # scored exactly as `lsdm experiment superres_x4` scores its LSDM row
         res = score_superres(model, train, test, feat, judge, seed, split.paired)
         emit(dict(data=os.path.basename(os.path.normpath(data)), task="superres", pairs=len(split.paired), m=m,
-                  seed=seed, split=split_seed, ae=ae, match=match, width=width, steps=cfg.matching.steps,
+                  seed=seed, split=split_seed, ae=ae, match=match, width=width, steps=model.history["stage2_steps"],
                   wall_s=wall, cpu_s=cpu, stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
                   latent_dim=model.config.autoencoder.latent_dim, **res), kv.get("log"))
         return
@@ -179,7 +179,7 @@ def main(argv):
     recon_prdc = M.prdc(test_feats, M.extract_features(feat, recon))
     row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), m=m, seed=seed, split=split_seed,
                ema_checks="raw" if raw_checks else "average",
-               ae=ae, match=match, width=width, steps=cfg.matching.steps, jitter=jitter, marginal=marginal, pseudo=pseudo,
+               ae=ae, match=match, width=width, steps=model.history["stage2_steps"], jitter=jitter, marginal=marginal, pseudo=pseudo,
                pseudo_pairs=model.history.get("pseudo_pairs"), prdc=prdc, real_prdc=real_prdc, recon_prdc=recon_prdc,
                recon_fd=decoded_fd[0.0], perturbed_fd=decoded_fd[0.25], wall_s=wall, cpu_s=cpu,
                stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
