@@ -97,7 +97,7 @@ def test_experiment_quick_class(tmp_path, capsys):
     (out / "results.json").write_text(json.dumps(old))
     assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
                  "--cache-dir", str(tmp_path / "cache"), "--ae-design", "patch"]) == 2
-    assert "written with a different budget" in capsys.readouterr().err
+    assert "written with a different budget (ae_design 'strided' there, 'patch' here)" in capsys.readouterr().err
     # results written before Budget had ae_ema ran without stage 1's weight average: resumed as such, and refused
     # with one
     old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "ae_ema"})

@@ -177,8 +177,12 @@ def _run_experiment(name, exp, data, seeds, out, quick, backend, budget, cache_d
             old = json.load(fh)
         # a field added to Budget since: the value its absence meant (the run was made without it)
         old_budget = None if old.get("budget") is None else {**BUDGET_IMPLIED_BY_ABSENCE, **old["budget"]}
-        if old_budget not in (None, json.loads(json.dumps(asdict(budget)))):
-            raise ValueError(f"{res_path}: written with a different budget; use another --out or drop --resume")
+        now = json.loads(json.dumps(asdict(budget)))
+        if old_budget not in (None, now):
+            differ = ", ".join(f"{k} {old_budget.get(k)!r} there, {now.get(k)!r} here"
+                               for k in sorted(set(old_budget) | set(now)) if old_budget.get(k) != now.get(k))
+            raise ValueError(f"{res_path}: written with a different budget ({differ}); give the options that set it "
+                             "as it was there (e.g. --steps), use another --out, or drop --resume")
         if old.get("fid", "none") != fid:
             raise ValueError(f"{res_path}: written with --fid {old.get('fid', 'none')}, this run has --fid {fid}; "
                              "use another --out or the same --fid")
