@@ -11,7 +11,7 @@ from lsdm_fast.data import load_digits_dataset, split_paired_unpaired
 def test_generator_steps_by_latent_and_fields():
     from lsdm_fast.config import MATCH_STEPS, WIDE_LATENT, WIDE_MATCH_STEPS
     assert MatchingConfig().steps is None
-    assert (MATCH_STEPS, WIDE_MATCH_STEPS) == (4000, 8000)  # the budgets measured (docs/design.md §2)
+    assert (MATCH_STEPS, WIDE_MATCH_STEPS) == (4000, 8000)  # the budgets measured (docs/design.md §1, "Stage 2's budget")
     for d in (1, 32, WIDE_LATENT - 1):
         assert MatchingConfig().generator_steps(d) == MATCH_STEPS
     for d in (WIDE_LATENT, 2 * WIDE_LATENT):
