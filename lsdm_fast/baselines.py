@@ -48,6 +48,8 @@ class PixelMatching:
         self.cfg = copy.deepcopy(matching)
         if self.cfg.steps is None:  # pixels are no latent: the baseline keeps MATCH_STEPS, not the wide-latent budget
             self.cfg.steps = MATCH_STEPS
+        if self.cfg.penalty_over is None:  # the joint penalty its committed tables were made with (WGCS's)
+            self.cfg.penalty_over = "joint"
         self.noise_dim, self.seed = noise_dim, seed
         self.generator_hidden, self.critic_hidden = tuple(generator_hidden), tuple(critic_hidden)
         self.generator = self.critic = None

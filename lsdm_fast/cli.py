@@ -87,7 +87,7 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--grow-latent", type=_fraction, default=None, metavar="FRACTION",
                    help="without --latent-dim and with --ae-stop plateau: while stage 1 leaves more than this "
                         "fraction of the held-out images' pixel variance unexplained, train it again with twice the "
-                        "latent, from 32 up to 128 (default: 0.1; 0: off; docs/design.md §1)")
+                        "latent, from 32 up to 256 (default: 0.05; 0: off; docs/design.md §1)")
     p.add_argument("--ae-ema", type=_fraction, default=None, metavar="DECAY",
                    help="stage 1's average of the weights, which the plateau checks measure and stage 1 ends with "
                         "(default 0: off; 0.999 lowered MNIST's sample FD but raised the texture set's, "
@@ -104,6 +104,10 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="class labels: unpaired images whose latent a classifier trained on the pairs labels with "
                         "at least this probability join stage 2's pairs (default: 0.99 for --task class, off for "
                         "superres; 0: off; docs/design.md §1)")
+    p.add_argument("--penalty-over", choices=["joint", "latent"], default=None,
+                   help="stage 2's gradient penalty: over the latent only, one 1-Lipschitz critic per condition, or "
+                        "over (condition, latent) jointly (default: latent for class labels, joint for superres; "
+                        "docs/design.md §1)")
     _add_backend_arg(p, "backend of the stage-2 critic step")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast for stage 1 and the generator; the critic step stays fp32")
@@ -229,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--settings", default=None, help="comma-separated subset of the experiment's settings to run, "
                                                      "e.g. m=1000,m=10000 (default: all)")
     ex.add_argument("--latent-dim", type=_positive(int), default=None, help="override the latent dimension d")
+    ex.add_argument("--grow-latent", type=_fraction, default=None, metavar="FRACTION",
+                    help="override the latent fitting rule's threshold (default 0.05; 0: off)")
+    ex.add_argument("--latent-max", type=_positive(int), default=None, help="override the largest fitted latent "
+                                                                            "(default 256)")
     ex.add_argument("--ae-hidden", default=None, help="override the autoencoder widths, e.g. 1024,512")
     ex.add_argument("--match-hidden", default=None, help="override the generator and critic widths, e.g. 512,512")
     ex.add_argument("--ae-design", choices=list(CONV_DESIGNS), default=None,
@@ -239,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the weight of stage 2's marginal critic (0: off)")
     ex.add_argument("--pseudo-label", type=_confidence, default=None, metavar="CONFIDENCE",
                     help="override stage 2's pseudo-label confidence (default: 0.99 for class labels; 0: off)")
+    ex.add_argument("--penalty-over", choices=["joint", "latent"], default=None,
+                    help="override stage 2's gradient penalty (default: latent for class labels, joint for float "
+                         "conditions)")
     ex.add_argument("--diffusion-steps", type=_nonneg_int, default=None, help="override denoiser training steps")
     ex.add_argument("--ddim-steps", default=None, help="comma-separated DDIM sampling steps to evaluate")
     ex.add_argument("--cache-dir", default=None, help="where the evaluation nets are cached "
@@ -267,7 +278,7 @@ def _config_from_args(args, ae_kind="mlp"):
                                  device=args.device, precision=args.precision, checkpoint_every=args.checkpoint_every,
                                  conv_design=getattr(args, "ae_design", None),
                                  marginal_weight=args.marginal_weight, pseudo_label=args.pseudo_label,
-                                 grow_latent=getattr(args, "grow_latent", None), ae_ema=getattr(args, "ae_ema", None))
+                                 penalty_over=args.penalty_over, grow_latent=getattr(args, "grow_latent", None), ae_ema=getattr(args, "ae_ema", None))
 
 
 def cmd_demo(args) -> int:
@@ -520,7 +531,9 @@ def cmd_experiment(args) -> int:
     budget = QUICK if args.quick else (DIGITS if args.data in ("digits", "sklearn-digits") else Budget())
     for key, val in (("ae_steps", args.ae_steps), ("match_steps", args.steps), ("diffusion_steps", args.diffusion_steps),
                      ("latent_dim", args.latent_dim), ("marginal_weight", args.marginal_weight),
-                     ("pseudo_label", args.pseudo_label), ("ae_design", args.ae_design), ("ae_ema", args.ae_ema)):
+                     ("pseudo_label", args.pseudo_label), ("ae_design", args.ae_design), ("ae_ema", args.ae_ema),
+                     ("penalty_over", args.penalty_over), ("grow_latent", args.grow_latent),
+                     ("latent_max", args.latent_max)):
         if val is not None:
             budget = replace(budget, **{key: val})
     for key, val in (("ae_hidden", args.ae_hidden), ("match_hidden", args.match_hidden)):

@@ -93,10 +93,11 @@ class AutoencoderConfig:
     # latent_dim None, plateau rule: stage 1 starts at LATENT_START, and when it ends leaving more than this
     # fraction of the held-out images' pixel variance unexplained (mean squared reconstruction error over
     # variance), it starts again from scratch with twice the latent, up to latent_max (0: off). Issue 25: MNIST
-    # leaves 4 % at latent 32 and keeps it; the texture set 18 % at 32, 11 % at 64, 6 % at 128 (reconstruction FD
-    # 325 -> 141 -> 52; docs/design.md §1, §7)
-    grow_latent: float = 0.1
-    latent_max: int = 128
+    # leaves 4 % at latent 32 and keeps it; the texture set 18 % at 32, 11 % at 64, 6 % at 128, 3 % at 256
+    # (reconstruction FD 325 -> 141 -> 52 -> 19; 512: 2 %, 9.2, but stage 2 loses the class there; docs/design.md
+    # §1, §7; results/experiments/issue25_cond_penalty)
+    grow_latent: float = 0.05
+    latent_max: int = 256
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of the stage); needs a checkpoint_dir
     # of ops.autoencoder_loss_grads, the fused step of the patch autoencoder at fp32 (other models and precisions
     # train through autograd); the results do not depend on it
@@ -127,7 +128,12 @@ class MatchingConfig:
     critic_hidden: tuple[int, ...] = (512, 512)
     negative_slope: float = 0.2
     gp_weight: float = 10.0
-    penalty_over: str = "joint"  # gradient norm over (x, z) jointly, or "latent": over z only
+    # the gradient penalty's norm: "latent", over z only (f is 1-Lipschitz in z for each condition: the critic
+    # estimates the mean over x of the conditional laws' W1, which ties every class to its own latents), or "joint",
+    # over (x, z) (the joint law's W1, where a wrong class costs only the one-hot distance, small beside a wide
+    # latent's). None: "latent" for class labels (one-hot conditions), "joint" for float conditions (penalty_for).
+    # Issue 25 (results/experiments/issue25_cond_penalty): the texture set, d = 256, accuracy 23 -> 74 %
+    penalty_over: str | None = None
     critic_steps: int = 5
     # generator steps; None: sized to the latent (generator_steps: MATCH_STEPS, WIDE_MATCH_STEPS from WIDE_LATENT up)
     steps: int | None = None
@@ -147,6 +153,13 @@ class MatchingConfig:
     # 98.5 -> 99.5 % (results/experiments/issue25_pseudo)
     pseudo_label: float | None = None
     checkpoint_every: int = 0  # generator steps between checkpoints (0: only at the end); needs a checkpoint_dir
+
+    def penalty_for(self, class_labels: bool) -> str:
+        """The gradient penalty's norm for conditions that are class labels (one-hot) or not: `penalty_over`, or
+        where it is None "latent" for class labels and "joint" otherwise."""
+        if self.penalty_over is not None:
+            return self.penalty_over
+        return "latent" if class_labels else "joint"
 
     def generator_steps(self, latent_dim: int) -> int:
         """Stage 2's generator steps for a `latent_dim`-wide latent: `steps`, or where it is None MATCH_STEPS
@@ -197,13 +210,15 @@ class LSDMConfig:
                    ae_steps: int = 20000, steps: int | None = None, batch_size: int = 256, match_hidden=None,
                    latent_noise: float = 0.0, backend: str = "auto", seed: int = 0, device: str = "cpu",
                    precision: str = "fp32", checkpoint_every: int = 0, conv_design: str | None = None,
-                   marginal_weight: float = 0.0, pseudo_label: float | None = None,
-                   grow_latent: float | None = None, ae_ema: float | None = None) -> "LSDMConfig":
+                   marginal_weight: float = 0.0, pseudo_label: float | None = None, penalty_over: str | None = None,
+                   grow_latent: float | None = None, ae_ema: float | None = None,
+                   latent_max: int | None = None) -> "LSDMConfig":
         """The config from the few knobs `lsdm train`/`demo` and `lsdm experiment` expose (one translation for
         all); everything else keeps its default. ae_steps: stage 1's steps ("steps") or their cap ("plateau");
         steps: stage 2's generator steps (None: sized to the latent, MatchingConfig.generator_steps);
         match_hidden: generator and critic widths (None: the defaults); conv_design: None for the default;
-        marginal_weight, pseudo_label: MatchingConfig's; grow_latent, ae_ema (its `ema`): AutoencoderConfig's
+        marginal_weight, pseudo_label, penalty_over: MatchingConfig's; grow_latent, latent_max, ae_ema (its `ema`):
+        AutoencoderConfig's
         (None: its default)."""
         nets = {} if match_hidden is None else {"generator_hidden": tuple(match_hidden),
                                                  "critic_hidden": tuple(match_hidden)}
@@ -212,12 +227,14 @@ class LSDMConfig:
             design["grow_latent"] = grow_latent
         if ae_ema is not None:
             design["ema"] = ae_ema
+        if latent_max is not None:
+            design["latent_max"] = latent_max
         return cls(autoencoder=AutoencoderConfig(kind=ae_kind, latent_dim=latent_dim, hidden=tuple(ae_hidden),
                                                  stop=ae_stop, steps=ae_steps, batch_size=batch_size,
                                                  latent_noise=latent_noise, checkpoint_every=checkpoint_every, **design),
                    matching=MatchingConfig(steps=steps, batch_size=batch_size, backend=backend,
                                            checkpoint_every=checkpoint_every, marginal_weight=marginal_weight,
-                                           pseudo_label=pseudo_label, **nets),
+                                           pseudo_label=pseudo_label, penalty_over=penalty_over, **nets),
                    seed=seed, device=device, precision=precision)
 
     def validate(self) -> None:
@@ -251,7 +268,8 @@ class LSDMConfig:
             (a.steps >= 0 and (m.steps is None or m.steps >= 0), "steps must be >= 0"),
             (a.batch_size >= 1 and m.batch_size >= 1, "batch sizes must be >= 1"),
             (m.critic_steps >= 1, f"matching.critic_steps must be >= 1, got {m.critic_steps}"),
-            (m.penalty_over in ("joint", "latent"), f"matching.penalty_over must be 'joint' or 'latent', got {m.penalty_over!r}"),
+            (m.penalty_over in (None, "joint", "latent"),
+             f"matching.penalty_over must be None (auto), 'joint' or 'latent', got {m.penalty_over!r}"),
             (m.gp_weight >= 0, f"matching.gp_weight must be >= 0, got {m.gp_weight}"),
             (math.isfinite(m.marginal_weight) and m.marginal_weight >= 0,
              f"matching.marginal_weight must be a finite number >= 0, got {m.marginal_weight}"),
@@ -309,6 +327,7 @@ _TYPE_CHECKS = {
     "int": (_is_int, "an integer"),
     "float": (_is_number, "a number"),
     "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or None"),
     "int | None": (lambda v: v is None or _is_int(v), "an integer or None"),
     "float | None": (lambda v: v is None or _is_number(v), "a number or None"),
     "tuple[int, ...]": (lambda v: isinstance(v, (tuple, list)) and all(_is_int(x) for x in v),

@@ -59,6 +59,11 @@ def resolve_backends(backend: str, device: torch.device, layers: int) -> dict[st
     return names
 
 
+def is_one_hot(x: torch.Tensor) -> bool:
+    """Conditions that are class labels: every row one-hot (MatchingConfig.penalty_for's question)."""
+    return x.dim() == 2 and x.shape[1] > 0 and bool(((x == 0) | (x == 1)).all()) and bool((x.sum(1) == 1).all())
+
+
 def _op_order(critic: Critic) -> list[torch.Tensor]:
     """The critic's parameters in the order the critic ops return their gradients."""
     mlp = critic.mlp.params()
@@ -90,6 +95,7 @@ class MatchingStep:
         D.check_batch(cfg.batch_size, "matching batch_size")
         self.generator, self.critic, self.x, self.z, self.cfg, self.rng = generator, critic, x, z, cfg, rng
         self.precision, self.describe, self.device = precision, describe, x.device
+        self.penalty_over = cfg.penalty_for(is_one_hot(x)) if cfg.penalty_over is None else cfg.penalty_over
         self.hint = f"try a lower learning rate (matching lr is {cfg.lr})"
         self.gen_params = list(generator.parameters())
         self.critic_params = _op_order(critic)
@@ -282,7 +288,7 @@ class MatchingStep:
         with torch.no_grad(), self._autocast():
             z_fake = self.generator(eta, xb)
         out = ops.critic_gradient_penalty(self.critic.mlp.params(), xb, zb, z_fake.float(), t,
-                                          gp_weight=self.cfg.gp_weight, penalty_over=self.cfg.penalty_over,
+                                          gp_weight=self.cfg.gp_weight, penalty_over=self.penalty_over,
                                           backend=self.backends["critic_gradient_penalty"])
         return (*_averaged(out), z_fake)
 

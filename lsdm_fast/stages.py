@@ -361,6 +361,7 @@ def train_joint_matching(state: TrainingState, x: torch.Tensor, z: torch.Tensor,
                            describe=_describer(checkpoint), mode=mode, backends=backends, z_marginal=z_marginal)
     if state.optim is not None:
         step_fn.load_state_dict(state.optim)
+    state.history["penalty_over"] = step_fn.penalty_over
     curves = {k: state.history.setdefault(k, []) for k in MATCHING_CURVES}
     pending: list[torch.Tensor] = []  # the loss terms of the steps not yet read back
 

@@ -109,6 +109,29 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     capsys.readouterr()
+    # results written before Budget had penalty_over ran the joint penalty: resumed with today's default (by the
+    # conditions: latent for class labels) they are refused, with --penalty-over joint they resume
+    old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "penalty_over"})
+    assert res["budget"]["penalty_over"] is None
+    (out / "results.json").write_text(json.dumps(old))
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "written with a different budget (penalty_over 'joint' there, None here)" in capsys.readouterr().err
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache"), "--penalty-over", "joint"]) == 0
+    capsys.readouterr()
+    # results written before Budget had grow_latent / latent_max fitted the latent with 0.1 up to 128: refused
+    # with today's rule, resumed when given that one
+    assert (res["budget"]["grow_latent"], res["budget"]["latent_max"]) == (0.05, 256)
+    old = dict(res, budget={k: v for k, v in res["budget"].items() if k not in ("grow_latent", "latent_max")})
+    (out / "results.json").write_text(json.dumps(old))
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert ("written with a different budget (grow_latent 0.1 there, 0.05 here, latent_max 128 there, 256 here)"
+            in capsys.readouterr().err)
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache"), "--grow-latent", "0.1", "--latent-max", "128"]) == 0
+    capsys.readouterr()
     # results written before Budget had marginal_weight resume as run without it; another weight is refused
     res["budget"].pop("marginal_weight")
     (out / "results.json").write_text(json.dumps(res))

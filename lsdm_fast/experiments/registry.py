@@ -26,6 +26,8 @@ class Budget:
     diffusion_steps: int = 8000
     batch_size: int = 256
     latent_dim: int | None = None  # None: fitted to the data (AutoencoderConfig.latent_dim)
+    grow_latent: float = AutoencoderConfig().grow_latent  # the fitting rule's threshold (AutoencoderConfig's)
+    latent_max: int = AutoencoderConfig().latent_max  # ... and its largest latent
     ae_hidden: tuple = (1024, 512)  # MLP autoencoder widths (when ae_kind resolves to "mlp")
     ae_design: str = AutoencoderConfig().conv_design  # the conv autoencoder's (AutoencoderConfig.conv_design)
     latent_noise: float = 0.0
@@ -33,6 +35,7 @@ class Budget:
     match_hidden: tuple = (512, 512)  # generator and critic widths (stage 2; pixel matching too)
     marginal_weight: float = 0.0  # stage 2's marginal critic (MatchingConfig's; 0: off)
     pseudo_label: float | None = None  # stage 2's pseudo-pairs' confidence (MatchingConfig's; None: auto, 0: off)
+    penalty_over: str | None = None  # stage 2's gradient penalty (MatchingConfig's; None: by the conditions)
     eval_per_class: int = 200  # class task: generated samples per class
     eval_sr: int = 1000  # superres task: test inputs
     feature_steps: int = 1500
@@ -44,7 +47,8 @@ class Budget:
 
 
 # Budget fields added since results were first written, and what a results.json without them was run with
-BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0, "ae_design": "strided", "ae_ema": 0.0}
+BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0, "ae_design": "strided", "ae_ema": 0.0,
+                             "penalty_over": "joint", "grow_latent": 0.1, "latent_max": 128}
 
 QUICK = Budget(ae_kind="mlp", ae_stop="steps", ae_steps=40, match_steps=6, diffusion_steps=40, batch_size=32,
                latent_dim=4, ae_hidden=(64, 32), match_hidden=(32, 32), eval_per_class=8, eval_sr=40, feature_steps=20,
@@ -105,5 +109,6 @@ def lsdm_config(b: Budget, seed: int, backend: str) -> LSDMConfig:
     return LSDMConfig.from_knobs(latent_dim=b.latent_dim, ae_kind=b.ae_kind, ae_hidden=b.ae_hidden, ae_stop=b.ae_stop,
                                  ae_steps=b.ae_steps, steps=b.match_steps, batch_size=b.batch_size,
                                  match_hidden=b.match_hidden, latent_noise=b.latent_noise, backend=backend, seed=seed,
-                                 marginal_weight=b.marginal_weight, pseudo_label=b.pseudo_label,
-                                 conv_design=b.ae_design, ae_ema=b.ae_ema)
+                                 marginal_weight=b.marginal_weight, pseudo_label=b.pseudo_label, penalty_over=b.penalty_over,
+                                 conv_design=b.ae_design, ae_ema=b.ae_ema, grow_latent=b.grow_latent,
+                                 latent_max=b.latent_max)
