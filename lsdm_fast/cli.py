@@ -106,8 +106,8 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                         "superres; 0: off; docs/design.md §1)")
     p.add_argument("--penalty-over", choices=["joint", "latent"], default=None,
                    help="stage 2's gradient penalty: over the latent only, one 1-Lipschitz critic per condition, or "
-                        "over (condition, latent) jointly (default: latent for class labels, joint for superres; "
-                        "docs/design.md §1)")
+                        "over (condition, latent) jointly (default: latent for class labels in a latent of 128 or more, "
+                        "else joint; docs/design.md §1)")
     _add_backend_arg(p, "backend of the stage-2 critic step")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast for stage 1 and the generator; the critic step stays fp32")
@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--pseudo-label", type=_confidence, default=None, metavar="CONFIDENCE",
                     help="override stage 2's pseudo-label confidence (default: 0.99 for class labels; 0: off)")
     ex.add_argument("--penalty-over", choices=["joint", "latent"], default=None,
-                    help="override stage 2's gradient penalty (default: latent for class labels, joint for float "
-                         "conditions)")
+                    help="override stage 2's gradient penalty (default: latent for class labels from a 128-d "
+                         "latent up, else joint)")
     ex.add_argument("--diffusion-steps", type=_nonneg_int, default=None, help="override denoiser training steps")
     ex.add_argument("--ddim-steps", default=None, help="comma-separated DDIM sampling steps to evaluate")
     ex.add_argument("--cache-dir", default=None, help="where the evaluation nets are cached "

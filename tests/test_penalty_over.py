@@ -1,10 +1,11 @@
-"""Stage 2's gradient penalty (MatchingConfig.penalty_over): None picks "latent" for class labels and "joint" for
-float conditions, the choice reaches the critic op and the history, an explicit value wins, bad values are named,
-and the pixel-space baseline keeps the joint penalty its tables were made with."""
+"""Stage 2's gradient penalty (MatchingConfig.penalty_over): None picks "latent" for class labels in a latent of
+WIDE_LATENT or more and "joint" otherwise, the choice reaches the critic op and the history, an explicit value wins,
+bad values are named, and the pixel-space baseline keeps the joint penalty its tables were made with."""
 import pytest
 import torch
 
-from lsdm_fast import LSDM, LSDMConfig, MatchingConfig
+from lsdm_fast import LSDM, AutoencoderConfig, LSDMConfig, MatchingConfig
+from lsdm_fast.config import WIDE_LATENT
 from lsdm_fast.baselines import PixelMatching
 from lsdm_fast.matching_step import MatchingStep, is_one_hot
 from lsdm_fast.models import Critic, Generator
@@ -14,9 +15,12 @@ from test_models_api import digits, fit, tiny_config  # noqa: F401 (digits: a fi
 def test_default_is_by_the_conditions_and_an_explicit_value_wins():
     m = MatchingConfig()
     assert m.penalty_over is None
-    assert m.penalty_for(True) == "latent" and m.penalty_for(False) == "joint"
+    assert m.penalty_for(True, WIDE_LATENT) == "latent" and m.penalty_for(True, 2 * WIDE_LATENT) == "latent"
+    assert m.penalty_for(True, WIDE_LATENT - 1) == "joint" and m.penalty_for(True, 32) == "joint"
+    assert m.penalty_for(False, WIDE_LATENT) == "joint" and m.penalty_for(False, 8) == "joint"
     for v in ("joint", "latent"):
-        assert MatchingConfig(penalty_over=v).penalty_for(True) == v == MatchingConfig(penalty_over=v).penalty_for(False)
+        for args in ((True, 8), (True, WIDE_LATENT), (False, 8), (False, WIDE_LATENT)):
+            assert MatchingConfig(penalty_over=v).penalty_for(*args) == v
 
 
 def test_one_hot_detection():
@@ -29,16 +33,17 @@ def test_one_hot_detection():
     assert not is_one_hot(torch.zeros(4, 0))
 
 
-def step_for(x, **kw):
-    gen, critic = Generator(3, x.shape[1], 3, (8,)), Critic(x.shape[1], 3, (8,))
+def step_for(x, dz=WIDE_LATENT, **kw):
+    gen, critic = Generator(3, x.shape[1], dz, (8,)), Critic(x.shape[1], dz, (8,))
     cfg = MatchingConfig(generator_hidden=(8,), critic_hidden=(8,), batch_size=4, critic_steps=1, backend="torch",
                          **kw)
-    return MatchingStep(gen, critic, x, torch.randn(len(x), 3), cfg, torch.Generator().manual_seed(0))
+    return MatchingStep(gen, critic, x, torch.randn(len(x), dz), cfg, torch.Generator().manual_seed(0))
 
 
 def test_matching_step_resolves_none_from_its_conditions_and_the_op_sees_it(monkeypatch):
     labels = torch.eye(5)[torch.arange(8) % 5]
     assert step_for(labels).penalty_over == "latent"
+    assert step_for(labels, dz=WIDE_LATENT // 2).penalty_over == "joint"  # a narrow latent keeps the joint penalty
     assert step_for(torch.rand(8, 5)).penalty_over == "joint"
     assert step_for(labels, penalty_over="joint").penalty_over == "joint"
     assert step_for(torch.rand(8, 5), penalty_over="latent").penalty_over == "latent"
@@ -67,10 +72,20 @@ def test_the_two_penalties_train_differently_from_the_same_start():
     assert not torch.equal(out["joint"], out["latent"])
 
 
+def wide_fit(digits, **kw):
+    ds, s = digits
+    cfg = LSDMConfig(autoencoder=AutoencoderConfig(kind="mlp", latent_dim=WIDE_LATENT, hidden=(32,), steps=20,
+                                                   batch_size=64),
+                     matching=MatchingConfig(generator_hidden=(16,), critic_hidden=(16,), steps=3, batch_size=32, **kw))
+    return LSDM(cfg).fit(ds.labels[s.paired], ds.images[s.paired], ds.images[s.unpaired], num_classes=10,
+                         progress=False)
+
+
 def test_fit_records_the_penalty_it_used(digits):
-    auto = fit(digits, 0)
+    assert fit(digits, 0).history["penalty_over"] == "joint"  # a 4-d latent
+    auto = wide_fit(digits)
     assert auto.history["penalty_over"] == "latent" and auto.config.matching.penalty_over is None
-    joint = fit(digits, 0, penalty_over="joint")
+    joint = wide_fit(digits, penalty_over="joint")
     assert joint.history["penalty_over"] == "joint"
     assert not torch.equal(auto.generator.mlp.layers[0].weight, joint.generator.mlp.layers[0].weight)
     for a, b in zip(auto.decoder.state_dict().values(), joint.decoder.state_dict().values()):
@@ -80,6 +95,7 @@ def test_fit_records_the_penalty_it_used(digits):
     cond = y.reshape(len(y), 8, 8)[:, ::2, ::2].reshape(len(y), -1)  # float conditions (a 4x4 low-resolution view)
     sr = LSDM(tiny_config(0)).fit(cond, y, ds.images[s.unpaired], progress=False)
     assert sr.history["penalty_over"] == "joint"
+    assert LSDM(tiny_config(0, penalty_over="latent")).fit(cond, y, progress=False).history["penalty_over"] == "latent"
 
 
 @pytest.mark.parametrize("bad, msg", [("both", "must be None (auto), 'joint' or 'latent', got 'both'"),

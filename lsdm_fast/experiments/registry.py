@@ -35,7 +35,7 @@ class Budget:
     match_hidden: tuple = (512, 512)  # generator and critic widths (stage 2; pixel matching too)
     marginal_weight: float = 0.0  # stage 2's marginal critic (MatchingConfig's; 0: off)
     pseudo_label: float | None = None  # stage 2's pseudo-pairs' confidence (MatchingConfig's; None: auto, 0: off)
-    penalty_over: str | None = None  # stage 2's gradient penalty (MatchingConfig's; None: by the conditions)
+    penalty_over: str | None = None  # stage 2's gradient penalty (MatchingConfig's; None: by the conditions and latent)
     eval_per_class: int = 200  # class task: generated samples per class
     eval_sr: int = 1000  # superres task: test inputs
     feature_steps: int = 1500
