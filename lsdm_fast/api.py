@@ -162,9 +162,7 @@ class LSDM:
             if state.stage == Stage.MATCHING:  # stage 2 on the pairs, which come first in all_y
                 z_std = (z_all - state.latent_mean) / state.latent_std  # every image's: the marginal critic's
                 x_pairs, z_pairs = self._stage2_pairs(state, x, z_std, n_pairs)
-                penalty = cfg.matching.penalty_for(self.meta["cond_kind"] == "onehot", z_std.shape[1])
-                matching = replace(cfg.matching, penalty_over=penalty)
-                train_joint_matching(state, x_pairs, z_pairs, matching, backends=backends, z_marginal=z_std,
+                train_joint_matching(state, x_pairs, z_pairs, cfg.matching, backends=backends, z_marginal=z_std,
                                      **kw)
                 state.stage, state.optim = Stage.DONE, None  # the step count stays: resumed_from says where it ended
                 if ck is not None:

@@ -278,7 +278,8 @@ def _config_from_args(args, ae_kind="mlp"):
                                  device=args.device, precision=args.precision, checkpoint_every=args.checkpoint_every,
                                  conv_design=getattr(args, "ae_design", None),
                                  marginal_weight=args.marginal_weight, pseudo_label=args.pseudo_label,
-                                 penalty_over=args.penalty_over, grow_latent=getattr(args, "grow_latent", None), ae_ema=getattr(args, "ae_ema", None))
+                                 penalty_over=args.penalty_over, grow_latent=getattr(args, "grow_latent", None),
+                                 ae_ema=getattr(args, "ae_ema", None))
 
 
 def cmd_demo(args) -> int:

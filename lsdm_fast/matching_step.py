@@ -95,7 +95,8 @@ class MatchingStep:
         D.check_batch(cfg.batch_size, "matching batch_size")
         self.generator, self.critic, self.x, self.z, self.cfg, self.rng = generator, critic, x, z, cfg, rng
         self.precision, self.describe, self.device = precision, describe, x.device
-        self.penalty_over = cfg.penalty_for(is_one_hot(x), z.shape[1]) if cfg.penalty_over is None else cfg.penalty_over
+        # None: by the conditions and the latent's width (MatchingConfig.penalty_for); LSDM.fit passes None too
+        self.penalty_over = cfg.penalty_for(cfg.penalty_over is None and is_one_hot(x), z.shape[1])
         self.hint = f"try a lower learning rate (matching lr is {cfg.lr})"
         self.gen_params = list(generator.parameters())
         self.critic_params = _op_order(critic)
