@@ -11,8 +11,8 @@ Sizes: N = 2^16 and 2^20 rows on a GPU; 256 and 1024 on the CPU (or with LSDM_BE
 LSDM_BENCH_ROWS=1048576 (comma-separated) picks the sizes.
 
 Group "patch-model-generate-N" / "patch-model-encode-N" (the largest size): the patch autoencoder for 28 x 28
-images (conv_design="patch", W 64; the default design is patch at W 96 since issue 25, which the fused
-kernels also take; the strided design has no GPU kernel of ours), built with random weights: eager-fp32 /
+images at the package defaults (conv_design="patch", W 96, K 1, S 4, latent 32: the model users get; the
+strided design has no GPU kernel of ours), built with random weights: eager-fp32 /
 eager-bf16 (the modules themselves), cudagraph-bf16, compile-bf16; lsdm-B (LSDM.sample / LSDM.encode with
 backend B, float32 weights at the default precision: the dense parts fused, the front / tail through the
 modules); lsdm-B-bf16 and lsdm-triton-tf32 (ops.generate / ops.encode with bf16 weights, or float32 as TF32,
@@ -296,14 +296,14 @@ def _peak_extra_gb(fn) -> float | None:
 
 
 def _conv_case(variant, op, rows):
-    """The callable of one variant of the patch model's generate / encode (conv_design="patch" at W 64, the
-    width ops/roofline.py estimates; the strided design has no kernel of ours on a GPU): eager (the modules, wrapped in a
+    """The callable of one variant of the default model's generate / encode (conv_design="patch" at the package's
+    default width, W 96, as ops/roofline.py's "W 96" rows estimate; the strided design has no kernel of ours on a GPU): eager (the modules, wrapped in a
     CUDA graph or torch.compile), lsdm-B (LSDM.sample / LSDM.encode: float32 weights, the backend's default
     precision), lsdm-B-bf16 / lsdm-triton-tf32 (ops.generate / ops.encode with the modules' front / tail in
     bf16, or float32 as TF32: on the Triton backend the fused patch kernels, encode_generate_triton_patch.py)."""
     import copy
 
-    model = _default_model("patch", patch_width=64)  # the width ops/roofline.py's "patch model" rows estimate
+    model = _default_model("patch")  # the package default (W 96): the model users get
     labels = torch.randint(0, CLASSES, (rows,), device=DEVICE)
     y = torch.rand(rows, 784, device=DEVICE)
     if variant.startswith("lsdm-"):

@@ -353,6 +353,7 @@ def hot_paths() -> list[tuple[str, str, list[Cost]]]:
     out.append(("encode 2^20 patch model", "<= 8 ms", patch_encode_triton(n)))
     out.append(("generate 2^20 patch model, W 96 (BM 64)", "-",
                 patch_generate_triton(n, PatchShape(width=96), out_bytes=2, bm=64)))
+    out.append(("encode 2^20 patch model, W 96", "-", patch_encode_triton(n, PatchShape(width=96))))
     out.append(("encode 2^20 patch model, float32 images", "-", patch_encode_triton(n, in_bytes=4)))
     out.append(("generate 2^20 patch model, unfused (before)", "-", patch_generate_unfused(n)))
     return out
