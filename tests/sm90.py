@@ -71,6 +71,9 @@ class KernelReport:
     # ("LDGSTS.16": 16-byte cp.async, "LDGSTS.4": 4-byte cp.async, "LDG.16", "LDG.1", ...)
     global_loads: dict = field(default_factory=dict)
     error: str | None = None  # compile error (the kernel did not compile)
+    # the launcher's argument handling failed (Triton builds it at the first launch on a GPU, so a kernel
+    # can compile and still never run: triton 3.6 expands only top-level TensorDescriptor arguments)
+    launcher_error: str | None = None
 
     @property
     def spills(self) -> bool:
@@ -201,12 +204,32 @@ def _config(kwargs: dict) -> dict:
             if not hasattr(v, "data_ptr")}
 
 
+def _launcher_error(kernel) -> str | None:
+    """Build the host-side launch code the CUDA driver builds at a kernel's first launch (CudaLauncher: the
+    C source, generated in Python, and the TensorDescriptor argument expansion), without compiling or
+    launching anything; the error it raises, if any."""
+    from triton.backends.nvidia.driver import make_launcher, wrap_handle_tensordesc
+
+    src = kernel.src
+    arg_idx = lambda x: (src.fn.arg_names.index(x),) if isinstance(x, str) else x  # noqa: E731 - as Triton does
+    constants = {arg_idx(i): v for i, v in src.constants.items()}
+    signature = dict(src.signature)
+    meta = getattr(kernel.metadata, "tensordesc_meta", None)
+    try:
+        make_launcher(constants, signature, meta)
+        wrap_handle_tensordesc(lambda *a: None, signature, meta)
+    except Exception as exc:  # noqa: BLE001 - recorded in the report
+        return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} in Triton's launcher"
+    return None
+
+
 def _triton_report(name: str, kwargs: dict, kernel, error: str | None, tmp: str) -> KernelReport:
     rep = KernelReport(name=name, config=_config(kwargs))
     if kernel is None:
         rep.error = error
         return rep
     md = kernel.metadata
+    rep.launcher_error = _launcher_error(kernel)
     rep.shared = int(md.shared)
     rep.ptx_tensor_core = sorted(set(TENSOR_CORE_PTX.findall(kernel.asm["ptx"])))
     base = os.path.join(tmp, f"{name}_{md.hash[:16]}")

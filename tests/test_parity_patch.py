@@ -27,7 +27,12 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Conversion of an array with ndi
               pytest.mark.skipif(not _TRITON, reason="the Triton backend needs a GPU or TRITON_INTERPRET=1")]
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+# Triton takes CPU tensors only under the interpreter (conftest sets it where there is no GPU); on a GPU machine
+# the cuda cases run and the tests below that take one device use the GPU
+_INTERPRETED = "triton" in available_backends("generate", "cpu")
+needs_interpreter = pytest.mark.skipif(not _INTERPRETED, reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+DEVICES = [pytest.param("cpu", marks=needs_interpreter), pytest.param("cuda", marks=needs_cuda)]
+DEV = "cpu" if _INTERPRETED else "cuda"
 NOISE, CLASSES = 6, 10
 TOL = {torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float32: 1e-2}
 
@@ -179,27 +184,27 @@ def test_encode_fused_matches_conv_reference(rng, fused_calls, device, shape, n,
 
 @pytest.mark.parity
 def test_empty_batches_launch_nothing_and_keep_shapes(rng, fused_calls):
-    gen, enc, dec = _models(rng, SHAPES["S2-C2"])
+    gen, enc, dec = _models(rng, SHAPES["S2-C2"], DEV)
     g, d, e = (copy.deepcopy(m).to(torch.bfloat16) for m in (gen, dec, enc))
     for out_dtype in (torch.float32, torch.uint8):
-        out = ops.generate(g.mlp.params(), d.dense(), torch.zeros(0, dtype=torch.long), noise_dim=NOISE,
+        out = ops.generate(g.mlp.params(), d.dense(), torch.zeros(0, dtype=torch.long, device=DEV), noise_dim=NOISE,
                            num_classes=CLASSES, out_dtype=out_dtype, tail=d.tail, backend="triton")
         assert out.shape == (0, 2 * 36) and out.dtype == out_dtype
-    z = ops.encode(e.dense(), torch.zeros(0, 72, dtype=torch.bfloat16), front=e.front, backend="triton")
+    z = ops.encode(e.dense(), torch.zeros(0, 72, dtype=torch.bfloat16, device=DEV), front=e.front, backend="triton")
     assert z.shape == (0, 4) and z.dtype == torch.float32
 
 
 @pytest.mark.parity
 def test_batches_split_into_pieces_give_the_same_samples(rng, fused_calls):
-    gen, enc, dec = _models(rng, SHAPES["colour-K0"])
+    gen, enc, dec = _models(rng, SHAPES["colour-K0"], DEV)
     g, d, e = (copy.deepcopy(m).to(torch.bfloat16) for m in (gen, dec, enc))
-    labels = torch.from_numpy(rng.integers(0, CLASSES, 37))
+    labels = torch.from_numpy(rng.integers(0, CLASSES, 37)).to(DEV)
     kw = dict(noise_dim=NOISE, num_classes=CLASSES, seed=3, offset=11, tail=d.tail, backend="triton")
     whole = ops.generate(g.mlp.params(), d.dense(), labels, **kw)
     pieces = ops.generate(g.mlp.params(), d.dense(), labels, batch_size=16, **kw)
     assert fused_calls["generate"] == 1 + 3
     assert _rel(pieces, whole) < 1e-6
-    y = torch.rand(37, 3 * 64, dtype=torch.bfloat16)
+    y = torch.rand(37, 3 * 64, dtype=torch.bfloat16, device=DEV)
     assert _rel(ops.encode(e.dense(), y, front=e.front, batch_size=10, backend="triton"),
                 ops.encode(e.dense(), y, front=e.front, backend="triton")) < 1e-6
 
@@ -208,13 +213,14 @@ def test_batches_split_into_pieces_give_the_same_samples(rng, fused_calls):
 def test_a_decoder_layer_before_the_head_is_chained_with_the_generator(rng, fused_calls):
     """The fused path takes any dense decoder whose last layer is the head: the layers before it run with
     the generator (the fused MLP machinery)."""
-    gen, _, dec = _models(rng, SHAPES["S2-C2"])
-    pre = torch.nn.Linear(4, 24).double()
-    head = torch.nn.Linear(24, dec.fc.out_features).double()
+    gen, _, dec = _models(rng, SHAPES["S2-C2"], DEV)
+    pre = torch.nn.Linear(4, 24).double().to(DEV)
+    head = torch.nn.Linear(24, dec.fc.out_features).double().to(DEV)
     dense = dec.dense()._replace(weights=[pre.weight, head.weight], biases=[pre.bias, head.bias])
-    labels = torch.from_numpy(rng.integers(0, CLASSES, 9))
+    labels = torch.from_numpy(rng.integers(0, CLASSES, 9)).to(DEV)
     with torch.no_grad():
-        z = gen(philox_normal(2, 0, 9, NOISE, dtype=torch.float64), torch.eye(CLASSES, dtype=torch.float64)[labels])
+        z = gen(philox_normal(2, 0, 9, NOISE, device=DEV, dtype=torch.float64),
+                torch.eye(CLASSES, dtype=torch.float64, device=DEV)[labels])
         h = F.leaky_relu(F.linear(F.leaky_relu(pre(z), 0.2), head.weight, head.bias), 0.2)
         dec_ref = copy.deepcopy(dec)
         ref = torch.sigmoid(dec_ref.tail_logits(h))
@@ -230,11 +236,11 @@ def test_float32_ieee_and_float64_are_not_fused_and_stay_exact(rng, fused_calls)
     """float32 at the default precision ("ieee") runs the MLP kernel, then the module's tail / front (torch):
     the fused kernels' FMA variant would spill (encode_generate_triton_patch.can_fuse); float64 runs the
     reference."""
-    gen, enc, dec = _models(rng, SHAPES["S2-C2"])
-    labels = torch.from_numpy(rng.integers(0, CLASSES, 7))
+    gen, enc, dec = _models(rng, SHAPES["S2-C2"], DEV)
+    labels = torch.from_numpy(rng.integers(0, CLASSES, 7)).to(DEV)
     with torch.no_grad():
-        ref = decode_reference(dec, gen(philox_normal(1, 0, 7, NOISE, dtype=torch.float64),
-                                        torch.eye(CLASSES, dtype=torch.float64)[labels]))
+        ref = decode_reference(dec, gen(philox_normal(1, 0, 7, NOISE, device=DEV, dtype=torch.float64),
+                                        torch.eye(CLASSES, dtype=torch.float64, device=DEV)[labels]))
     out64 = ops.generate(gen.mlp.params(), dec.dense(), labels, noise_dim=NOISE, num_classes=CLASSES, seed=1,
                          tail=dec.tail, backend="triton", out_dtype=torch.float64)
     assert _rel(out64, ref) < 1e-12
@@ -242,7 +248,7 @@ def test_float32_ieee_and_float64_are_not_fused_and_stay_exact(rng, fused_calls)
     out = ops.generate(g.mlp.params(), d.dense(), labels, noise_dim=NOISE, num_classes=CLASSES, seed=1, tail=d.tail,
                        backend="triton")
     assert _rel(out, ref) < 1e-4
-    y = torch.rand(7, 72, dtype=torch.float64)
+    y = torch.rand(7, 72, dtype=torch.float64, device=DEV)
     with torch.no_grad():
         assert _rel(ops.encode(e.dense(), y.float(), front=e.front, backend="triton"), encode_reference(enc, y)) < 1e-4
     assert fused_calls == {"generate": 1, "encode": 0}  # only the float64 call reached the fused host code

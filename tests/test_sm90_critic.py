@@ -51,6 +51,14 @@ def test_every_configuration_is_compiled(reports):
         assert n >= 2, f"_layer_kernel MODE={mode} ieee compiled {n} times; expected float32 and float64"
 
 
+def test_every_kernel_gets_a_launcher(reports):
+    """The host launch code Triton builds at a kernel's first launch on a GPU (tests/sm90.py _launcher_error):
+    a kernel that compiles can still fail there (a tuple of TensorDescriptors as one argument, which triton
+    3.6's launcher does not expand, failed so on an H200 on 2026-12-04)."""
+    failed = [f"{r.name} {r.config}: {r.launcher_error}" for r in reports if r.launcher_error]
+    assert not failed, "\n".join(failed)
+
+
 def test_compiles_without_spills(reports):
     bad = [f"{r.name} {r.config}: {r.error.splitlines()[0] if r.error else ''} regs={r.registers} "
            f"spill={r.spill_stores}/{r.spill_loads} local={r.local}"

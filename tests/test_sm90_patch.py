@@ -45,6 +45,14 @@ def test_every_configuration_compiles(reports):
     assert not failed, "\n".join(failed)
 
 
+def test_every_kernel_gets_a_launcher(reports):
+    """The host launch code Triton builds at a kernel's first launch on a GPU (tests/sm90.py _launcher_error):
+    a kernel that compiles can still fail there (a tuple of TensorDescriptors as one argument, which triton
+    3.6's launcher does not expand, failed so on an H200 on 2026-12-04)."""
+    failed = [f"{r.name} {r.config}: {r.launcher_error}" for r in reports if r.launcher_error]
+    assert not failed, "\n".join(failed)
+
+
 def test_no_spills_and_no_local_memory(reports):
     spilled = [f"{_label(r)}: {r.registers} registers, spill stores {r.spill_stores} B, spill loads "
                f"{r.spill_loads} B, local {r.local} B" for r in reports if r.spill_stores or r.spill_loads or r.local]

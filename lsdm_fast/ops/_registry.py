@@ -26,19 +26,13 @@ from ._backend_util import DECLARED_PRECISIONS, PRECISIONS
 # The one list of backend names: ops/__init__.py imports the modules `*_<name>.py` of the compiled
 # ones, the CLI's --backend choices are "auto" + these (docs/design.md §4, "Adding a backend").
 BACKENDS = ("torch", "cpp", "triton", "cuda")
-# CPU: the C++ kernels (measured 1.5-2.2x eager, bench/RESULTS.md). CUDA: while bench/RESULTS.md
-# holds no GPU timing, the order rests on offline evidence, the sm_90 compile reports of
-# tests/sm90.py: both compiled backends run their GEMMs on tensor cores with no spills
-# or stack, the Triton kernels through Hopper's wgmma (HGMMA in the SASS; tests/test_sm90_*.py),
-# the CUDA kernels through WMMA/mma.sync (HMMA; tests/test_cuda_compile.py), which on an H100 is
-# the slower path; the Triton critic step is also fewer launches (7 vs 12 for a 3-layer critic).
-# For the patch autoencoder the evidence is an estimate too (lsdm_fast/ops/roofline.py, H200, 2^20
-# rows, bf16): Triton runs generate / encode as one fused kernel each on wgmma (3.1-6.3 / 1.5-4.5 ms), the
-# CUDA backend its MLP kernel (mma.sync) for the dense part and the module's front / tail through torch and
-# cuDNN, chunk by chunk (generate ~13-19 ms, HBM-bound on the tail's intermediates): Triton stays first.
-# The CUDA backend keeps torch/cuDNN there: its hand-written kernels are mma.sync (the slower path on
-# Hopper) and a second fused tail would duplicate the Triton one for no estimated gain.
-# Re-rank from bench/bench_critic_step.py and bench_encode_generate.py once they have run on a GPU.
+# CPU: the C++ kernels (measured 1.5-2.2x eager, bench/RESULTS.md). CUDA, measured on an H200 on 2026-12-04
+# (bench/RESULTS.md, "GPU"): the Triton critic step captured in a CUDA graph beats the CUDA one (B = 256: 0.16
+# vs 0.55 ms; B = 65,536: 5.7 vs 12.4 ms) and eager PyTorch (3.9 / 12.4 ms); encode / generate in bf16: the
+# Triton kernels beat the CUDA ones and eager bf16 on the default patch model (generate 2^20 rows 26.9 ms vs
+# 128 ms CUDA and 79 ms eager bf16; encode 16.2 vs 231 and 135 ms), but not eager bf16 on the MLP model
+# (generate 13.1 vs 7.7 ms, encode 5.3 vs 3.7 ms). float32 at "ieee" runs both GPU backends' encode / generate
+# on FMA units, measured slower than eager PyTorch (cuBLAS): their auto_skip hands "auto" to torch there.
 AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 
 
@@ -56,6 +50,9 @@ class _Impl:
     fuses: Callable | None = None
     # the DECLARED_PRECISIONS it takes (e.g. "bf16")
     precisions: tuple[str, ...] = ()
+    # problem -> why "auto" should pass this backend over although it can run the problem (measured slower than
+    # the next one in AUTO_ORDER for it), or None; an explicitly named backend still runs it
+    auto_skip: Callable[[dict], str | None] | None = None
 
     def refuses(self, problem: dict | None) -> str | None:
         return self.limits(problem) if self.limits is not None and problem else None
@@ -68,11 +65,13 @@ IMPORT_ERRORS: dict[str, str] = {}
 
 def register(op: str, backend: str, available: Callable[[torch.device], bool] | None = None,
              why_unavailable: Callable[[], str] | None = None, limits: Callable[[dict], str | None] | None = None,
-             fuses: Callable | None = None, precisions: tuple[str, ...] = ()):
+             fuses: Callable | None = None, precisions: tuple[str, ...] = (),
+             auto_skip: Callable[[dict], str | None] | None = None):
     """fuses: for encode / generate, fuses(part, mlps, precision) -> bool: the backend takes `front=part` /
     `tail=part` (a PatchPart, ops/patch.py) and computes the whole chain itself (ops/encode_generate.py); mlps:
     (encoder,) / (generator, decoder); precision as the entry point got it. `precisions`: the DECLARED_PRECISIONS
-    (e.g. "bf16") the backend's precision keyword takes."""
+    (e.g. "bf16") the backend's precision keyword takes. `auto_skip(problem)`: why "auto" passes the backend over
+    for that problem (measured slower than the next in AUTO_ORDER), or None."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
@@ -80,7 +79,7 @@ def register(op: str, backend: str, available: Callable[[torch.device], bool] | 
         takes = inspect.signature(fn).parameters
         precision_kw = next((k for k in ("precision", "input_precision") if k in takes), None)
         _IMPLS.setdefault(op, {})[backend] = _Impl(fn, available or (lambda device: True), why_unavailable, limits,
-                                                   precision_kw, fuses, tuple(precisions))
+                                                   precision_kw, fuses, tuple(precisions), auto_skip)
         return fn
 
     return deco
@@ -140,6 +139,9 @@ def resolve(op: str, backend: str, device: torch.device, problem: dict | None = 
                 continue
             why = None if impl.available(device) else "not available here"
             why = why or impl.refuses(problem)
+            if why is None and name != "torch" and impl.auto_skip is not None and problem:
+                if impl.auto_skip(problem):
+                    continue  # a measured choice, not a fallback: no warning
             if why is None:
                 if name == "torch" and passed_over:
                     first, reason = passed_over[0]

@@ -91,9 +91,11 @@ that says to call validate_labels(labels, num_classes) before capturing.
 from __future__ import annotations
 
 import operator
+import os
 
 import torch
 
+from ._backend_util import PRECISION_ENV
 from ._registry import fuses, precision_kwargs, register, resolve
 from ._weight_cache import DerivedCache
 from .mlp import MLPParams, check_mlp, mlp_forward_reference
@@ -238,6 +240,24 @@ def _check_generate(generator, decoder, cond, noise_dim, num_classes, seed, offs
 CHUNK_ROWS = {"conv": {"cpu": 4096, "cuda": 65536}, "mlp": {"cpu": 65536, "cuda": 1 << 20}}
 
 
+def _auto_problem(mlp: MLPParams, precision: str | None) -> dict:
+    """What "auto" weighs for encode / generate: the weights' dtype and the float32 matmul precision asked for
+    (the argument, else $LSDM_MATMUL_PRECISION or a backend's former variable, else "ieee")."""
+    if precision is None:
+        precision = next((os.environ[v] for v in (PRECISION_ENV, "LSDM_TRITON_FP32_PRECISION",
+                                                   "LSDM_CUDA_FP32_PRECISION") if os.environ.get(v)), "ieee")
+    return {"dtype": mlp.weights[0].dtype, "precision": precision}
+
+
+def fp32_ieee_is_slower(problem: dict) -> str | None:
+    """The GPU backends' auto_skip for encode / generate: float32 at "ieee" runs their kernels on the FMA units,
+    measured slower than eager PyTorch (cuBLAS) on an H200 at 2^20 rows (bench/RESULTS.md, 2026-12-04): generate
+    242 vs 51 ms (MLP model) and 242 vs 154 ms (the default patch model), encode 169 vs 31 ms and 209 vs 148 ms."""
+    if problem.get("dtype") == torch.float32 and problem.get("precision") == "ieee":
+        return "float32 at 'ieee': eager PyTorch (cuBLAS) was measured faster"
+    return None
+
+
 def chunk_rows(device: torch.device, conv: bool) -> int:
     """Rows per piece for encode/generate on `device` (conv: with a front or tail)."""
     table = CHUNK_ROWS["conv" if conv else "mlp"]
@@ -283,7 +303,7 @@ def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None
                              f"{part.side}, flat or not), got shape {tuple(y.shape)}")
         if not y.dtype.is_floating_point:
             raise ValueError(f"encode: y must be floating point, got {y.dtype}")
-        name, fn = resolve("encode", backend, y.device)
+        name, fn = resolve("encode", backend, y.device, _auto_problem(encoder, precision))
         if fuses("encode", name, part, (encoder,), precision):
             flat = y.reshape(len(y), part.pixels)
             kw = {**precision_kwargs("encode", name, precision), "front": part}
@@ -291,7 +311,7 @@ def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None
                               lambda a, b: fn(encoder, flat[a:b], batch_size=None, **kw))
     if front is None:
         _check_encode(encoder, y, batch_size)
-        name, fn = resolve("encode", backend, y.device)
+        name, fn = resolve("encode", backend, y.device, _auto_problem(encoder, precision))
         kw = precision_kwargs("encode", name, precision)
         return _in_pieces(len(y), batch_size or chunk_rows(y.device, False),
                           lambda a, b: fn(encoder, y[a:b], batch_size=None, **kw))
@@ -302,7 +322,7 @@ def encode(encoder: MLPParams, y: torch.Tensor, *, batch_size: int | None = None
         with torch.no_grad():  # a patch front reads the images in its own dtype
             h = front(y[a:b] if part is None else y[a:b].to(part.dtype))
         _check_encode(encoder, h, None)
-        name, fn = resolve("encode", backend, h.device)
+        name, fn = resolve("encode", backend, h.device, _auto_problem(encoder, precision))
         return fn(encoder, h, batch_size=None, **precision_kwargs("encode", name, precision))
 
     return _in_pieces(len(y), batch_size or chunk_rows(y.device, True), piece, empty=lambda: piece(0, 0))
@@ -343,7 +363,7 @@ def generate(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, no
     part = None if tail is None else patch_tail(tail)
     if part is not None:
         _check_patch(part, decoder, cond.device)
-    name, fn = resolve("generate", backend, cond.device)
+    name, fn = resolve("generate", backend, cond.device, _auto_problem(generator, precision))
     kw = precision_kwargs("generate", name, precision)
     fused = part is not None and fuses("generate", name, part, (generator, decoder), precision)
     work = out_dtype

@@ -30,7 +30,7 @@ from .._ext import cuda_extension, warn_once
 from ._backend_util import env_precision, extension_available, extension_has, extension_why_unavailable
 from ._registry import register
 from ._weight_cache import DerivedCache
-from .encode_generate import encode_torch, generate_torch
+from .encode_generate import encode_torch, fp32_ieee_is_slower, generate_torch
 from .mlp import ACT_CODE, MLPParams
 
 _FUNCS = ("mlp_forward", "generate", "philox_normal", "mlp_tile_rows")
@@ -114,7 +114,7 @@ def _fused_plan(mlps: tuple[MLPParams, ...], precision: str | None, device: torc
     return ws, bs, dims, acts, slopes, math
 
 
-@register("encode", "cuda", available=_available, why_unavailable=_why_unavailable)
+@register("encode", "cuda", available=_available, why_unavailable=_why_unavailable, auto_skip=fp32_ieee_is_slower)
 @torch.no_grad()
 def encode_cuda(encoder: MLPParams, y: torch.Tensor, *, batch_size=None, precision: str | None = None):
     """float32 latents. One launch for the whole set: the kernel keeps no per-row scratch, so
@@ -125,7 +125,7 @@ def encode_cuda(encoder: MLPParams, y: torch.Tensor, *, batch_size=None, precisi
     return _ext().mlp_forward(*plan, y)
 
 
-@register("generate", "cuda", available=_available, why_unavailable=_why_unavailable)
+@register("generate", "cuda", available=_available, why_unavailable=_why_unavailable, auto_skip=fp32_ieee_is_slower)
 @torch.no_grad()
 def generate_cuda(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, noise_dim, num_classes, seed,
                   offset, eta, out_dtype, out: torch.Tensor | None = None, precision: str | None = None):

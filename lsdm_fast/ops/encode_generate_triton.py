@@ -76,7 +76,7 @@ from ._backend_util import triton_interpreting as _interpreting
 from ._backend_util import triton_why_unavailable as _why_unavailable
 from ._registry import register
 from ._weight_cache import DerivedCache
-from .encode_generate import LABEL_DTYPES, encode_torch, generate_torch
+from .encode_generate import LABEL_DTYPES, encode_torch, fp32_ieee_is_slower, generate_torch
 from .mlp import ACT_CODE, MLPParams
 
 _HALF = (torch.bfloat16, torch.float16)
@@ -201,7 +201,8 @@ def _generator_input(in_tile, in_stride, cond_tile, cond_stride, dst, row_mask, 
 
 
 @triton.jit(do_not_specialize=["M", "seed", "row_offset", "zero"])
-def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_stride, w_descs, w_tail_descs, w_ptr,
+def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_stride,
+                      wd0, wd1, wd2, wd3, wd4, wd5, wd6, wd7, wt0, wt1, wt2, wt3, wt4, wt5, wt6, wt7, w_ptr,
                       b_ptr, slope_ptr, scratch_ptr, M, seed, row_offset, zero,
                       NL: tl.constexpr, DIMS: tl.constexpr, IN_DIM: tl.constexpr, OUT_DIM: tl.constexpr,
                       W_OFF: tl.constexpr, B_OFF: tl.constexpr, ACTS: tl.constexpr, BNS: tl.constexpr,
@@ -220,6 +221,9 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
     index vectors of each layer depend on `z = tile * zero` (zero is 0, passed at run time), so
     the compiler cannot hoist them out of the tile loop: hoisted, the fully unrolled K loops of
     all layers would keep their addresses live for the whole kernel and spill."""
+    # the weight descriptors, one argument each (DESC_SLOTS), indexed by layer below
+    w_descs = (wd0, wd1, wd2, wd3, wd4, wd5, wd6, wd7)
+    w_tail_descs = (wt0, wt1, wt2, wt3, wt4, wt5, wt6, wt7)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BM * SW)
@@ -385,6 +389,21 @@ def _precision(dtype: torch.dtype, precision: str | None) -> str:
     return precision if dtype == torch.float32 else "ieee"  # half dtypes always run on the tensor cores
 
 
+# Layers whose weights a kernel takes by TMA: one TensorDescriptor argument per layer and block shape, as separate
+# top-level arguments. Triton 3.6's launcher expands only top-level descriptors: a tuple of them compiles (and runs
+# under the interpreter) but fails at the first launch on a GPU (seen on an H200, 2026-12-04; tests/sm90.py now
+# builds every kernel's launcher). Longer chains take their weights by pointer.
+DESC_SLOTS = 8
+
+
+def _desc_args(w_descs: tuple, w_tail_descs: tuple) -> tuple:
+    """The DESC_SLOTS main and DESC_SLOTS tail weight arguments of a kernel: the layers' own, then the last one
+    again in the slots no layer reads (every argument of a specialisation keeps its type)."""
+    assert 0 < len(w_descs) == len(w_tail_descs) <= DESC_SLOTS
+    pad = DESC_SLOTS - len(w_descs)
+    return (*w_descs, *(w_descs[-1],) * pad, *w_tail_descs, *(w_tail_descs[-1],) * pad)
+
+
 def _weight_descriptors(pk: _Packed, bns, bn_tails, bks) -> tuple[tuple, tuple]:
     """Per layer, TMA descriptors of its packed (N, K) weight with blocks (BN, BK) and (BN_TAIL, BK)
     (the main one again where there is no tail). Packed widths are multiples of 16 and every
@@ -413,10 +432,11 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
     if mode == 0 and in_t.dtype != compute_dtype:  # converted in registers on the way in: narrower K steps
         bk_max[0] = max(16, cfg.bk_max // 2)
     bks = tuple(_k_step(k, b) for k, b in zip(pk.dims[:-1], bk_max))
-    if cfg.w_tma:
+    w_tma = cfg.w_tma and nl <= DESC_SLOTS
+    if w_tma:
         w_descs, w_tail_descs = _weight_descriptors(pk, bns, bn_tails, bks)
     else:
-        w_descs = w_tail_descs = (pk.w,) * nl  # unused placeholders
+        w_descs = w_tail_descs = (pk.w,)  # unused placeholders
     # scratch: the generator input (generate) and every hidden activation
     sw = max(pk.dims[1:-1] + ((pk.dims[0],) if mode != 0 else ()), default=16)
     elt = compute_dtype.itemsize
@@ -430,14 +450,15 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
     in_t = scratch if in_t is None else in_t  # unused in MODE 1
     cond_t = scratch if cond_t is None else cond_t  # unused in MODE 0
     _fused_mlp_kernel[(nprog,)](
-        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), w_descs, w_tail_descs, pk.w, pk.b,
+        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), *_desc_args(w_descs, w_tail_descs),
+        pk.w, pk.b,
         pk.slopes, scratch, M, int(seed), int(row_offset), 0,
         NL=nl, DIMS=pk.dims, IN_DIM=int(layers[0][0].shape[1]), OUT_DIM=int(layers[-1][0].shape[0]),
         W_OFF=pk.w_off, B_OFF=pk.b_off, ACTS=pk.acts, BNS=bns, BN_TAILS=bn_tails, BKS=bks,
         SW=sw, MODE=mode,
         NOISE=int(noise_dim), COND=int(cond_dim), LABELS=bool(labels), TO_UINT8=out.dtype == torch.uint8,
         BM=cfg.bm, NUM_STAGES=cfg.stages, DOT=_TL_DTYPES[compute_dtype], PRECISION=cfg.precision,
-        UPCAST=_interpreting(), W_TMA=cfg.w_tma,
+        UPCAST=_interpreting(), W_TMA=w_tma,
         num_warps=cfg.warps, maxnreg=cfg.maxnreg,
     )
     return out
@@ -453,7 +474,8 @@ def _fuses(part, mlps, precision) -> bool:
     return _patch.can_fuse(part, mlps, precision)
 
 
-@register("encode", "triton", available=_available, why_unavailable=_why_unavailable, fuses=_fuses)
+@register("encode", "triton", available=_available, why_unavailable=_why_unavailable, fuses=_fuses,
+          auto_skip=fp32_ieee_is_slower)
 @torch.no_grad()
 def encode_triton(encoder: MLPParams, y: torch.Tensor, *, batch_size=None, precision: str | None = None,
                   front=None):
@@ -474,7 +496,8 @@ def encode_triton(encoder: MLPParams, y: torch.Tensor, *, batch_size=None, preci
     return out
 
 
-@register("generate", "triton", available=_available, why_unavailable=_why_unavailable, fuses=_fuses)
+@register("generate", "triton", available=_available, why_unavailable=_why_unavailable, fuses=_fuses,
+          auto_skip=fp32_ieee_is_slower)
 @torch.no_grad()
 def generate_triton(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor, *, noise_dim, num_classes,
                     seed, offset, eta, out_dtype, precision: str | None = None, tail=None):

@@ -69,7 +69,7 @@ from ._weight_cache import DerivedCache
 from .encode_generate import LABEL_DTYPES, encode_torch, generate_torch, to_out_dtype
 from .encode_generate_triton import (_HALF, _L2_SHARE, _TL_DTYPES, _activate, _blocks, _config, _dense_layer,
                                      _device_limits, _generator_input, _k_step, _layers, _pack, _precision,
-                                     _row_major, _weight_descriptors)
+                                     _row_major, _weight_descriptors, DESC_SLOTS, _desc_args)
 from .mlp import ACT_CODE, MLPParams
 from .patch import PatchPart
 
@@ -143,7 +143,8 @@ def _store_cell(acc, ci, cj, out_tile, out_stride, row_mask, cb_ptr, z, S: tl.co
 
 @triton.jit(do_not_specialize=["M", "seed", "row_offset", "zero"])
 def _patch_generate_kernel(
-        in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_stride, w_descs, w_tail_descs, w_ptr, b_ptr,
+        in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_stride,
+        wd0, wd1, wd2, wd3, wd4, wd5, wd6, wd7, wt0, wt1, wt2, wt3, wt4, wt5, wt6, wt7, w_ptr, b_ptr,
         slope_ptr, scratch_ptr, hw_desc, hb_ptr, mw_desc, mb_ptr, cw_desc, cb_ptr, carry_ptr, head_slope, mix_slope,
         M, seed, row_offset, zero,
         NL: tl.constexpr, DIMS: tl.constexpr, W_OFF: tl.constexpr, B_OFF: tl.constexpr, ACTS: tl.constexpr,
@@ -162,6 +163,9 @@ def _patch_generate_kernel(
 
     Estimate (H200, patch model W 64, bf16, 2^20 rows; module docstring): 1.68 TFLOP, 1.65 GB HBM, 30.5 GB
     L2->SM, 3.1-6.3 ms, bound by L2 and the tail's small dependent GEMMs alike."""
+    # the chain's weight descriptors, one argument each (encode_generate_triton.DESC_SLOTS)
+    w_descs = (wd0, wd1, wd2, wd3, wd4, wd5, wd6, wd7)
+    w_tail_descs = (wt0, wt1, wt2, wt3, wt4, wt5, wt6, wt7)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BM * SW)
@@ -418,10 +422,11 @@ def generate_patch(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor,
     nl = len(layers)
     bns, bn_tails = zip(*(_blocks(d, cfg.bn_max) for d in pk.dims[1:]))
     bks = tuple(_k_step(k, cfg.bk_max) for k in pk.dims[:-1])
-    if cfg.w_tma:
+    w_tma = cfg.w_tma and nl <= DESC_SLOTS
+    if w_tma:
         w_descs, w_tail_descs = _weight_descriptors(pk, bns, bn_tails, bks)
     else:
-        w_descs = w_tail_descs = (pk.w,) * nl  # unused placeholders
+        w_descs = w_tail_descs = (pk.w,)  # unused placeholders
     sw = max(pk.dims)
     qw, wp, low = tp.conv_w.shape[1], tp.conv_w.shape[2], tail.low
     elt = compute.itemsize
@@ -436,8 +441,8 @@ def generate_patch(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor,
     lp = tp.dense_w.shape[2]
     stages = _loop_stages(elt * (wp * lp + tail.depth * wp * wp + 4 * qw * wp), 2)
     _patch_generate_kernel[(nprog,)](
-        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), w_descs, w_tail_descs, pk.w, pk.b,
-        pk.slopes, scratch, _desc(tp.dense_w, [wp, lp]), tp.dense_b, _desc(tp.mix_w, [wp, wp]), tp.mix_b,
+        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), *_desc_args(w_descs, w_tail_descs),
+        pk.w, pk.b, pk.slopes, scratch, _desc(tp.dense_w, [wp, lp]), tp.dense_b, _desc(tp.mix_w, [wp, wp]), tp.mix_b,
         _desc(tp.conv_w, [qw, wp]), tp.conv_b, carry,
         float(decoder.negative_slope), float(tail.negative_slope), n, int(seed), int(offset), 0,
         NL=nl, DIMS=pk.dims, W_OFF=pk.w_off, B_OFF=pk.b_off, ACTS=pk.acts, BNS=bns, BN_TAILS=bn_tails, BKS=bks,
@@ -445,7 +450,7 @@ def generate_patch(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor,
         HEAD_ACT=ACT_CODE[decoder.output_activation], LP=lp, WP=wp, QW=qw, DEPTH=tail.depth,
         LOW=low, S=tail.stride, C=tail.channels, SIDE=tail.side, TO_UINT8=out_dtype == torch.uint8, BM=cfg.bm,
         NUM_STAGES=cfg.stages, TAIL_STAGES=stages, DOT=_TL_DTYPES[compute], PRECISION=cfg.precision,
-        UPCAST=_interpreting(), W_TMA=cfg.w_tma, num_warps=cfg.warps, maxnreg=cfg.maxnreg,
+        UPCAST=_interpreting(), W_TMA=w_tma, num_warps=cfg.warps, maxnreg=cfg.maxnreg,
     )
     return out
 
