@@ -1,6 +1,6 @@
 """The one-shot GPU check (run it through bench/gpu_check.sh): on a bare CUDA machine, build the
-extension for sm_90, measure the machine's ceilings, time the hot paths that carry the issue-22
-targets first, then a short real stage 2 (given a data folder), then the parity tests; pack
+extension for sm_90, run the parity tests, measure the machine's ceilings, time the hot paths that carry
+the issue-22 targets (the default model first), then a short real training run (given a data folder); pack
 everything into OUTDIR/gpu_check.tar.gz and write a short OUTDIR/summary.txt (measured against
 the roofline estimates of lsdm_fast/ops/roofline.py). OUTDIR ends with those two files only: the
 machine that runs this returns at most 8.
@@ -13,16 +13,16 @@ left of GPU_CHECK_BUDGET_S, default 510: a run of at most 9 minutes with the sta
 
   environment      15   nvidia-smi, nvcc, package versions, the commit
   build           190   pip install --no-build-isolation --no-deps -e . (CUDA_HOME, LSDM_CUDA_ARCH=90)
-  ceilings         25   HBM copy, L2 read, bf16 and TF32 matrix rates on this GPU
-  bench-critic     75   critic step B = 256 / 4096 / 65536, width 512: eager fp32, eager TF32, the CUDA
+  parity          100   pytest -m "gpu or parity" (8 xdist workers where installed: the JIT compiles are CPU work)
+  ceilings         20   HBM copy, L2 read, bf16 and TF32 matrix rates on this GPU
+  bench-patch      90   generate / encode 2^20 rows of the default model (the patch autoencoder, W 96): the
+                        fused backends first, then eager fp32 / bf16, CUDA graph, torch.compile; peak memory
+  bench-critic     60   critic step B = 256 / 4096 / 65536, width 512: eager fp32, eager TF32, the CUDA
                         graph of eager, the Triton and CUDA ops eager and graph-captured
+  training-timing  75   (given DATA) a real fit, stage 1 (200 steps) and stage 2 (2,000 generator steps),
+                        backend torch vs auto
   bench-mlp        75   generate / encode 2^20 rows, MLP model: eager fp32 / bf16, CUDA graph, torch.compile,
                         the fused backends
-  bench-patch   100   the same for the patch autoencoder (opt-in; the fused kernels' model), peak memory: eager
-                        fp32 / bf16, CUDA graph, torch.compile against the fused patch kernels (Triton,
-                        bf16 and TF32: encode_generate_triton_patch.py) and LSDM.sample / encode
-  stage2-timing    60   (given DATA) 2,000 generator steps, backend torch vs auto
-  parity           90   pytest -m "gpu or parity"
 
 A step that fails or runs out of time does not stop the next; a step no time is left for is
 skipped and says so. A step past its cap gets SIGINT first, so pytest still writes its JUnit XML

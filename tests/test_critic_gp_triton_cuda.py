@@ -3,7 +3,10 @@ pure-PyTorch autograd reference (docs/design.md §4), on fresh random inputs.
 
 Triton runs everywhere (TRITON_INTERPRET=1 on CPU, set by conftest.py); CUDA tests need a GPU.
 Tolerances (relative error ||out - ref|| / ||ref||): float32 "ieee" 1e-4, float64 1e-10, and
-the default float32 precision "tf32" (tensor cores; its norm path in 3xTF32) 1e-2 on a GPU. The
+the default float32 precision "tf32" (tensor cores; its norm path in 3xTF32) on a GPU: 1e-2, or 3x what the
+design's TF32 arithmetic loses on the same inputs (tests/tf32_yardstick.py, emulated), whichever is larger;
+float32 "ieee" likewise 1e-4 or 3x what PyTorch's own float32 step loses (at B = 4,096 on N(0, 1) real and fake
+batches both lose ~2e-4 on the bias gradients, on the H200 and on a CPU alike). The
 interpreter computes every tl.dot in exact float32 whatever the precision, so on the CPU the
 TF32 code path is checked at the float32 tolerance, 1e-4. Differences of means (wasserstein,
 bias gradients) can cancel, so the denominator is floored at 1e-3 (absolute error then)."""
@@ -15,7 +18,7 @@ import torch
 from lsdm_fast.ops import IMPORT_ERRORS, MLPParams, available_backends, critic_gradient_penalty, critic_score_grad
 from lsdm_fast.ops import critic_gp_triton as triton_backend
 from lsdm_fast.ops.critic_gp_triton import critic_gradient_penalty_triton, critic_score_grad_triton
-from tf32_yardstick import limits, step_errors, torch_tf32_score_errors, torch_tf32_step_errors
+from tf32_yardstick import TF32, emulated_score, emulated_step_errors, limits, step_errors
 
 pytestmark = [pytest.mark.parity,
               pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")]
@@ -92,8 +95,11 @@ def _check_step(backend, cfg, rng, dtype, tol, **kw):
     for l, (a, b) in enumerate(zip(out.bias_grads, ref.bias_grads)):
         errs[f"db{l}"] = _rel(a, b)
     limit = {k: tol for k in errs}
-    if _tf32_on_gpu(dtype, tol, kw):  # the yardstick: PyTorch's TF32 step on the same inputs (tf32_yardstick.py)
-        limit = limits(tol, torch_tf32_step_errors(critic, x, zr, zf, t, gp, po, ref, _rel))
+    if _tf32_on_gpu(dtype, tol, kw):  # the yardstick: the design's TF32 arithmetic on the same inputs, emulated
+        limit = limits(tol, emulated_step_errors(critic, x, zr, zf, t, gp, po, ref, _rel))
+    elif dtype == torch.float32:  # exact float32: what PyTorch's own float32 step loses on these inputs
+        limit = limits(tol, step_errors(critic_gradient_penalty(critic, x, zr, zf, t, gp_weight=gp, penalty_over=po,
+                                                                backend="torch"), ref, _rel))
     bad = {k: v for k, v in errs.items() if not v < limit[k]}
     assert not bad, f"{backend} {dtype} {kw} exceeds {limit}: {bad} (all: {errs})"
     return errs
@@ -116,7 +122,8 @@ def _check_score(backend, cfg, rng, dtype, tol, **kw):
     assert gz.shape == z.shape and gz.dtype == dtype
     lim_s = lim_g = tol
     if _tf32_on_gpu(dtype, tol, kw):
-        lim_s, lim_g = (max(tol, 4 * e) for e in torch_tf32_score_errors(critic, x, z, sr, gzr, _rel))
+        es, eg = emulated_score(critic, x, z, TF32)
+        lim_s, lim_g = (v for v in limits(tol, {"s": _rel(es, sr), "g": _rel(eg, gzr)}).values())
     assert _rel(s, sr) < lim_s and _rel(gz, gzr) < lim_g, (_rel(s, sr), _rel(gz, gzr), lim_s, lim_g)
 
 
@@ -192,7 +199,7 @@ def test_triton_step_row_split_is_deterministic(rng, split):
     errs = step_errors(outs[0], ref, _rel)
     limit = {k: TF32_TOL for k in errs}
     if _tf32_on_gpu(torch.float32, TF32_TOL, {}):
-        limit = limits(TF32_TOL, torch_tf32_step_errors(critic, x, zr, zf, t, 10.0, "joint", ref, _rel))
+        limit = limits(TF32_TOL, emulated_step_errors(critic, x, zr, zf, t, 10.0, "joint", ref, _rel))
     bad = {k: v for k, v in errs.items() if not v < limit[k]}
     assert not bad, f"exceeds {limit}: {bad} (all: {errs})"
     for a, b in zip(outs[0].weight_grads + outs[0].bias_grads + [outs[0].loss],

@@ -96,8 +96,8 @@ def test_critic_step_matches_float64(rng, case, dtype, precision, tol):
     limit = {k: tol for k in errs}
     if precision in ("tf32", "tf32x3"):  # against PyTorch's TF32 step on the same inputs (tf32_yardstick.py)
         yard = torch_tf32_step_errors(critic, x, zr, zf, t, gp, po, ref, _rel)
-        # one pass: within 4x of PyTorch's TF32; three passes: 4x better than it, or the fixed tolerance
-        limit = limits(tol, yard) if precision == "tf32" else {k: max(tol, v / 4) for k, v in yard.items()}
+        # one pass: within 3x of PyTorch's TF32; three passes: 3x better than it, or the fixed tolerance
+        limit = limits(tol, yard) if precision == "tf32" else {k: max(tol, v / 3) for k, v in yard.items()}
     bad = {k: v for k, v in errs.items() if not v < limit[k]}
     assert not bad, f"{precision} {dtype} exceeds {limit}: {bad} (all: {errs})"
 

@@ -1,6 +1,6 @@
 """bench/gpu_check.sh: the dry run skips the GPU steps cleanly, says so and leaves OUTDIR with the
-tarball and summary.txt only (the GPU machine returns at most 8 files); the benchmarks that carry the
-targets come before the parity tests and fit the budget even when the build takes its whole cap;
+tarball and summary.txt only (the GPU machine returns at most 8 files); the parity tests come right after
+the build and the benchmarks that carry the targets still fit the budget when both take their whole caps;
 the runner records every step's exit code, goes on after a failure, interrupts a step past its cap
 (SIGINT first, so pytest can write its reports), skips what the time budget no longer allows and
 repacks after every step; the summary reads the benchmark JSON against the estimates;

@@ -238,8 +238,9 @@ PATCH_TC_EFF_LOW = 0.3
 
 @dataclass(frozen=True)
 class PatchShape:
-    """The patch model (conv_design="patch", opt-in) for 28 x 28 grey images unless told: generator (noise +
-    classes) -> hidden -> latent; PatchDecoder / PatchEncoder of width W, depth K, stride S, C channels."""
+    """The patch model (conv_design="patch", the default design, whose default width is 96; W 64 here unless told)
+    for 28 x 28 grey images unless told: generator (noise + classes) -> hidden -> latent; PatchDecoder /
+    PatchEncoder of width W, depth K, stride S, C channels."""
     side: int = 28
     channels: int = 1
     width: int = 64
@@ -348,7 +349,7 @@ def hot_paths() -> list[tuple[str, str, list[Cost]]]:
         n, enc, 2, in_bytes=2 * 784, out_bytes=4 * 32, bns=[_blocks(d, 128) for d in enc[1:]])]))
     out.append(("generate 2^20 MLP bf16, CUDA (64-row blocks)", "<= 3 ms", [fused_mlp_cuda(
         n, [32, 512, 512, 32, 512, 512, 800], 2, in_bytes=8, out_bytes=2 * 784, bm=64)]))
-    # the patch model (issue 24's patch autoencoder, opt-in; W 64, K 1, S 4), bf16 weights and images (as the bench)
+    # the patch model (issue 24's patch autoencoder) at W 64, K 1, S 4, bf16 weights and images; the default model (W 96) below
     out.append(("generate 2^20 patch model", "<= 8 ms, <= 4 GB", patch_generate_triton(n, out_bytes=2)))
     out.append(("encode 2^20 patch model", "<= 8 ms", patch_encode_triton(n)))
     out.append(("generate 2^20 patch model, W 96 (BM 64)", "-",
