@@ -86,6 +86,10 @@ def build_steps(work: str, data: str | None, python: str) -> list[Step]:
     steps = [
         Step("environment", f"(nvidia-smi || echo 'nvidia-smi: not available'); "
                             f"(nvcc --version || $CUDA_HOME/bin/nvcc --version || echo 'nvcc: not found'); "
+                            # the C++ compiler the build will use, and the C++ runtime: on the H200 image an
+                            # extension built with /opt/gcc's g++ crashed formatting error messages (bench/RESULTS.md)
+                            f"(which c++ g++; ${{CXX:-c++}} --version | head -1; g++ --version | head -1; "
+                            f"ldconfig -p | grep libstdc++) 2>&1 || true; "
                             f"{py} bench/gpu_check.py versions; git log -1 --oneline 2>/dev/null || true", 15, gpu=False),
         Step("build", f"CUDA_HOME=${{CUDA_HOME:-/usr/local/cuda}} LSDM_CUDA_ARCH=90 MAX_JOBS=${{MAX_JOBS:-16}} "
                       f"{py} -m pip install --no-build-isolation --no-deps -v -e . && {py} -m lsdm_fast.cli info", 190),
