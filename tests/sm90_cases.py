@@ -95,7 +95,11 @@ def encode_generate_cases():
             generate([32 + 49, 176, 32], [32, 512, 784], 32, "tensor", dtype, prec, "relu", torch.float32, eta=True),
         ]
     cases += [encode([784, 512, 256, 16], torch.float16, None, "leaky_relu"),
-              generate(mnist_gen, mnist_dec, 16, "labels", torch.float16, None, "leaky_relu", torch.uint8, eta=False)]
+              generate(mnist_gen, mnist_dec, 16, "labels", torch.float16, None, "leaky_relu", torch.uint8, eta=False),
+              # a chain longer than the kernel's TMA descriptor slots (encode_generate_triton.DESC_SLOTS = 8):
+              # its weights by pointer, on the tensor cores all the same
+              generate([26, 128, 128, 128, 16], [16, 128, 128, 128, 128, 784], 16, "labels", torch.bfloat16, None,
+                       "leaky_relu", torch.float32, eta=False)]
     # the package default, a conv autoencoder (models.ConvEncoder/ConvDecoder with channels (32, 64)):
     # encode's dense part 3136 -> 32 after the convolutions; generate's generator + the decoder's dense
     # head 32 -> 3136 with a LeakyReLU output (ops.generate's tail runs the transposed convolutions)

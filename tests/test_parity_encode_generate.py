@@ -699,3 +699,23 @@ def test_inference_mode_tensors(rng, case):
     ref = generate(_cast(g32, torch.float64, "cpu"), _cast(d32, torch.float64, "cpu"), cond, noise_dim=3,
                    num_classes=10, seed=1, backend="torch")
     assert _rel(second, ref) < 1e-4
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("case", [c for c in GEN_CASES if (c.values[0] if hasattr(c, "values") else c)[0] == "triton"],
+                         ids=lambda c: "-".join(c))
+def test_generate_past_the_descriptor_slots(rng, case):
+    """A chain longer than the Triton kernel's TMA weight-descriptor arguments (DESC_SLOTS): 4 generator + 5
+    decoder layers in bf16, weights by pointer, against the float64 reference."""
+    from lsdm_fast.ops.encode_generate_triton import DESC_SLOTS
+
+    backend, device = case
+    _skip_if_unavailable(backend, device, "generate")
+    g = _mlp(rng, [6 + 10, 32, 32, 32, 8])
+    d = _mlp(rng, [8, 32, 32, 32, 32, 40], out_act="sigmoid")
+    assert len(g.weights) + len(d.weights) > DESC_SLOTS
+    cond = torch.from_numpy(rng.integers(0, 10, 19)).to(device)
+    out = generate(_cast(g, torch.bfloat16, device), _cast(d, torch.bfloat16, device), cond, noise_dim=6,
+                   num_classes=10, seed=4, backend=backend)
+    ref = generate(g, d, cond.cpu(), noise_dim=6, num_classes=10, seed=4, backend="torch")
+    assert _rel(out, ref) < 3e-2

@@ -223,7 +223,7 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
     all layers would keep their addresses live for the whole kernel and spill."""
     # the weight descriptors, one argument each (DESC_SLOTS), indexed by layer below
     w_descs = (wd0, wd1, wd2, wd3, wd4, wd5, wd6, wd7)
-    w_tail_descs = (wt0, wt1, wt2, wt3, wt4, wt5, wt6, wt7)
+    w_tail_descs = (wt0, wt1, wt2, wt3, wt4, wt5, wt6, wt7)  # read as [l % 8]: past 8 layers (W_TMA off) unused
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BM * SW)
@@ -254,12 +254,12 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
             else:
                 src, src_stride, src_mask, k_load = s_src, SW, all_rows, DIMS[l]
             if l == NL - 1:
-                _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_descs[l], w_tail_descs[l],
+                _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_descs[l % 8], w_tail_descs[l % 8],
                              w_ptr + W_OFF[l], b_l, slope, z, k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8,
                              BM, BNS[l], BN_TAILS[l], BKS[l], NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
             else:
                 # rows past M read zeros (or noise) and are never stored
-                _dense_layer(src, src_stride, src_mask, s_dst, SW, all_rows, w_descs[l], w_tail_descs[l],
+                _dense_layer(src, src_stride, src_mask, s_dst, SW, all_rows, w_descs[l % 8], w_tail_descs[l % 8],
                              w_ptr + W_OFF[l], b_l, slope, z, k_load, DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False,
                              BM, BNS[l], BN_TAILS[l], BKS[l], NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
             tl.debug_barrier()
@@ -392,7 +392,8 @@ def _precision(dtype: torch.dtype, precision: str | None) -> str:
 # Layers whose weights a kernel takes by TMA: one TensorDescriptor argument per layer and block shape, as separate
 # top-level arguments. Triton 3.6's launcher expands only top-level descriptors: a tuple of them compiles (and runs
 # under the interpreter) but fails at the first launch on a GPU (seen on an H200, 2026-12-04; tests/sm90.py now
-# builds every kernel's launcher). Longer chains take their weights by pointer.
+# builds every kernel's launcher). Longer chains take their weights by pointer (in bf16 at 9 layers of 128 that
+# spills 4 bytes a thread: tests/test_sm90_mlp.py).
 DESC_SLOTS = 8
 
 

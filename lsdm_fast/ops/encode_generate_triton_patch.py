@@ -165,7 +165,7 @@ def _patch_generate_kernel(
     L2->SM, 3.1-6.3 ms, bound by L2 and the tail's small dependent GEMMs alike."""
     # the chain's weight descriptors, one argument each (encode_generate_triton.DESC_SLOTS)
     w_descs = (wd0, wd1, wd2, wd3, wd4, wd5, wd6, wd7)
-    w_tail_descs = (wt0, wt1, wt2, wt3, wt4, wt5, wt6, wt7)
+    w_tail_descs = (wt0, wt1, wt2, wt3, wt4, wt5, wt6, wt7)  # read as [l % 8]: past 8 layers (W_TMA off) unused
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BM * SW)
@@ -183,7 +183,7 @@ def _patch_generate_kernel(
         tl.debug_barrier()
         for l in tl.static_range(NL):  # layer l reads scratch buffer (l + 1) % 2 and writes buffer l % 2
             _dense_layer(buf0 + ((l + 1) % 2) * (BM * SW), SW, all_rows, buf0 + (l % 2) * (BM * SW), SW, all_rows,
-                         w_descs[l], w_tail_descs[l], w_ptr + W_OFF[l], b_ptr + B_OFF[l], tl.load(slope_ptr + l), z,
+                         w_descs[l % 8], w_tail_descs[l % 8], w_ptr + W_OFF[l], b_ptr + B_OFF[l], tl.load(slope_ptr + l), z,
                          DIMS[l], DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l], BN_TAILS[l], BKS[l],
                          NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
             tl.debug_barrier()
