@@ -252,7 +252,7 @@ def _auto_problem(mlp: MLPParams, precision: str | None) -> dict:
 def fp32_ieee_is_slower(problem: dict) -> str | None:
     """The GPU backends' auto_skip for encode / generate: float32 at "ieee" runs their kernels on the FMA units,
     measured slower than eager PyTorch (cuBLAS) on an H200 at 2^20 rows (bench/RESULTS.md, 2026-12-04): generate
-    242 vs 51 ms (MLP model) and 242 vs 154 ms (the default patch model), encode 169 vs 31 ms and 209 vs 148 ms."""
+    240 vs 51 ms (MLP model) and 242 vs 154 ms (the default patch model), encode 166 vs 31 ms and 209 vs 148 ms."""
     if problem.get("dtype") == torch.float32 and problem.get("precision") == "ieee":
         return "float32 at 'ieee': eager PyTorch (cuBLAS) was measured faster"
     return None
