@@ -49,8 +49,9 @@ def _mm(a: torch.Tensor, b: torch.Tensor, prec: str) -> torch.Tensor:
 
 
 def emulated_step(critic, x, zr, zf, t, gp: float, po: str, plan: dict = TRITON_TF32) -> SimpleNamespace:
-    """The critic step's outputs (loss, wasserstein, penalty, weight_grads, bias_grads), float64 CPU, with
-    each GEMM group in `plan`'s precision. `critic`: MLPParams (any dtype / device: used in float64)."""
+    """The critic step's outputs (loss, wasserstein, penalty, weight_grads, bias_grads; and grad_norm, ||g|| per
+    interpolated row), float64 CPU, with each GEMM group in `plan`'s precision. `critic`: MLPParams (any dtype /
+    device: used in float64). bench/tf32_critic_error.py uses it to decide which GEMMs need 3xTF32."""
     ws = [w.detach().double().cpu() for w in critic.weights]
     bs = [b.detach().double().cpu() for b in critic.biases]
     x, zr, zf, t = (v.detach().double().cpu() for v in (x, zr, zf, t))
@@ -88,7 +89,8 @@ def emulated_step(critic, x, zr, zf, t, gp: float, po: str, plan: dict = TRITON_
     D.append(c[:, None])
     gw = [_mm(D[l].T, torch.cat([U[l - 1][:2 * B], R[l - 1]]), plan["rest"]) for l in range(1, L + 1)]
     gb = [D[l][:2 * B].sum(0) for l in range(1, L)] + [torch.zeros(1, dtype=torch.float64)]
-    return SimpleNamespace(loss=-wass + gp * pen, wasserstein=wass, penalty=pen, weight_grads=gw, bias_grads=gb)
+    return SimpleNamespace(loss=-wass + gp * pen, wasserstein=wass, penalty=pen, weight_grads=gw, bias_grads=gb,
+                           grad_norm=nrm)
 
 
 def emulated_score(critic, x, z, plan_prec: str = TF32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -139,9 +139,8 @@ def resolve(op: str, backend: str, device: torch.device, problem: dict | None = 
                 continue
             why = None if impl.available(device) else "not available here"
             why = why or impl.refuses(problem)
-            if why is None and name != "torch" and impl.auto_skip is not None and problem:
-                if impl.auto_skip(problem):
-                    continue  # a measured choice, not a fallback: no warning
+            if why is None and impl.auto_skip is not None and problem and impl.auto_skip(problem):
+                continue  # a measured choice, not a fallback: no warning
             if why is None:
                 if name == "torch" and passed_over:
                     first, reason = passed_over[0]

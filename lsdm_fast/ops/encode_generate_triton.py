@@ -221,7 +221,7 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
     index vectors of each layer depend on `z = tile * zero` (zero is 0, passed at run time), so
     the compiler cannot hoist them out of the tile loop: hoisted, the fully unrolled K loops of
     all layers would keep their addresses live for the whole kernel and spill."""
-    # the weight descriptors, one argument each (DESC_SLOTS), indexed by layer below
+    # the weight descriptors, one argument each (DESC_SLOTS = 8), indexed by layer below
     w_descs = (wd0, wd1, wd2, wd3, wd4, wd5, wd6, wd7)
     w_tail_descs = (wt0, wt1, wt2, wt3, wt4, wt5, wt6, wt7)  # read as [l % 8]: past 8 layers (W_TMA off) unused
     pid = tl.program_id(0)
@@ -405,6 +405,16 @@ def _desc_args(w_descs: tuple, w_tail_descs: tuple) -> tuple:
     return (*w_descs, *(w_descs[-1],) * pad, *w_tail_descs, *(w_tail_descs[-1],) * pad)
 
 
+def _weight_args(w_tma: bool, pk: _Packed, bns, bn_tails, bks) -> tuple[bool, tuple]:
+    """(W_TMA, the kernel's DESC_SLOTS x 2 weight arguments) for a chain `pk`: its TMA descriptors where the config
+    takes weights by TMA and the chain fits the slots, else the packed weights as unused placeholders (the kernel
+    then reads them by pointer)."""
+    w_tma = w_tma and len(pk.dims) - 1 <= DESC_SLOTS
+    if not w_tma:
+        return False, _desc_args((pk.w,), (pk.w,))
+    return True, _desc_args(*_weight_descriptors(pk, bns, bn_tails, bks))
+
+
 def _weight_descriptors(pk: _Packed, bns, bn_tails, bks) -> tuple[tuple, tuple]:
     """Per layer, TMA descriptors of its packed (N, K) weight with blocks (BN, BK) and (BN_TAIL, BK)
     (the main one again where there is no tail). Packed widths are multiples of 16 and every
@@ -433,11 +443,7 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
     if mode == 0 and in_t.dtype != compute_dtype:  # converted in registers on the way in: narrower K steps
         bk_max[0] = max(16, cfg.bk_max // 2)
     bks = tuple(_k_step(k, b) for k, b in zip(pk.dims[:-1], bk_max))
-    w_tma = cfg.w_tma and nl <= DESC_SLOTS
-    if w_tma:
-        w_descs, w_tail_descs = _weight_descriptors(pk, bns, bn_tails, bks)
-    else:
-        w_descs = w_tail_descs = (pk.w,)  # unused placeholders
+    w_tma, w_args = _weight_args(cfg.w_tma, pk, bns, bn_tails, bks)
     # scratch: the generator input (generate) and every hidden activation
     sw = max(pk.dims[1:-1] + ((pk.dims[0],) if mode != 0 else ()), default=16)
     elt = compute_dtype.itemsize
@@ -451,8 +457,7 @@ def _launch(layers, compute_dtype, *, mode, in_t, cond_t, labels, out, seed=0, r
     in_t = scratch if in_t is None else in_t  # unused in MODE 1
     cond_t = scratch if cond_t is None else cond_t  # unused in MODE 0
     _fused_mlp_kernel[(nprog,)](
-        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), *_desc_args(w_descs, w_tail_descs),
-        pk.w, pk.b,
+        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), *w_args, pk.w, pk.b,
         pk.slopes, scratch, M, int(seed), int(row_offset), 0,
         NL=nl, DIMS=pk.dims, IN_DIM=int(layers[0][0].shape[1]), OUT_DIM=int(layers[-1][0].shape[0]),
         W_OFF=pk.w_off, B_OFF=pk.b_off, ACTS=pk.acts, BNS=bns, BN_TAILS=bn_tails, BKS=bks,

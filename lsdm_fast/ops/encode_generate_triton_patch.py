@@ -69,7 +69,7 @@ from ._weight_cache import DerivedCache
 from .encode_generate import LABEL_DTYPES, encode_torch, generate_torch, to_out_dtype
 from .encode_generate_triton import (_HALF, _L2_SHARE, _TL_DTYPES, _activate, _blocks, _config, _dense_layer,
                                      _device_limits, _generator_input, _k_step, _layers, _pack, _precision,
-                                     _row_major, _weight_descriptors, DESC_SLOTS, _desc_args)
+                                     _row_major, _weight_args)
 from .mlp import ACT_CODE, MLPParams
 from .patch import PatchPart
 
@@ -422,11 +422,7 @@ def generate_patch(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor,
     nl = len(layers)
     bns, bn_tails = zip(*(_blocks(d, cfg.bn_max) for d in pk.dims[1:]))
     bks = tuple(_k_step(k, cfg.bk_max) for k in pk.dims[:-1])
-    w_tma = cfg.w_tma and nl <= DESC_SLOTS
-    if w_tma:
-        w_descs, w_tail_descs = _weight_descriptors(pk, bns, bn_tails, bks)
-    else:
-        w_descs = w_tail_descs = (pk.w,)  # unused placeholders
+    w_tma, w_args = _weight_args(cfg.w_tma, pk, bns, bn_tails, bks)
     sw = max(pk.dims)
     qw, wp, low = tp.conv_w.shape[1], tp.conv_w.shape[2], tail.low
     elt = compute.itemsize
@@ -441,7 +437,7 @@ def generate_patch(generator: MLPParams, decoder: MLPParams, cond: torch.Tensor,
     lp = tp.dense_w.shape[2]
     stages = _loop_stages(elt * (wp * lp + tail.depth * wp * wp + 4 * qw * wp), 2)
     _patch_generate_kernel[(nprog,)](
-        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), *_desc_args(w_descs, w_tail_descs),
+        in_t, in_t.stride(0), cond_t, cond_t.stride(0), out, out.stride(0), *w_args,
         pk.w, pk.b, pk.slopes, scratch, _desc(tp.dense_w, [wp, lp]), tp.dense_b, _desc(tp.mix_w, [wp, wp]), tp.mix_b,
         _desc(tp.conv_w, [qw, wp]), tp.conv_b, carry,
         float(decoder.negative_slope), float(tail.negative_slope), n, int(seed), int(offset), 0,
