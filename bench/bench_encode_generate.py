@@ -299,7 +299,8 @@ def _peak_extra_gb(fn) -> float | None:
 
 def _conv_case(variant, op, rows):
     """The callable of one variant of the default model's generate / encode (conv_design="patch" at the package's
-    default width, W 96, as ops/roofline.py's "W 96" rows estimate; the strided design has no kernel of ours on a GPU): eager (the modules, wrapped in a
+    default width, W 96, as ops/roofline.py's "W 96" rows estimate; the strided design has no kernel of ours on a
+    GPU): eager (the modules, wrapped in a
     CUDA graph or torch.compile), lsdm-B (LSDM.sample / LSDM.encode: float32 weights, the backend's default
     precision), lsdm-B-bf16 / lsdm-triton-tf32 (ops.generate / ops.encode with the modules' front / tail in
     bf16, or float32 as TF32: on the Triton backend the fused patch kernels, encode_generate_triton_patch.py)."""

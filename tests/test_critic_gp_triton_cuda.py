@@ -198,7 +198,8 @@ def test_triton_step_row_split_is_deterministic(rng, split):
     ref = critic_gradient_penalty(_f64cpu(critic), *(v.double().cpu() for v in (x, zr, zf, t)), gp_weight=10.0,
                                   penalty_over="joint", backend="torch")
     errs = step_errors(outs[0], ref, _rel)
-    limit = _limits(critic, x, zr, zf, t, 10.0, "joint", ref, errs, torch.float32, TF32_TOL, {}, float32_yardstick=False)
+    limit = _limits(critic, x, zr, zf, t, 10.0, "joint", ref, errs, torch.float32, TF32_TOL, {},
+                    float32_yardstick=False)
     bad = {k: v for k, v in errs.items() if not v < limit[k]}
     assert not bad, f"exceeds {limit}: {bad} (all: {errs})"
     for a, b in zip(outs[0].weight_grads + outs[0].bias_grads + [outs[0].loss],

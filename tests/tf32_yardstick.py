@@ -71,7 +71,8 @@ def emulated_step(critic, x, zr, zf, t, gp: float, po: str, plan: dict = TRITON_
     f = U[-1] @ ws[-1][0] + bs[-1][0]
     wass = f[:B].mean() - f[B:2 * B].mean()
     f64 = torch.float64
-    c = torch.cat([torch.full((B,), -1.0 / B, dtype=f64), torch.full((B,), 1.0 / B, dtype=f64), torch.ones(B, dtype=f64)])
+    c = torch.cat([torch.full((B,), -1.0 / B, dtype=f64), torch.full((B,), 1.0 / B, dtype=f64),
+                   torch.ones(B, dtype=f64)])
     D = [None] * L
     D[L - 1] = S[L - 1] * ws[-1][0] * c[:, None]
     for l in range(L - 1, 1, -1):

@@ -254,8 +254,8 @@ def _fused_mlp_kernel(in_ptr, in_stride, cond_ptr, cond_stride, out_ptr, out_str
             else:
                 src, src_stride, src_mask, k_load = s_src, SW, all_rows, DIMS[l]
             if l == NL - 1:
-                _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_descs[l % 8], w_tail_descs[l % 8],
-                             w_ptr + W_OFF[l], b_l, slope, z, k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8,
+                _dense_layer(src, src_stride, src_mask, out_tile, out_stride, row_mask, w_descs[l % 8],
+                             w_tail_descs[l % 8], w_ptr + W_OFF[l], b_l, slope, z, k_load, DIMS[l], DIMS[l + 1], OUT_DIM, ACTS[l], TO_UINT8,
                              BM, BNS[l], BN_TAILS[l], BKS[l], NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
             else:
                 # rows past M read zeros (or noise) and are never stored

@@ -183,7 +183,8 @@ def _patch_generate_kernel(
         tl.debug_barrier()
         for l in tl.static_range(NL):  # layer l reads scratch buffer (l + 1) % 2 and writes buffer l % 2
             _dense_layer(buf0 + ((l + 1) % 2) * (BM * SW), SW, all_rows, buf0 + (l % 2) * (BM * SW), SW, all_rows,
-                         w_descs[l % 8], w_tail_descs[l % 8], w_ptr + W_OFF[l], b_ptr + B_OFF[l], tl.load(slope_ptr + l), z,
+                         w_descs[l % 8], w_tail_descs[l % 8], w_ptr + W_OFF[l], b_ptr + B_OFF[l],
+                         tl.load(slope_ptr + l), z,
                          DIMS[l], DIMS[l], DIMS[l + 1], DIMS[l + 1], ACTS[l], False, BM, BNS[l], BN_TAILS[l], BKS[l],
                          NUM_STAGES, DOT, PRECISION, UPCAST, W_TMA)
             tl.debug_barrier()
