@@ -25,13 +25,31 @@ def rel(paths):
 # (LSDM_CPU_ARCH=x86-64-v2, say, for a portable build).
 cpu_arch = os.environ.get("LSDM_CPU_ARCH", "native")
 cxx_flags = ["-O3", "-std=c++20", "-fopenmp"] + ([f"-march={cpu_arch}"] if cpu_arch else [])
+
+
+def loaded_libstdcxx() -> list[str]:
+    """Link flags naming the libstdc++ shared library this process (torch) has loaded, so the extension uses
+    that one even where the compiler would copy libstdc++ in statically. The H200 image's CXX (/opt/gcc/bin/g++,
+    a wrapper whose lib folder holds only libstdc++.a) did: a second copy of libstdc++ keeps its own locale facet
+    ids, and formatting a number into a TORCH_CHECK message then read the wrong facet (a segfault there,
+    truncated messages with -static-libstdc++ on the CPU VM). Named before the driver's own -lstdc++, it
+    resolves every libstdc++ symbol, so no archive member is pulled in."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    except OSError:  # not Linux
+        return []
+    return sorted(paths)[:1]
+
+
+shared_libstdcxx = loaded_libstdcxx()
 ext_modules = [
     CppExtension(
         "lsdm_fast._C",
         rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))),
         include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp", *shared_libstdcxx],
     )
 ]
 
@@ -49,6 +67,7 @@ if want_cuda != "0" and torch.version.cuda and CUDA_HOME and cuda_sources:
             cuda_sources,
             include_dirs=[os.path.join(HERE, "csrc"), os.path.join(HERE, "kernels")],
             extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math", *gencode]},
+            extra_link_args=shared_libstdcxx,
         )
     )
 elif want_cuda == "1":
