@@ -71,13 +71,20 @@ def capture_graph(body: Callable[[], None], device: torch.device, guard: DeviceG
         with torch.no_grad():
             for p in weights:
                 p.mul_(1.0)
+        # the default generator's state before the capture: torch registers it with every capture and leaves it
+        # expecting a graph when the capture fails (its next use then raises "Offset increment outside graph
+        # capture encountered unexpectedly", measured on an H200 with torch 2.11)
+        default_gen = torch.cuda.default_generators[device.index if device.index is not None
+                                                    else torch.cuda.current_device()]
+        gen_state = default_gen.clone_state()
         try:
             with torch.cuda.graph(graph):
                 body()
         except Exception as exc:  # noqa: BLE001 - whatever stops the capture, the sync step can run
+            torch.cuda.synchronize(device)
+            default_gen.graphsafe_set_state(gen_state)
             if is_oom(exc):
                 raise
-            torch.cuda.synchronize(device)
             warn_once(f"matching-step-capture:{backend}",
                       f"lsdm_fast: stage 2 runs in sync mode: the step could not be captured in a CUDA graph "
                       f"with backend {backend!r} ({type(exc).__name__}: {str(exc).splitlines()[0]})")

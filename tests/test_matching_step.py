@@ -482,6 +482,8 @@ def test_cuda_graph_capture_failure_falls_back_to_sync(monkeypatch):
     with pytest.warns(RuntimeWarning, match="stage 2 runs in sync mode: the step could not be captured"):
         s2, g2, c2, h2 = run("graph", cfg, 5, device="cuda")
     assert s2.mode == "sync"
+    # the failed capture leaves the process's default CUDA generator usable (torch leaves it expecting a graph)
+    torch.randint(0, 3, (5,), device="cuda"), torch.randn(4, device="cuda")
     _, g1, c1, h1 = run("sync", cfg, 5, device="cuda")
     torch.testing.assert_close(h2, h1, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(weights(g2, c2), weights(g1, c1), rtol=1e-5, atol=1e-6)
