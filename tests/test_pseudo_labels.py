@@ -44,6 +44,25 @@ def test_deterministic_and_leaves_the_global_stream_alone():
     assert set(higher.index.tolist()) <= set(a.index.tolist())  # a higher threshold keeps a subset
 
 
+def test_runs_on_one_thread_and_gives_the_caller_its_threads_back(monkeypatch):
+    import lsdm_fast.pseudo_labels as pl
+    zp, yp = clusters(5, seed=2)
+    zu, _ = clusters(50, seed=3)
+    seen = []
+    real = pl._classifier
+    monkeypatch.setattr(pl, "_classifier", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = pseudo_label(zp, yp, zu, 4, 0.9, seed=5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+    assert seen == [1] * pl.ENSEMBLE
+    b = pseudo_label(zp, yp, zu, 4, 0.9, seed=5)
+    assert torch.equal(a.index, b.index) and torch.equal(a.confidence, b.confidence)
+
+
 def test_bad_input_is_refused_with_its_name():
     zp, yp = clusters(5)
     for q in (0.0, 1.5, float("nan")):
