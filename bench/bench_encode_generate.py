@@ -272,7 +272,7 @@ def _default_model(conv_design: str | None = None, patch_width: int | None = Non
 def _conv_variants():
     # ours first, then the competitors: on an H200 (2026-12-04) the CUDA graph of the eager bf16 model at 2^20
     # rows hit an illegal memory access, which poisons the process's CUDA context for every later case
-    out = []
+    out = ["lsdm-auto"]  # what LSDM.sample / LSDM.encode run by default (float32 weights)
     for b in available_backends("generate", DEVICE):
         out.append(f"lsdm-{b}")
         if b != "torch":
@@ -357,7 +357,7 @@ def test_bench_patch_model(benchmark, variant, op, rows):
         peak = _peak_extra_gb(fn)
     except Exception as exc:  # noqa: BLE001 - a competitor that cannot run here is reported, not fatal
         pytest.skip(f"{variant} {op} unavailable: {type(exc).__name__}: {exc}")
-    benchmark.extra_info.update(peak_extra_gb=peak, model="patch W 64")
+    benchmark.extra_info.update(peak_extra_gb=peak, model="patch W 96 (the default)")
     _run(benchmark, fn, rows, 0, f"patch-model-{op}-{rows}", quick)
 
 

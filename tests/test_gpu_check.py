@@ -171,3 +171,7 @@ def test_stage2_timing_runs(gpu_check, tmp_path, capsys):
                            "--device", "cpu", "--n-per-class", "5", "--m-unpaired", "50"]) == 0
     rows = json.loads(out.read_text())
     assert [r["backend"] for r in rows] == ["torch", "auto"] and all(r["stage2_seconds"] > 0 for r in rows)
+    # the step loop is timed apart from the rest of stage 2 (encoding every image, the pseudo-labels)
+    assert all(0 < r["stage2_loop_seconds"] < r["stage2_seconds"] for r in rows)
+    assert all(abs(r["stage2_loop_seconds"] + r["stage2_other_seconds"] - r["stage2_seconds"]) < 1e-9 for r in rows)
+    assert all(r["ms_per_generator_step"] == 1e3 * r["stage2_loop_seconds"] / 2 for r in rows)
