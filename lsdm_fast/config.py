@@ -94,8 +94,10 @@ class AutoencoderConfig:
     # fraction of the held-out images' pixel variance unexplained (mean squared reconstruction error over
     # variance), it starts again from scratch with twice the latent, up to latent_max (0: off). Issue 25: MNIST
     # leaves 4 % at latent 32 and keeps it; the texture set 18 % at 32, 11 % at 64, 6 % at 128, 3 % at 256
-    # (reconstruction FD 325 -> 141 -> 52 -> 19; 512: 2 %, 9.2, but stage 2 loses the class there; docs/design.md
-    # §1, §7; results/experiments/issue25_cond_penalty)
+    # (reconstruction FD 325 -> 141 -> 52 -> 19; docs/design.md §1, §7; results/experiments/issue25_cond_penalty).
+    # 512 (2-2.7 %) halves the reconstruction FD but not the samples' at 8,000 stage-2 steps (3 seeds: FD 40.0
+    # against 40.6, accuracy 2.6 points lower), so the cap stays 256; at 16,000 steps (seed 0) FD 29.8, 82.4 %
+    # (results/experiments/issue25_latent_512)
     grow_latent: float = 0.05
     latent_max: int = 256
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of the stage); needs a checkpoint_dir
