@@ -73,7 +73,7 @@ def capture_graph(body: Callable[[], None], device: torch.device, guard: DeviceG
                 p.mul_(1.0)
         # the default generator's state before the capture: torch registers it with every capture and leaves it
         # expecting a graph when the capture fails (its next use then raises "Offset increment outside graph
-        # capture encountered unexpectedly", measured on an H200 with torch 2.11)
+        # capture encountered unexpectedly", seen on an H200 with torch 2.11)
         default_gen = torch.cuda.default_generators[device.index if device.index is not None
                                                     else torch.cuda.current_device()]
         gen_state = default_gen.clone_state()
