@@ -14,7 +14,7 @@ N(0, jitter^2), standardised units, drawn from a generator of its own so the met
 prints and appends one JSON line: per-stage seconds (wall), thread CPU time of the fit, stage-1 steps, the
 judge's conditional accuracy, the feature-CNN FD of 200 samples per class against the test split and k-NN
 precision / recall / density / coverage against 2,000 test images (lsdm_fast.metrics, nets cached in `cache`;
-neither is used in training). Stage 1 is deterministic given the seed and data, so its result (weights,
+neither is used in training). Stage 1 is deterministic given the seed, data and RNG states, so its result (weights,
 history, the training RNG's state after it) is cached under `cache`/stage1 and reused by the next variant: each
 variant then costs only its stage 2, exactly as in a fit of its own (`tag` keeps the stage 1 of code that
 changed apart). `ae` overrides AutoencoderConfig fields and
@@ -49,7 +49,11 @@ def cache_stage1(folder: str, tag: str) -> None:
     os.makedirs(folder, exist_ok=True)
 
     def cached(state, all_y, cfg, *, seed, **kw):
-        key = hashlib.sha1(json.dumps([tag, seed, repr(cfg), len(all_y), float(all_y.sum())]).encode()).hexdigest()
+        # the RNG states at entry are part of the key: a grown fit's 256-d attempt starts where its 128-d one left
+        # the training RNG, a fit asked for 256 from the start does not, and the two must not share a result
+        entry = hashlib.sha1(state.rng.get_state().numpy().tobytes() + torch.get_rng_state().numpy().tobytes())
+        key = hashlib.sha1(json.dumps([tag, seed, repr(cfg), len(all_y), float(all_y.sum()),
+                                       entry.hexdigest()]).encode()).hexdigest()
         path = os.path.join(folder, key[:16] + ".pt")
         if os.path.exists(path):
             d = torch.load(path, weights_only=False)
