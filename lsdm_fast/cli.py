@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "lsdm_all_labels (default: the experiment's own list)")
     ex.add_argument("--ae-steps", type=_nonneg_int, default=None, help="override the stage-1 steps")
     ex.add_argument("--steps", type=_nonneg_int, default=None, help="override stage-2 (and pixel matching) steps")
+    ex.add_argument("--steps-max", type=_positive(int), default=None,
+                    help="override the most stage-2 steps the latent-sized budget gives (default 16000)")
     ex.add_argument("--settings", default=None, help="comma-separated subset of the experiment's settings to run, "
                                                      "e.g. m=1000,m=10000 (default: all)")
     ex.add_argument("--latent-dim", type=_positive(int), default=None, help="override the latent dimension d")
@@ -534,7 +536,7 @@ def cmd_experiment(args) -> int:
                      ("latent_dim", args.latent_dim), ("marginal_weight", args.marginal_weight),
                      ("pseudo_label", args.pseudo_label), ("ae_design", args.ae_design), ("ae_ema", args.ae_ema),
                      ("penalty_over", args.penalty_over), ("grow_latent", args.grow_latent),
-                     ("latent_max", args.latent_max)):
+                     ("latent_max", args.latent_max), ("match_steps_max", args.steps_max)):
         if val is not None:
             budget = replace(budget, **{key: val})
     for key, val in (("ae_hidden", args.ae_hidden), ("match_hidden", args.match_hidden)):

@@ -23,17 +23,19 @@ PATCH_LR, PATCH_PATIENCE, LEGACY_PATCH_LR = 6e-3, 1, 3e-3
 # unexplained over 3 seeds (a grown attempt once at 17.7 %), at 3e-3 with patience 2 at 6.1-6.2 % on every seed;
 # at d = 64 the two end alike (11.4-11.8 %) and PATCH_LR in fewer steps
 WIDE_LATENT, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE = 128, 3e-3, 2
-# stage 2's generator steps (MatchingConfig.steps=None): MATCH_STEPS, and WIDE_MATCH_STEPS from a latent of
-# WIDE_LATENT up. Issue 25 (results/experiments/issue25_wide_schedule): on the texture set's grown d = 128 latent,
-# 4,000 steps left stage 2 unconverged (3 seeds: accuracy 59.5 -> 72.5 %, FD 79.2 -> 61.6 at 8,000); below 128
-# (MNIST and the digits keep d = 32) the default and its committed tables stay as they were
-MATCH_STEPS, WIDE_MATCH_STEPS = 4000, 8000
+# stage 2's generator steps (MatchingConfig.steps=None): MATCH_STEPS per MATCH_STEPS_WIDTH latent dimensions (at
+# least once), at most MatchingConfig.steps_max (MATCH_STEPS_MAX): d = 32 and 64 take 4,000, 128 8,000, 256 and more
+# 16,000. Issue 25: on the texture set's grown d = 128 latent 4,000 steps left stage 2 unconverged (3 seeds: accuracy
+# 59.5 -> 72.5 %, FD 79.2 -> 61.6 at 8,000; results/experiments/issue25_wide_schedule), and at its grown d = 256
+# 8,000 did too (results/experiments/issue25_stage2_steps); MNIST and the digits keep d = 32 and 4,000 steps.
+# Configs saved before steps_max existed ran with a cap of 8,000 (IMPLIED_BY_ABSENCE)
+MATCH_STEPS, MATCH_STEPS_WIDTH, MATCH_STEPS_MAX, LEGACY_MATCH_STEPS_MAX = 4000, 64, 16000, 8000
 LATENT_START = 32  # AutoencoderConfig.latent_dim=None: stage 1 starts at this size (grow_latent)
 IMPLIED_BY_ABSENCE = {
     "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
                     "conv_design": "strided", "warmup_steps": 0, "ema": 0.0, "check_epochs": 1.0,
                     "backend": "auto", "grow_latent": 0.0},
-    "matching": {"marginal_weight": 0.0, "pseudo_label": 0.0},
+    "matching": {"marginal_weight": 0.0, "pseudo_label": 0.0, "steps_max": LEGACY_MATCH_STEPS_MAX},
 }
 
 
@@ -138,8 +140,10 @@ class MatchingConfig:
     # accuracy 23 -> 74 %, d = 128 74 -> 82 %; at d = 32 (MNIST, digits) and 8 (the demo) joint is as good or better
     penalty_over: str | None = None
     critic_steps: int = 5
-    # generator steps; None: sized to the latent (generator_steps: MATCH_STEPS, WIDE_MATCH_STEPS from WIDE_LATENT up)
+    # generator steps; None: sized to the latent (generator_steps: MATCH_STEPS per MATCH_STEPS_WIDTH dimensions, at
+    # most steps_max)
     steps: int | None = None
+    steps_max: int = MATCH_STEPS_MAX
     batch_size: int = 256
     lr: float = 3e-4  # 1e-4 (the literature's default) left stage 2 unconverged at 4000 steps: 92-94 % vs 97 % (MNIST, 100 pairs/class)
     betas: tuple[float, float] = (0.5, 0.9)
@@ -165,11 +169,12 @@ class MatchingConfig:
         return "latent" if class_labels and latent_dim >= WIDE_LATENT else "joint"
 
     def generator_steps(self, latent_dim: int) -> int:
-        """Stage 2's generator steps for a `latent_dim`-wide latent: `steps`, or where it is None MATCH_STEPS
-        (WIDE_MATCH_STEPS from WIDE_LATENT up)."""
+        """Stage 2's generator steps for a `latent_dim`-wide latent: `steps`, or where it is None MATCH_STEPS for
+        each whole MATCH_STEPS_WIDTH dimensions (at least once), at most `steps_max`: 4,000 at d = 32 or 64, 8,000
+        at 128, 16,000 from 256 up."""
         if self.steps is not None:
             return self.steps
-        return WIDE_MATCH_STEPS if latent_dim >= WIDE_LATENT else MATCH_STEPS
+        return min(self.steps_max, MATCH_STEPS * max(1, latent_dim // MATCH_STEPS_WIDTH))
 
 
 @dataclass
@@ -215,10 +220,11 @@ class LSDMConfig:
                    precision: str = "fp32", checkpoint_every: int = 0, conv_design: str | None = None,
                    marginal_weight: float = 0.0, pseudo_label: float | None = None, penalty_over: str | None = None,
                    grow_latent: float | None = None, ae_ema: float | None = None,
-                   latent_max: int | None = None) -> "LSDMConfig":
+                   latent_max: int | None = None, steps_max: int | None = None) -> "LSDMConfig":
         """The config from the few knobs `lsdm train`/`demo` and `lsdm experiment` expose (one translation for
         all); everything else keeps its default. ae_steps: stage 1's steps ("steps") or their cap ("plateau");
-        steps: stage 2's generator steps (None: sized to the latent, MatchingConfig.generator_steps);
+        steps: stage 2's generator steps (None: sized to the latent, MatchingConfig.generator_steps, at most
+        steps_max, None: its default);
         match_hidden: generator and critic widths (None: the defaults); conv_design: None for the default;
         marginal_weight, pseudo_label, penalty_over: MatchingConfig's; grow_latent, latent_max, ae_ema (its `ema`):
         AutoencoderConfig's
@@ -237,7 +243,8 @@ class LSDMConfig:
                                                  latent_noise=latent_noise, checkpoint_every=checkpoint_every, **design),
                    matching=MatchingConfig(steps=steps, batch_size=batch_size, backend=backend,
                                            checkpoint_every=checkpoint_every, marginal_weight=marginal_weight,
-                                           pseudo_label=pseudo_label, penalty_over=penalty_over, **nets),
+                                           pseudo_label=pseudo_label, penalty_over=penalty_over,
+                                           **({} if steps_max is None else {"steps_max": steps_max}), **nets),
                    seed=seed, device=device, precision=precision)
 
     def validate(self) -> None:
@@ -271,6 +278,7 @@ class LSDMConfig:
             (a.steps >= 0 and (m.steps is None or m.steps >= 0), "steps must be >= 0"),
             (a.batch_size >= 1 and m.batch_size >= 1, "batch sizes must be >= 1"),
             (m.critic_steps >= 1, f"matching.critic_steps must be >= 1, got {m.critic_steps}"),
+            (m.steps_max >= 1, f"matching.steps_max must be >= 1, got {m.steps_max}"),
             (m.penalty_over in (None, "joint", "latent"),
              f"matching.penalty_over must be None (auto), 'joint' or 'latent', got {m.penalty_over!r}"),
             (m.gp_weight >= 0, f"matching.gp_weight must be >= 0, got {m.gp_weight}"),

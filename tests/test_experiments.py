@@ -132,6 +132,17 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
                  "--cache-dir", str(tmp_path / "cache"), "--grow-latent", "0.1", "--latent-max", "128"]) == 0
     capsys.readouterr()
+    # results written before Budget had match_steps_max sized stage 2 at most 8,000 steps: refused with today's
+    # 16,000, resumed when given that one
+    assert res["budget"]["match_steps_max"] == 16000
+    old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "match_steps_max"})
+    (out / "results.json").write_text(json.dumps(old))
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "written with a different budget (match_steps_max 8000 there, 16000 here)" in capsys.readouterr().err
+    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                 "--cache-dir", str(tmp_path / "cache"), "--steps-max", "8000"]) == 0
+    capsys.readouterr()
     # results written before Budget had marginal_weight resume as run without it; another weight is refused
     res["budget"].pop("marginal_weight")
     (out / "results.json").write_text(json.dumps(res))

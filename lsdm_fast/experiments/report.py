@@ -13,7 +13,7 @@ import torch
 from .. import metrics as M
 from ..io import atomic_write_bytes, atomic_write_json
 from ..viz import save_figure
-from ..config import MATCH_STEPS, WIDE_LATENT, WIDE_MATCH_STEPS
+from ..config import MATCH_STEPS, MATCH_STEPS_WIDTH
 from .registry import Budget
 
 TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("classifier_fd", "clf-FD ↓", 1, "{:.2f}"),
@@ -192,8 +192,8 @@ def budget_note(b: Budget) -> str:
 def _match_steps(b) -> str:
     if b.match_steps is not None:
         return str(b.match_steps)
-    return (f"{MATCH_STEPS} (stage 2: {WIDE_MATCH_STEPS} where the latent is {WIDE_LATENT}-d or wider, "
-            "MatchingConfig.generator_steps; the stage2_steps field of results.json says which)")
+    return (f"{MATCH_STEPS} (stage 2: {MATCH_STEPS} per {MATCH_STEPS_WIDTH} latent dimensions, at least once, at most "
+            f"{b.match_steps_max}, MatchingConfig.generator_steps; the stage2_steps field of results.json says which)")
 
 
 def fid_note(ctx: dict, eval_nets: dict) -> str:
