@@ -93,8 +93,8 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                         "(default 0: off; 0.999 lowered MNIST's sample FD but raised the texture set's, "
                         "results/experiments/issue25_ema)")
     p.add_argument("--steps", type=_nonneg_int, default=defaults["steps"],
-                   help="stage-2 generator steps" + (" (default: sized to the latent: 4000, or 8000 from a 128-d "
-                                                     "latent up; docs/design.md §1)" if defaults["steps"] is None else ""))
+                   help="stage-2 generator steps" + (" (default: sized to the latent: 4000 per 64 dimensions, at "
+                                                     "most 16000; docs/design.md §1)" if defaults["steps"] is None else ""))
     p.add_argument("--batch-size", type=_positive(int), default=256)
     p.add_argument("--marginal-weight", type=_nonneg_float, default=0.0,
                    help="weight of stage 2's marginal critic, which matches the generated latents to those of every "

@@ -167,7 +167,7 @@ def test_every_config_field_has_a_type_check():
 def test_help_shows_defaults():
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "(default: 20000)" in text and "(default: auto)" in text and "(default: None)" not in text
-    assert "(default: sized to the latent: 4000, or 8000 from a 128-d latent up" in " ".join(text.split())
+    assert "(default: sized to the latent: 4000 per 64 dimensions, at most 16000" in " ".join(text.split())
 
 
 def test_threads_default_and_override(monkeypatch, tmp_path):
