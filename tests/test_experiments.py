@@ -82,72 +82,63 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert "NOT Inception-FID" in readme and "Wall time" in readme and "Machine" in readme
     for a in res["aggregate"]:
         assert 0 <= a["conditional_accuracy"][0] <= 1 and a["classifier_fd"][0] >= 0
+
+    def resume(*options):  # `lsdm experiment --resume` of the folder above, with `options`
+        return main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
+                     "--cache-dir", str(tmp_path / "cache"), *options])
+
+    def write_without(*fields):  # results.json as written before Budget had `fields`
+        (out / "results.json").write_text(json.dumps(dict(res, budget={k: v for k, v in res["budget"].items()
+                                                                      if k not in fields})))
+
     # results written before Budget had pseudo_label ran without pseudo-pairs: with today's default (auto, on for
     # class labels) their resume is refused, with --pseudo-label 0 it is not
-    old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "pseudo_label"})
-    (out / "results.json").write_text(json.dumps(old))
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    write_without("pseudo_label")
+    assert resume() == 2
     assert "written with a different budget" in capsys.readouterr().err
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache"), "--pseudo-label", "0"]) == 0
+    assert resume("--pseudo-label", "0") == 0
     # results written before Budget had ae_design ran the strided autoencoder: resumed with today's default (patch)
     # they are refused, not continued with another autoencoder
-    old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "ae_design"})
-    (out / "results.json").write_text(json.dumps(old))
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache"), "--ae-design", "patch"]) == 2
+    write_without("ae_design")
+    assert resume("--ae-design", "patch") == 2
     assert "written with a different budget (ae_design 'strided' there, 'patch' here)" in capsys.readouterr().err
     # results written before Budget had ae_ema ran without stage 1's weight average: resumed as such, and refused
     # with one
-    old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "ae_ema"})
     assert res["budget"]["ae_ema"] == 0.0
-    (out / "results.json").write_text(json.dumps(old))
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache"), "--ae-ema", "0.99"]) == 2
+    write_without("ae_ema")
+    assert resume("--ae-ema", "0.99") == 2
     assert "written with a different budget" in capsys.readouterr().err
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert resume() == 0
     capsys.readouterr()
     # results written before Budget had penalty_over ran the joint penalty: resumed with today's default (by the
     # conditions: latent for class labels) they are refused, with --penalty-over joint they resume
-    old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "penalty_over"})
     assert res["budget"]["penalty_over"] is None
-    (out / "results.json").write_text(json.dumps(old))
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    write_without("penalty_over")
+    assert resume() == 2
     assert "written with a different budget (penalty_over 'joint' there, None here)" in capsys.readouterr().err
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache"), "--penalty-over", "joint"]) == 0
+    assert resume("--penalty-over", "joint") == 0
     capsys.readouterr()
     # results written before Budget had grow_latent / latent_max fitted the latent with 0.1 up to 128: refused
     # with today's rule, resumed when given that one
     assert (res["budget"]["grow_latent"], res["budget"]["latent_max"]) == (0.05, 256)
-    old = dict(res, budget={k: v for k, v in res["budget"].items() if k not in ("grow_latent", "latent_max")})
-    (out / "results.json").write_text(json.dumps(old))
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    write_without("grow_latent", "latent_max")
+    assert resume() == 2
     assert ("written with a different budget (grow_latent 0.1 there, 0.05 here, latent_max 128 there, 256 here)"
             in capsys.readouterr().err)
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache"), "--grow-latent", "0.1", "--latent-max", "128"]) == 0
+    assert resume("--grow-latent", "0.1", "--latent-max", "128") == 0
     capsys.readouterr()
     # results written before Budget had match_steps_max sized stage 2 at most 8,000 steps: refused with today's
     # 16,000, resumed when given that one
     assert res["budget"]["match_steps_max"] == 16000
-    old = dict(res, budget={k: v for k, v in res["budget"].items() if k != "match_steps_max"})
-    (out / "results.json").write_text(json.dumps(old))
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    write_without("match_steps_max")
+    assert resume() == 2
     assert "written with a different budget (match_steps_max 8000 there, 16000 here)" in capsys.readouterr().err
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache"), "--steps-max", "8000"]) == 0
+    assert resume("--steps-max", "8000") == 0
     capsys.readouterr()
     # results written before Budget had marginal_weight resume as run without it; another weight is refused
     res["budget"].pop("marginal_weight")
     (out / "results.json").write_text(json.dumps(res))
-    assert main(["experiment", "class_n10", "--quick", "--seeds", "0", "--out", str(out), "--resume", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache"), "--marginal-weight", "1"]) == 2
+    assert resume("--marginal-weight", "1") == 2
     assert "written with a different budget" in capsys.readouterr().err
     # --resume keeps seed 0 and runs only seed 2
     before = [r for r in res["rows"]]
