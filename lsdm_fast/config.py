@@ -98,8 +98,9 @@ class AutoencoderConfig:
     # leaves 4 % at latent 32 and keeps it; the texture set 18 % at 32, 11 % at 64, 6 % at 128, 3 % at 256
     # (reconstruction FD 325 -> 141 -> 52 -> 19; docs/design.md §1, §7; results/experiments/issue25_cond_penalty).
     # 512 (2-2.7 %) halves the reconstruction FD but not the samples' at 8,000 stage-2 steps (3 seeds: FD 40.0
-    # against 40.6, accuracy 2.6 points lower), so the cap stays 256; at 16,000 steps (seed 0) FD 29.8, 82.4 %
-    # (results/experiments/issue25_latent_512)
+    # against 40.6, accuracy 2.6 points lower); at the 16,000 steps generator_steps now gives it, FD 28.6 against
+    # 38.0 for 256 (3 seeds), but no rule yet takes the texture set to 512 and keeps MNIST at 32, so the cap stays
+    # 256 (results/experiments/issue25_latent_512)
     grow_latent: float = 0.05
     latent_max: int = 256
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of the stage); needs a checkpoint_dir
