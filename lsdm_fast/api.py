@@ -174,11 +174,22 @@ class LSDM:
         return self
 
     def _grows(self, state: TrainingState) -> bool:
-        """AutoencoderConfig.grow_latent's rule, at the end of stage 1: too much held-out variance unexplained,
-        and room to double the latent."""
+        """AutoencoderConfig's growth rule, at the end of stage 1 (room to double the latent, and its size not given):
+        too much held-out variance unexplained (grow_latent), or, after a doubling, that doubling divided it by at
+        least grow_gain."""
+        return self._growth_reason(state) is not None
+
+    def _growth_reason(self, state: TrainingState) -> str | None:
         a, r = self.config.autoencoder, state.history.get("stage1_unexplained")
-        return (self._requested.autoencoder.latent_dim is None and a.grow_latent > 0 and r is not None
-                and r > a.grow_latent and 2 * a.latent_dim <= a.latent_max)
+        if self._requested.autoencoder.latent_dim is not None or r is None or 2 * a.latent_dim > a.latent_max:
+            return None
+        if a.grow_latent > 0 and r > a.grow_latent:
+            return f"more than grow_latent {100 * a.grow_latent:g} %"
+        search = state.history.get("latent_search")
+        if a.grow_gain > 0 and search and search[-1]["unexplained"] >= a.grow_gain * r:
+            return (f"{search[-1]['unexplained'] / r:.2f}x less than latent {search[-1]['latent_dim']}'s, at least "
+                    f"grow_gain {a.grow_gain:g}")
+        return None
 
     def _search_with_ended_attempt(self, state: TrainingState, **extra) -> list[dict]:
         """history["latent_search"] with the stage-1 attempt that just ended appended (its size, unexplained
@@ -214,11 +225,12 @@ class LSDM:
         """Stage 1 again from scratch with twice the latent (every network rebuilt, seeded as the first were); the
         attempt just ended is summarised in history["latent_search"], the training RNG continues."""
         a = self.config.autoencoder
+        reason = self._growth_reason(state)
         search = self._search_with_ended_attempt(state)
         if progress:
             print(f"stage 1: the autoencoder leaves {100 * search[-1]['unexplained']:.1f} % of the held-out images' "
-                  f"variance unexplained (more than grow_latent {100 * a.grow_latent:g} %): latent {a.latent_dim} -> "
-                  f"{2 * a.latent_dim}, stage 1 again", file=sys.stderr, flush=True)
+                  f"variance unexplained ({reason}): latent {a.latent_dim} -> {2 * a.latent_dim}, stage 1 again",
+                  file=sys.stderr, flush=True)
         best = state.best_attempt
         if best is None or search[-1]["unexplained"] < best["unexplained"]:  # the attempt to return to if needed
             best = {"latent_dim": a.latent_dim, "unexplained": search[-1]["unexplained"],

@@ -28,6 +28,7 @@ class Budget:
     batch_size: int = 256
     latent_dim: int | None = None  # None: fitted to the data (AutoencoderConfig.latent_dim)
     grow_latent: float = AutoencoderConfig().grow_latent  # the fitting rule's threshold (AutoencoderConfig's)
+    grow_gain: float = AutoencoderConfig().grow_gain  # ... the gain per doubling that keeps it growing
     latent_max: int = AutoencoderConfig().latent_max  # ... and its largest latent
     ae_hidden: tuple = (1024, 512)  # MLP autoencoder widths (when ae_kind resolves to "mlp")
     ae_design: str = AutoencoderConfig().conv_design  # the conv autoencoder's (AutoencoderConfig.conv_design)
@@ -49,7 +50,7 @@ class Budget:
 
 # Budget fields added since results were first written, and what a results.json without them was run with
 BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0, "ae_design": "strided", "ae_ema": 0.0,
-                             "penalty_over": "joint", "grow_latent": 0.1, "latent_max": 128,
+                             "penalty_over": "joint", "grow_latent": 0.1, "grow_gain": 0.0, "latent_max": 128,
                              "match_steps_max": LEGACY_MATCH_STEPS_MAX}
 
 QUICK = Budget(ae_kind="mlp", ae_stop="steps", ae_steps=40, match_steps=6, diffusion_steps=40, batch_size=32,
@@ -113,4 +114,4 @@ def lsdm_config(b: Budget, seed: int, backend: str) -> LSDMConfig:
                                  match_hidden=b.match_hidden, latent_noise=b.latent_noise, backend=backend, seed=seed,
                                  marginal_weight=b.marginal_weight, pseudo_label=b.pseudo_label, penalty_over=b.penalty_over,
                                  conv_design=b.ae_design, ae_ema=b.ae_ema, grow_latent=b.grow_latent,
-                                 latent_max=b.latent_max, steps_max=b.match_steps_max)
+                                 grow_gain=b.grow_gain, latent_max=b.latent_max, steps_max=b.match_steps_max)
