@@ -45,6 +45,13 @@ def _fraction(s):
     return v
 
 
+def _gain(s):
+    v = _nonneg_float(s)
+    if 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a ratio > 1, got {s}")
+    return v
+
+
 def _nonneg_float(s):
     try:
         v = float(s)
@@ -87,7 +94,12 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--grow-latent", type=_fraction, default=None, metavar="FRACTION",
                    help="without --latent-dim and with --ae-stop plateau: while stage 1 leaves more than this "
                         "fraction of the held-out images' pixel variance unexplained, train it again with twice the "
-                        "latent, from 32 up to 256 (default: 0.05; 0: off; docs/design.md §1)")
+                        "latent, from 32 up to --latent-max (default: 0.05; 0: off; docs/design.md §1)")
+    p.add_argument("--grow-gain", type=_gain, default=None, metavar="RATIO",
+                   help="once --grow-latent has doubled the latent, also double it while the last doubling divided "
+                        "the held-out miss by at least this (default: 1.5; 0: off)")
+    p.add_argument("--latent-max", type=_positive(int), default=None,
+                   help="the largest latent the fitting rule may reach (default: 512)")
     p.add_argument("--ae-ema", type=_fraction, default=None, metavar="DECAY",
                    help="stage 1's average of the weights, which the plateau checks measure and stage 1 ends with "
                         "(default 0: off; 0.999 lowered MNIST's sample FD but raised the texture set's, "
@@ -237,8 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--latent-dim", type=_positive(int), default=None, help="override the latent dimension d")
     ex.add_argument("--grow-latent", type=_fraction, default=None, metavar="FRACTION",
                     help="override the latent fitting rule's threshold (default 0.05; 0: off)")
+    ex.add_argument("--grow-gain", type=_gain, default=None, metavar="RATIO",
+                    help="override the gain per doubling that keeps the latent growing (default 1.5; 0: off)")
     ex.add_argument("--latent-max", type=_positive(int), default=None, help="override the largest fitted latent "
-                                                                            "(default 256)")
+                                                                            "(default 512)")
     ex.add_argument("--ae-hidden", default=None, help="override the autoencoder widths, e.g. 1024,512")
     ex.add_argument("--match-hidden", default=None, help="override the generator and critic widths, e.g. 512,512")
     ex.add_argument("--ae-design", choices=list(CONV_DESIGNS), default=None,
@@ -281,6 +295,7 @@ def _config_from_args(args, ae_kind="mlp"):
                                  conv_design=getattr(args, "ae_design", None),
                                  marginal_weight=args.marginal_weight, pseudo_label=args.pseudo_label,
                                  penalty_over=args.penalty_over, grow_latent=getattr(args, "grow_latent", None),
+                                 grow_gain=getattr(args, "grow_gain", None), latent_max=getattr(args, "latent_max", None),
                                  ae_ema=getattr(args, "ae_ema", None))
 
 
@@ -536,7 +551,8 @@ def cmd_experiment(args) -> int:
                      ("latent_dim", args.latent_dim), ("marginal_weight", args.marginal_weight),
                      ("pseudo_label", args.pseudo_label), ("ae_design", args.ae_design), ("ae_ema", args.ae_ema),
                      ("penalty_over", args.penalty_over), ("grow_latent", args.grow_latent),
-                     ("latent_max", args.latent_max), ("match_steps_max", args.steps_max)):
+                     ("grow_gain", args.grow_gain), ("latent_max", args.latent_max),
+                     ("match_steps_max", args.steps_max)):
         if val is not None:
             budget = replace(budget, **{key: val})
     for key, val in (("ae_hidden", args.ae_hidden), ("match_hidden", args.match_hidden)):

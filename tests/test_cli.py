@@ -99,11 +99,12 @@ def test_bad_idx_file_rejected_before_training(tmp_path, capsys):
 
 def test_train_grows_the_latent_and_says_so(tmp_path, monkeypatch):
     """Without --latent-dim the latent is fitted (here any error is too much, and each attempt, on noise, is made to
-    measure a little better than the last: 32 -> 64 -> 128 -> 256, the cap); metrics.json and the saved model say
-    what was chosen and why. The 128 and 256 attempts train with the wide latents' schedule."""
+    measure a little better than the last: 32 -> 64 -> 128 -> 256 -> 512, the cap); metrics.json and the saved model
+    say what was chosen and why. The attempts from 128 on train with the wide latents' schedule. --latent-max caps
+    it."""
     from lsdm_fast.config import PATCH_LR, PATCH_PATIENCE, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE
     from lsdm_fast.stages import AutoencoderStep
-    measures = iter([0.5, 0.4, 0.3, 0.2])
+    measures = iter([0.5, 0.4, 0.3, 0.2, 0.1])
     monkeypatch.setattr(AutoencoderStep, "heldout_unexplained", lambda self: next(measures))
     schedules, init = [], AutoencoderStep.__init__
 
@@ -118,9 +119,16 @@ def test_train_grows_the_latent_and_says_so(tmp_path, monkeypatch):
                  "--batch-size", "8", "--grow-latent", "0.000001", "--classifier-steps", "5", "--eval-per-class",
                  "2", "--pseudo-label", "0", "--out", out, "--quiet"]) == 0
     m = json.load(open(os.path.join(out, "metrics.json")))
-    assert m["latent_dim"] == 256 and [s["latent_dim"] for s in m["stage1"]["latent_search"]] == [32, 64, 128]
+    assert m["latent_dim"] == 512 and [s["latent_dim"] for s in m["stage1"]["latent_search"]] == [32, 64, 128, 256]
     assert m["config"]["autoencoder"]["latent_dim"] is None  # what was asked for
     saved = json.load(open(os.path.join(out, "model", "config.json")))
-    assert saved["config"]["autoencoder"]["latent_dim"] == 256  # what the saved model is
+    assert saved["config"]["autoencoder"]["latent_dim"] == 512  # what the saved model is
     assert schedules == [(32, PATCH_LR, PATCH_PATIENCE), (64, PATCH_LR, PATCH_PATIENCE),
-                         (128, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE), (256, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE)]
+                         (128, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE), (256, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE),
+                         (512, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE)]
+    measures = iter([0.5, 0.4])
+    capped = str(tmp_path / "capped")
+    assert main(["train", "--data", data, "--n-per-class", "2", "--ae-steps", "12", "--steps", "2",
+                 "--batch-size", "8", "--grow-latent", "0.000001", "--latent-max", "64", "--classifier-steps", "5",
+                 "--eval-per-class", "2", "--pseudo-label", "0", "--out", capped, "--quiet"]) == 0
+    assert json.load(open(os.path.join(capped, "metrics.json")))["latent_dim"] == 64

@@ -1,6 +1,7 @@
 """Baselines and `lsdm experiment`: tiny budgets (smoke runs) plus known-answer checks."""
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -77,7 +78,9 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert {"lsdm", "lsdm_paired_only", "pixel_matching", "latent_diffusion (1 steps)"} <= methods
     assert all(a["seeds"] == [0] for a in res["aggregate"])
     table = open(out / "table.md").read()
-    assert "| n=10/class | lsdm |" in table and "±" in table
+    assert "| n=10/class | lsdm |" in table and "±" in table and "latent d" in table
+    latents = {r["method"]: r.get("latent_dim") for r in res["rows"]}  # the size each fit had (QUICK gives 4)
+    assert latents["lsdm"] == latents["lsdm_paired_only"] == 4 and latents["pixel_matching"] is None
     readme = open(out / "README.md").read()
     assert "NOT Inception-FID" in readme and "Wall time" in readme and "Machine" in readme
     for a in res["aggregate"]:
@@ -118,14 +121,14 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert "written with a different budget (penalty_over 'joint' there, None here)" in capsys.readouterr().err
     assert resume("--penalty-over", "joint") == 0
     capsys.readouterr()
-    # results written before Budget had grow_latent / latent_max fitted the latent with 0.1 up to 128: refused
-    # with today's rule, resumed when given that one
-    assert (res["budget"]["grow_latent"], res["budget"]["latent_max"]) == (0.05, 256)
-    write_without("grow_latent", "latent_max")
+    # results written before Budget had grow_latent / grow_gain / latent_max fitted the latent with 0.1 up to 128
+    # (and before grow_gain, by the threshold alone): refused with today's rule, resumed when given that one
+    assert (res["budget"]["grow_latent"], res["budget"]["grow_gain"], res["budget"]["latent_max"]) == (0.05, 1.5, 512)
+    write_without("grow_latent", "grow_gain", "latent_max")
     assert resume() == 2
-    assert ("written with a different budget (grow_latent 0.1 there, 0.05 here, latent_max 128 there, 256 here)"
-            in capsys.readouterr().err)
-    assert resume("--grow-latent", "0.1", "--latent-max", "128") == 0
+    assert ("written with a different budget (grow_gain 0.0 there, 1.5 here, grow_latent 0.1 there, 0.05 here, "
+            "latent_max 128 there, 512 here)" in capsys.readouterr().err)
+    assert resume("--grow-latent", "0.1", "--grow-gain", "0", "--latent-max", "128") == 0
     capsys.readouterr()
     # results written before Budget had match_steps_max sized stage 2 at most 8,000 steps: refused with today's
     # 16,000, resumed when given that one
@@ -245,3 +248,13 @@ def test_latent_diffusion_learns_a_conditional_mixture():
     dist = (z - centers[lab[:400]]).norm(dim=1)
     assert (dist < 1.0).float().mean() > 0.95  # right blob
     assert 0.2 < dist.mean() < 0.55  # expected 0.3 * sqrt(pi / 2) = 0.376 for an exact sampler
+
+
+def test_the_report_states_the_latent_rule():
+    from lsdm_fast.experiments.registry import Budget
+    from lsdm_fast.experiments.report import budget_note
+    note = budget_note(Budget())
+    assert ("doubled while the held-out images keep more than 0.05 of their variance unexplained or, once that has "
+            "grown it, while the last doubling divided the miss by at least 1.5, up to 512") in note
+    assert "divided the miss" not in budget_note(replace(Budget(), grow_gain=0.0))
+    assert "fitted" not in budget_note(replace(Budget(), latent_dim=32))

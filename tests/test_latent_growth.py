@@ -11,10 +11,11 @@ from lsdm_fast.config import LATENT_START
 from lsdm_fast.data import load_digits_dataset
 
 
-def config(grow, latent=None, latent_max=128, checkpoint_every=0):
+def config(grow, latent=None, latent_max=128, checkpoint_every=0, gain=0.0):
     return LSDMConfig(autoencoder=AutoencoderConfig(kind="mlp", latent_dim=latent, hidden=(32,), steps=60,
                                                     batch_size=32, check_every=10, holdout=0.2, grow_latent=grow,
-                                                    latent_max=latent_max, checkpoint_every=checkpoint_every),
+                                                    grow_gain=gain, latent_max=latent_max,
+                                                    checkpoint_every=checkpoint_every),
                       matching=MatchingConfig(generator_hidden=(16,), critic_hidden=(16,), steps=3, batch_size=16,
                                               backend="torch", pseudo_label=0.0, checkpoint_every=checkpoint_every),
                       seed=3)
@@ -146,8 +147,75 @@ def test_a_grown_attempt_that_ends_worse_is_not_kept(data, tmp_path, monkeypatch
             assert torch.equal(v, ref_w[k]), k
 
 
+def test_growth_goes_on_while_a_doubling_pays(data, tmp_path, monkeypatch):
+    """grow_gain: once the threshold has grown the latent, a doubling that divided the held-out miss by at least
+    grow_gain is followed by another, below the threshold too; a first attempt below it never grows (nothing to
+    compare with). The decision survives a resume: it reads the attempts before from the checkpoint's history."""
+    from lsdm_fast.stages import AutoencoderStep
+
+    def unexplained(*values):
+        it = iter(values)
+        monkeypatch.setattr(AutoencoderStep, "heldout_unexplained", lambda self: next(it))
+
+    def dims(m):
+        return [s["latent_dim"] for s in m.history.get("latent_search", [])], m.config.autoencoder.latent_dim
+
+    d = LATENT_START
+    unexplained(0.5, 0.04, 0.035)  # 32: over 0.1; 64: under it, but 12.5x less; 128: only 1.14x less
+    snapshots = []
+    save = Checkpointer.save
+
+    def keep(self, state):
+        save(self, state)
+        snapshots.append((len(state.history.get("latent_search", [])), state.step, open(self.path, "rb").read()))
+
+    monkeypatch.setattr(Checkpointer, "save", keep)
+    ref = LSDM(config(grow=0.1, gain=1.5, latent_max=16 * d, checkpoint_every=10)).fit(
+        *data, num_classes=10, progress=False, checkpoint_dir=str(tmp_path / "ref"))
+    monkeypatch.setattr(Checkpointer, "save", save)
+    assert dims(ref) == ([d, 2 * d], 4 * d) and ref.history["stage1_unexplained"] == 0.035
+    ck = tmp_path / "ck"  # from mid-way through the 64 attempt: its end is judged against the 32 attempt's 0.5
+    ck.mkdir()
+    (ck / CHECKPOINT_FILE).write_bytes(next(b for n, step, b in snapshots if n == 1 and step >= 10))
+    unexplained(0.04, 0.035)
+    got = LSDM(config(grow=0.1, gain=1.5, latent_max=16 * d, checkpoint_every=10)).fit(
+        *data, num_classes=10, progress=False, checkpoint_dir=str(ck), resume=True)
+    assert dims(got) == dims(ref) and got.history["latent_search"] == ref.history["latent_search"]
+    unexplained(0.5, 0.04)
+    assert dims(LSDM(config(grow=0.1, latent_max=16 * d)).fit(*data, num_classes=10, progress=False)) == ([d], 2 * d)
+    unexplained(0.5, 0.04)  # the cap still holds
+    assert dims(LSDM(config(grow=0.1, gain=1.5, latent_max=2 * d)).fit(*data, num_classes=10,
+                                                                         progress=False)) == ([d], 2 * d)
+    unexplained(0.04)  # MNIST's case: below the threshold at once
+    assert dims(LSDM(config(grow=0.1, gain=1.5, latent_max=16 * d)).fit(*data, num_classes=10,
+                                                                          progress=False)) == ([], d)
+    unexplained(0.5, 0.3, 0.25, 0.09)  # the threshold alone while the gain is out of reach (2.8x < 100)
+    assert dims(LSDM(config(grow=0.1, gain=100.0, latent_max=16 * d)).fit(*data, num_classes=10,
+                                                                            progress=False)) == ([d, 2 * d, 4 * d], 8 * d)
+
+
+def test_the_defaults_take_the_texture_sets_miss_to_512_and_keep_mnists_at_32():
+    """The defaults' decisions on the held-out misses measured in results/experiments (issue25_stage2_steps,
+    issue25_cond_penalty): the texture set's seeds 0-2 (grown 32 -> 256, then on), MNIST (4 % at 32)."""
+    from types import SimpleNamespace
+
+    def decides(latent_dim, misses):  # the rule reads the config, the requested size and the stage-1 history
+        m = LSDM()  # asked for the default: a fitted latent
+        m.config = LSDMConfig(autoencoder=AutoencoderConfig(latent_dim=latent_dim))  # the attempt's size
+        search = [{"latent_dim": latent_dim >> (len(misses) - 1 - i), "unexplained": u} for i, u in enumerate(misses[:-1])]
+        return m._grows(SimpleNamespace(history={"stage1_unexplained": misses[-1], "latent_search": search}))
+
+    for seed_misses in ([0.1859, 0.1145, 0.0608, 0.0302], [0.1888, 0.1180, 0.0615, 0.0335],
+                        [0.1908, 0.1148, 0.0623, 0.0321]):
+        assert all(decides(LATENT_START << i, seed_misses[:i + 1]) for i in range(4))  # 32 ... 256: grow
+        assert not decides(512, seed_misses + [0.0213])  # 512: the cap
+    assert not decides(LATENT_START, [0.037]) and not decides(LATENT_START, [0.040])
+
+
 def test_bad_values_are_named():
     for bad, message in (({"grow_latent": 1.0}, "grow_latent must be in"), ({"grow_latent": -0.1}, "grow_latent"),
+                         ({"grow_gain": 1.0}, "grow_gain must be 0 \\(off\\) or > 1, got 1.0"),
+                         ({"grow_gain": -2.0}, "grow_gain must be 0"),
                          ({"latent_max": 0}, "latent_max must be >= 1")):
         with pytest.raises(ValueError, match=message):
             LSDM(LSDMConfig(autoencoder=AutoencoderConfig(**bad)))
@@ -157,7 +225,19 @@ def test_old_configs_do_not_grow():
     """Configs saved before the rule gave latent_dim as a number: it stays their size."""
     old = LSDMConfig().to_dict()
     old["autoencoder"].pop("grow_latent")
+    old["autoencoder"].pop("grow_gain")
     old["autoencoder"]["latent_dim"] = 32
     cfg = LSDMConfig.from_dict(old, saved=True)
-    assert cfg.autoencoder.grow_latent == 0.0 and cfg.autoencoder.latent_dim == 32
+    assert cfg.autoencoder.grow_latent == 0.0 and cfg.autoencoder.grow_gain == 0.0 and cfg.autoencoder.latent_dim == 32
     assert LSDMConfig.from_dict(old).autoencoder.grow_latent == AutoencoderConfig().grow_latent
+
+
+def test_configs_saved_before_grow_gain_grew_by_the_threshold_alone():
+    """A saved config with grow_latent but no grow_gain (written up to issue 25's stop 40) resumes with the
+    threshold alone; from_knobs passes grow_gain through."""
+    saved = LSDMConfig().to_dict()
+    saved["autoencoder"].pop("grow_gain")
+    assert LSDMConfig.from_dict(saved, saved=True).autoencoder.grow_gain == 0.0
+    assert LSDMConfig.from_dict(saved).autoencoder.grow_gain == 1.5 == AutoencoderConfig().grow_gain
+    assert LSDMConfig.from_knobs(grow_gain=2.0).autoencoder.grow_gain == 2.0
+    assert LSDMConfig.from_knobs().autoencoder.latent_max == 512

@@ -25,7 +25,8 @@ TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("cl
                  ("latent_w1", "latent W1 ↓", 1, "{:.3f}"), ("psnr_db", "PSNR ↑", 1, "{:.2f}"),
                  ("ssim", "SSIM ↑", 1, "{:.3f}"), ("consistency_rmse", "consist. ↓", 1, "{:.4f}"),
                  ("samples_per_second", "samples/s", 1, "{:.0f}"), ("fit_seconds", "fit s", 1, "{:.0f}"),
-                 ("stage1_steps", "stage-1 steps", 1, "{:.0f}"), ("stage2_steps", "stage-2 steps", 1, "{:.0f}")]
+                 ("latent_dim", "latent d", 1, "{:.0f}"), ("stage1_steps", "stage-1 steps", 1, "{:.0f}"),
+                 ("stage2_steps", "stage-2 steps", 1, "{:.0f}")]
 
 
 def _method_name(row) -> str:
@@ -184,6 +185,12 @@ def budget_note(b: Budget) -> str:
                   "trains the paired-only autoencoder for exactly as many steps as LSDM's in the same cell.")
     else:
         stage1 = f"Stage 1: every method's autoencoder trains exactly {b.ae_steps} steps (equal compute)."
+    if b.latent_dim is None:
+        stage1 += (f" The latent size is fitted per method and cell (AutoencoderConfig.latent_dim None): from 32, "
+                   f"doubled while the held-out images keep more than {b.grow_latent:g} of their variance unexplained"
+                   + (f" or, once that has grown it, while the last doubling divided the miss by at least "
+                      f"{b.grow_gain:g}" if b.grow_gain > 0 else "")
+                   + f", up to {b.latent_max}; the 'latent d' column says which.")
     return (stage1 + f" Stage 2 (LSDM, paired-only LSDM), pixel matching and the latent-diffusion denoiser: "
             f"{_match_steps(b)} generator steps / {b.diffusion_steps} denoiser steps, batch {b.batch_size}; latent "
             "diffusion uses LSDM's autoencoder from the same cell.")

@@ -33,8 +33,9 @@ def _grid(y: np.ndarray, labels: np.ndarray, task: str, cols: int = 8) -> np.nda
 
 
 def _steps_taken(model) -> dict:
-    """A fitted LSDM's steps per stage, as its row records them."""
-    return {"stage1_steps": model.history["stage1_steps"], "stage2_steps": model.history["stage2_steps"]}
+    """A fitted LSDM's latent size (fitted or given) and steps per stage, as its row records them."""
+    return {"latent_dim": model.config.autoencoder.latent_dim, "stage1_steps": model.history["stage1_steps"],
+            "stage2_steps": model.history["stage2_steps"]}
 
 
 def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: bool, backend: str, nets, log,
