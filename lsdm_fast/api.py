@@ -142,9 +142,10 @@ class LSDM:
                 if self._grew_worse(state):
                     state = self._back_to_best_attempt(state, progress)
                     break
-                if not self._grows(state):
+                reason = self._growth_reason(state)
+                if reason is None:
                     break
-                state = self._grow(state, progress)
+                state = self._grow(state, reason, progress)
                 if ck is not None:
                     ck.save(state)
             state.best_attempt = None  # stage 2's checkpoints need only the weights stage 1 handed on
@@ -173,13 +174,10 @@ class LSDM:
             self.history["resumed_from"] = resumed_from
         return self
 
-    def _grows(self, state: TrainingState) -> bool:
+    def _growth_reason(self, state: TrainingState) -> str | None:
         """AutoencoderConfig's growth rule, at the end of stage 1 (room to double the latent, and its size not given):
         too much held-out variance unexplained (grow_latent), or, after a doubling, that doubling divided it by at
-        least grow_gain."""
-        return self._growth_reason(state) is not None
-
-    def _growth_reason(self, state: TrainingState) -> str | None:
+        least grow_gain. Why it grows, in words; None: it does not."""
         a, r = self.config.autoencoder, state.history.get("stage1_unexplained")
         if self._requested.autoencoder.latent_dim is not None or r is None or 2 * a.latent_dim > a.latent_max:
             return None
@@ -221,11 +219,11 @@ class LSDM:
         kept.history = {**best["history"], "latent_search": search, "stage1_latent_dim": int(best["latent_dim"])}
         return kept
 
-    def _grow(self, state: TrainingState, progress: bool) -> TrainingState:
+    def _grow(self, state: TrainingState, reason: str, progress: bool) -> TrainingState:
         """Stage 1 again from scratch with twice the latent (every network rebuilt, seeded as the first were); the
-        attempt just ended is summarised in history["latent_search"], the training RNG continues."""
+        attempt just ended is summarised in history["latent_search"], the training RNG continues; `reason`: why
+        (_growth_reason), for the progress line."""
         a = self.config.autoencoder
-        reason = self._growth_reason(state)
         search = self._search_with_ended_attempt(state)
         if progress:
             print(f"stage 1: the autoencoder leaves {100 * search[-1]['unexplained']:.1f} % of the held-out images' "

@@ -97,9 +97,9 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                         "latent, from 32 up to --latent-max (default: 0.05; 0: off; docs/design.md §1)")
     p.add_argument("--grow-gain", type=_gain, default=None, metavar="RATIO",
                    help="once --grow-latent has doubled the latent, also double it while the last doubling divided "
-                        "the held-out miss by at least this (default: 1.5; 0: off)")
+                        f"the held-out miss by at least this (default: {AutoencoderConfig().grow_gain:g}; 0: off)")
     p.add_argument("--latent-max", type=_positive(int), default=None,
-                   help="the largest latent the fitting rule may reach (default: 512)")
+                   help=f"the largest latent the fitting rule may reach (default: {AutoencoderConfig().latent_max})")
     p.add_argument("--ae-ema", type=_fraction, default=None, metavar="DECAY",
                    help="stage 1's average of the weights, which the plateau checks measure and stage 1 ends with "
                         "(default 0: off; 0.999 lowered MNIST's sample FD but raised the texture set's, "
@@ -250,9 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--grow-latent", type=_fraction, default=None, metavar="FRACTION",
                     help="override the latent fitting rule's threshold (default 0.05; 0: off)")
     ex.add_argument("--grow-gain", type=_gain, default=None, metavar="RATIO",
-                    help="override the gain per doubling that keeps the latent growing (default 1.5; 0: off)")
+                    help="override the gain per doubling that keeps the latent growing "
+                         f"(default {AutoencoderConfig().grow_gain:g}; 0: off)")
     ex.add_argument("--latent-max", type=_positive(int), default=None, help="override the largest fitted latent "
-                                                                            "(default 512)")
+                                                                            f"(default {AutoencoderConfig().latent_max})")
     ex.add_argument("--ae-hidden", default=None, help="override the autoencoder widths, e.g. 1024,512")
     ex.add_argument("--match-hidden", default=None, help="override the generator and critic widths, e.g. 512,512")
     ex.add_argument("--ae-design", choices=list(CONV_DESIGNS), default=None,

@@ -32,6 +32,28 @@ def weights(model):
     return {f"{i}.{k}": v for i, m in enumerate(model.modules()) for k, v in m.state_dict().items()}
 
 
+def script_misses(monkeypatch, *values):
+    """Each stage-1 attempt's end measures the next of `values` (the real measure draws nothing either)."""
+    from lsdm_fast.stages import AutoencoderStep
+    it = iter(values)
+    monkeypatch.setattr(AutoencoderStep, "heldout_unexplained", lambda self: next(it))
+
+
+def fit_keeping_checkpoints(cfg, data, folder, monkeypatch):
+    """The fit, and every checkpoint it wrote: (stage, step, attempts ended before (len latent_search), bytes)."""
+    snapshots, save = [], Checkpointer.save
+
+    def keep(self, state):
+        save(self, state)
+        snapshots.append((int(state.stage), state.step, len(state.history.get("latent_search", [])),
+                          open(self.path, "rb").read()))
+
+    monkeypatch.setattr(Checkpointer, "save", keep)
+    model = LSDM(cfg).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(folder))
+    monkeypatch.setattr(Checkpointer, "save", save)
+    return model, snapshots
+
+
 def test_latent_doubles_while_too_much_variance_is_unexplained(data, tmp_path):
     m = LSDM(config(grow=1e-6)).fit(*data, num_classes=10, progress=False)  # any error is too much: grows to the cap
     search = m.history["latent_search"]
@@ -66,20 +88,10 @@ def test_no_growth_when_the_rule_holds_is_off_or_the_size_is_given(data):
 
 def test_resume_mid_grown_stage1_is_bit_identical(data, tmp_path, monkeypatch):
     cfg = config(grow=1e-6, latent_max=2 * LATENT_START, checkpoint_every=10)
-    snapshots = []
-    save = Checkpointer.save
-
-    def keep(self, state):
-        save(self, state)
-        snapshots.append((int(state.stage), state.step, bool(state.history.get("latent_search")),
-                          open(self.path, "rb").read()))
-
-    monkeypatch.setattr(Checkpointer, "save", keep)
-    ref = LSDM(cfg).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(tmp_path / "ref"))
-    monkeypatch.setattr(Checkpointer, "save", save)
+    ref, snapshots = fit_keeping_checkpoints(cfg, data, tmp_path / "ref", monkeypatch)
     assert ref.config.autoencoder.latent_dim == 2 * LATENT_START
     # the first checkpoint of the second attempt (stage 1, latent 64, mid-way)
-    blob = next(b for stage, step, grown, b in snapshots if stage == 1 and grown and step >= 10)
+    blob = next(b for stage, step, grown, b in snapshots if stage == 1 and grown > 0 and step >= 10)
     ck = tmp_path / "ck"
     ck.mkdir()
     (ck / CHECKPOINT_FILE).write_bytes(blob)
@@ -90,7 +102,7 @@ def test_resume_mid_grown_stage1_is_bit_identical(data, tmp_path, monkeypatch):
     for k, v in weights(got).items():
         assert torch.equal(v, ref_w[k]), k
     # and from the checkpoint written at the growth itself (step 0 of the second attempt)
-    first = next(b for stage, step, grown, b in snapshots if stage == 1 and grown and step == 0)
+    first = next(b for stage, step, grown, b in snapshots if stage == 1 and grown > 0 and step == 0)
     shutil.rmtree(ck)
     ck.mkdir()
     (ck / CHECKPOINT_FILE).write_bytes(first)
@@ -102,25 +114,12 @@ def test_resume_mid_grown_stage1_is_bit_identical(data, tmp_path, monkeypatch):
 def test_a_grown_attempt_that_ends_worse_is_not_kept(data, tmp_path, monkeypatch):
     """32 -> 64 -> 128 where 128 ends with more variance unexplained than 64: stage 1 hands on the 64 attempt (the
     networks a run capped at 64 trains), says so in latent_search, and a resumed run decides the same."""
-    from lsdm_fast.stages import AutoencoderStep
-
-    def unexplained(*values):  # what each attempt's end measures, in turn (the real measure draws nothing either)
-        it = iter(values)
-        monkeypatch.setattr(AutoencoderStep, "heldout_unexplained", lambda self: next(it))
+    def unexplained(*values):
+        script_misses(monkeypatch, *values)
 
     cfg = config(grow=0.1, checkpoint_every=10)
-    snapshots = []
-    save = Checkpointer.save
-
-    def keep(self, state):
-        save(self, state)
-        snapshots.append((int(state.stage), state.step, len(state.history.get("latent_search", [])),
-                          open(self.path, "rb").read()))
-
-    monkeypatch.setattr(Checkpointer, "save", keep)
     unexplained(0.5, 0.3, 0.4)
-    ref = LSDM(cfg).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(tmp_path / "ref"))
-    monkeypatch.setattr(Checkpointer, "save", save)
+    ref, snapshots = fit_keeping_checkpoints(cfg, data, tmp_path / "ref", monkeypatch)
     d = 2 * LATENT_START
     assert [(s["latent_dim"], s["unexplained"], s.get("kept", True)) for s in ref.history["latent_search"]] == [
         (LATENT_START, 0.5, True), (d, 0.3, True), (2 * d, 0.4, False)]
@@ -151,32 +150,20 @@ def test_growth_goes_on_while_a_doubling_pays(data, tmp_path, monkeypatch):
     """grow_gain: once the threshold has grown the latent, a doubling that divided the held-out miss by at least
     grow_gain is followed by another, below the threshold too; a first attempt below it never grows (nothing to
     compare with). The decision survives a resume: it reads the attempts before from the checkpoint's history."""
-    from lsdm_fast.stages import AutoencoderStep
-
     def unexplained(*values):
-        it = iter(values)
-        monkeypatch.setattr(AutoencoderStep, "heldout_unexplained", lambda self: next(it))
+        script_misses(monkeypatch, *values)
 
     def dims(m):
         return [s["latent_dim"] for s in m.history.get("latent_search", [])], m.config.autoencoder.latent_dim
 
     d = LATENT_START
     unexplained(0.5, 0.04, 0.035)  # 32: over 0.1; 64: under it, but 12.5x less; 128: only 1.14x less
-    snapshots = []
-    save = Checkpointer.save
-
-    def keep(self, state):
-        save(self, state)
-        snapshots.append((len(state.history.get("latent_search", [])), state.step, open(self.path, "rb").read()))
-
-    monkeypatch.setattr(Checkpointer, "save", keep)
-    ref = LSDM(config(grow=0.1, gain=1.5, latent_max=16 * d, checkpoint_every=10)).fit(
-        *data, num_classes=10, progress=False, checkpoint_dir=str(tmp_path / "ref"))
-    monkeypatch.setattr(Checkpointer, "save", save)
+    ref, snapshots = fit_keeping_checkpoints(config(grow=0.1, gain=1.5, latent_max=16 * d, checkpoint_every=10), data,
+                                             tmp_path / "ref", monkeypatch)
     assert dims(ref) == ([d, 2 * d], 4 * d) and ref.history["stage1_unexplained"] == 0.035
     ck = tmp_path / "ck"  # from mid-way through the 64 attempt: its end is judged against the 32 attempt's 0.5
     ck.mkdir()
-    (ck / CHECKPOINT_FILE).write_bytes(next(b for n, step, b in snapshots if n == 1 and step >= 10))
+    (ck / CHECKPOINT_FILE).write_bytes(next(b for stage, step, n, b in snapshots if n == 1 and step >= 10))
     unexplained(0.04, 0.035)
     got = LSDM(config(grow=0.1, gain=1.5, latent_max=16 * d, checkpoint_every=10)).fit(
         *data, num_classes=10, progress=False, checkpoint_dir=str(ck), resume=True)
@@ -203,7 +190,8 @@ def test_the_defaults_take_the_texture_sets_miss_to_512_and_keep_mnists_at_32():
         m = LSDM()  # asked for the default: a fitted latent
         m.config = LSDMConfig(autoencoder=AutoencoderConfig(latent_dim=latent_dim))  # the attempt's size
         search = [{"latent_dim": latent_dim >> (len(misses) - 1 - i), "unexplained": u} for i, u in enumerate(misses[:-1])]
-        return m._grows(SimpleNamespace(history={"stage1_unexplained": misses[-1], "latent_search": search}))
+        return m._growth_reason(SimpleNamespace(history={"stage1_unexplained": misses[-1],
+                                                         "latent_search": search})) is not None
 
     for seed_misses in ([0.1859, 0.1145, 0.0608, 0.0302], [0.1888, 0.1180, 0.0615, 0.0335],
                         [0.1908, 0.1148, 0.0623, 0.0321]):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import metrics as M
+from ..config import LATENT_START
 from ..io import atomic_write_bytes, atomic_write_json
 from ..viz import save_figure
 from ..config import MATCH_STEPS, MATCH_STEPS_WIDTH
@@ -186,7 +187,8 @@ def budget_note(b: Budget) -> str:
     else:
         stage1 = f"Stage 1: every method's autoencoder trains exactly {b.ae_steps} steps (equal compute)."
     if b.latent_dim is None:
-        stage1 += (f" The latent size is fitted per method and cell (AutoencoderConfig.latent_dim None): from 32, "
+        stage1 += (f" The latent size is fitted per method and cell (AutoencoderConfig.latent_dim None): from "
+                   f"{LATENT_START}, "
                    f"doubled while the held-out images keep more than {b.grow_latent:g} of their variance unexplained"
                    + (f" or, once that has grown it, while the last doubling divided the miss by at least "
                       f"{b.grow_gain:g}" if b.grow_gain > 0 else "")

@@ -32,7 +32,7 @@ def _grid(y: np.ndarray, labels: np.ndarray, task: str, cols: int = 8) -> np.nda
     return y[:8 * c].reshape(-1, c, y.shape[1])
 
 
-def _steps_taken(model) -> dict:
+def _fit_record(model) -> dict:
     """A fitted LSDM's latent size (fitted or given) and steps per stage, as its row records them."""
     return {"latent_dim": model.config.autoencoder.latent_dim, "stage1_steps": model.history["stage1_steps"],
             "stage2_steps": model.history["stage2_steps"]}
@@ -86,7 +86,7 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
     ref, dt = timed(lambda: LSDM(cfg).fit(px, py, uy, num_classes=train.num_classes, progress=progress))
     if "lsdm" in s.methods:
         res, y = ev(lsdm_sampler(ref), ref, ref)
-        record("lsdm", dt, res, y, **_steps_taken(ref))
+        record("lsdm", dt, res, y, **_fit_record(ref))
     if s.task == "class":
         res, y = ev(lambda c: real_y, ref)
         record("real_data (reference)", 0.0, res, y)
@@ -96,18 +96,18 @@ def _run_cell(setting: Setting, seed: int, data: str, budget: Budget, quick: boo
         model, dt = timed(lambda: LSDM(cfg).fit(allx, torch.from_numpy(train.images), None,
                                                    num_classes=train.num_classes, progress=progress))
         res, y = ev(lsdm_sampler(model), ref, model)
-        record("lsdm_all_labels", dt, res, y, **_steps_taken(model),
+        record("lsdm_all_labels", dt, res, y, **_fit_record(model),
                paired=len(train.images), unpaired=0)  # every training image is a pair here
     if "lsdm_paired_only" in s.methods:
         model, dt = timed(lambda: fit_paired_only(cfg, px, py, num_classes=train.num_classes, progress=progress))
         res, y = ev(lsdm_sampler(model), ref, model)
-        record("lsdm_paired_only", dt, res, y, **_steps_taken(model))
+        record("lsdm_paired_only", dt, res, y, **_fit_record(model))
     if "lsdm_paired_only_equal_steps" in s.methods:  # equal compute: LSDM's stage-1 step count, no early stop
         n1 = ref.history["stage1_steps"]
         equal = replace(cfg, autoencoder=replace(cfg.autoencoder, stop="steps", steps=n1, epochs=0.0))
         model, dt = timed(lambda: fit_paired_only(equal, px, py, num_classes=train.num_classes, progress=progress))
         res, y = ev(lsdm_sampler(model), ref, model)
-        record("lsdm_paired_only_equal_steps", dt, res, y, **_steps_taken(model))
+        record("lsdm_paired_only_equal_steps", dt, res, y, **_fit_record(model))
     if "pixel_matching" in s.methods:
         pm, dt = timed(lambda: PixelMatching(cfg.matching, seed=seed, generator_hidden=budget.match_hidden,
                                              critic_hidden=budget.match_hidden).fit(cond, py.reshape(len(py), -1),
