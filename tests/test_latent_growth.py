@@ -114,18 +114,15 @@ def test_resume_mid_grown_stage1_is_bit_identical(data, tmp_path, monkeypatch):
 def test_a_grown_attempt_that_ends_worse_is_not_kept(data, tmp_path, monkeypatch):
     """32 -> 64 -> 128 where 128 ends with more variance unexplained than 64: stage 1 hands on the 64 attempt (the
     networks a run capped at 64 trains), says so in latent_search, and a resumed run decides the same."""
-    def unexplained(*values):
-        script_misses(monkeypatch, *values)
-
     cfg = config(grow=0.1, checkpoint_every=10)
-    unexplained(0.5, 0.3, 0.4)
+    script_misses(monkeypatch, 0.5, 0.3, 0.4)
     ref, snapshots = fit_keeping_checkpoints(cfg, data, tmp_path / "ref", monkeypatch)
     d = 2 * LATENT_START
     assert [(s["latent_dim"], s["unexplained"], s.get("kept", True)) for s in ref.history["latent_search"]] == [
         (LATENT_START, 0.5, True), (d, 0.3, True), (2 * d, 0.4, False)]
     assert ref.config.autoencoder.latent_dim == d and ref.latent_std.shape == (d,) and ref.generator.latent_dim == d
     assert ref.history["stage1_unexplained"] == 0.3 and ref.history["stage1_latent_dim"] == d
-    unexplained(0.5, 0.3)
+    script_misses(monkeypatch, 0.5, 0.3)
     capped = LSDM(config(grow=0.1, latent_max=d)).fit(*data, num_classes=10, progress=False)
     for name in ("encoder", "decoder"):
         mine, theirs = getattr(ref, name).state_dict(), getattr(capped, name).state_dict()
@@ -139,7 +136,7 @@ def test_a_grown_attempt_that_ends_worse_is_not_kept(data, tmp_path, monkeypatch
         shutil.rmtree(ck, ignore_errors=True)
         ck.mkdir()
         (ck / CHECKPOINT_FILE).write_bytes(blob)
-        unexplained(0.4)
+        script_misses(monkeypatch, 0.4)
         got = LSDM(cfg).fit(*data, num_classes=10, progress=False, checkpoint_dir=str(ck), resume=True)
         assert got.config.autoencoder.latent_dim == d and got.history["latent_search"] == ref.history["latent_search"]
         for k, v in weights(got).items():
@@ -150,33 +147,30 @@ def test_growth_goes_on_while_a_doubling_pays(data, tmp_path, monkeypatch):
     """grow_gain: once the threshold has grown the latent, a doubling that divided the held-out miss by at least
     grow_gain is followed by another, below the threshold too; a first attempt below it never grows (nothing to
     compare with). The decision survives a resume: it reads the attempts before from the checkpoint's history."""
-    def unexplained(*values):
-        script_misses(monkeypatch, *values)
-
     def dims(m):
         return [s["latent_dim"] for s in m.history.get("latent_search", [])], m.config.autoencoder.latent_dim
 
     d = LATENT_START
-    unexplained(0.5, 0.04, 0.035)  # 32: over 0.1; 64: under it, but 12.5x less; 128: only 1.14x less
+    script_misses(monkeypatch, 0.5, 0.04, 0.035)  # 32: over 0.1; 64: under it, but 12.5x less; 128: only 1.14x less
     ref, snapshots = fit_keeping_checkpoints(config(grow=0.1, gain=1.5, latent_max=16 * d, checkpoint_every=10), data,
                                              tmp_path / "ref", monkeypatch)
     assert dims(ref) == ([d, 2 * d], 4 * d) and ref.history["stage1_unexplained"] == 0.035
     ck = tmp_path / "ck"  # from mid-way through the 64 attempt: its end is judged against the 32 attempt's 0.5
     ck.mkdir()
     (ck / CHECKPOINT_FILE).write_bytes(next(b for stage, step, n, b in snapshots if n == 1 and step >= 10))
-    unexplained(0.04, 0.035)
+    script_misses(monkeypatch, 0.04, 0.035)
     got = LSDM(config(grow=0.1, gain=1.5, latent_max=16 * d, checkpoint_every=10)).fit(
         *data, num_classes=10, progress=False, checkpoint_dir=str(ck), resume=True)
     assert dims(got) == dims(ref) and got.history["latent_search"] == ref.history["latent_search"]
-    unexplained(0.5, 0.04)
+    script_misses(monkeypatch, 0.5, 0.04)
     assert dims(LSDM(config(grow=0.1, latent_max=16 * d)).fit(*data, num_classes=10, progress=False)) == ([d], 2 * d)
-    unexplained(0.5, 0.04)  # the cap still holds
+    script_misses(monkeypatch, 0.5, 0.04)  # the cap still holds
     assert dims(LSDM(config(grow=0.1, gain=1.5, latent_max=2 * d)).fit(*data, num_classes=10,
                                                                          progress=False)) == ([d], 2 * d)
-    unexplained(0.04)  # MNIST's case: below the threshold at once
+    script_misses(monkeypatch, 0.04)  # MNIST's case: below the threshold at once
     assert dims(LSDM(config(grow=0.1, gain=1.5, latent_max=16 * d)).fit(*data, num_classes=10,
                                                                           progress=False)) == ([], d)
-    unexplained(0.5, 0.3, 0.25, 0.09)  # the threshold alone while the gain is out of reach (2.8x < 100)
+    script_misses(monkeypatch, 0.5, 0.3, 0.25, 0.09)  # the threshold alone while the gain is out of reach (2.8x < 100)
     assert dims(LSDM(config(grow=0.1, gain=100.0, latent_max=16 * d)).fit(*data, num_classes=10,
                                                                             progress=False)) == ([d, 2 * d, 4 * d], 8 * d)
 

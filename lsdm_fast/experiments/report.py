@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from .. import metrics as M
-from ..config import LATENT_START
 from ..io import atomic_write_bytes, atomic_write_json
 from ..viz import save_figure
-from ..config import MATCH_STEPS, MATCH_STEPS_WIDTH
+from ..config import LATENT_START, MATCH_STEPS, MATCH_STEPS_WIDTH
 from .registry import Budget
 
 TABLE_METRICS = [("conditional_accuracy", "cond. acc. ↑", 100, "{:.1f}"), ("classifier_fd", "clf-FD ↓", 1, "{:.2f}"),
