@@ -5,12 +5,14 @@ average (issue 25's recall and super-resolution FD; docs/design.md §7).
     python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [m=all] [split=0] [width=512]
                                          [steps=4000] [jitter=0] [marginal=0] [pseudo=0] [ae=K=V,...]
                                          [match=K=V,...] [ema_checks=average|raw] [task=class|superres]
-                                         [pairs=1000] [cache=FOLDER] [tag=] [log=runs.jsonl]
+                                         [pairs=1000] [lr_decay=-1] [cache=FOLDER] [tag=]
+                                         [log=runs.jsonl]
 
 Fits LSDM with the package defaults on `npc` pairs per class of `data` (split seed `split`, `m` of the rest
 unpaired, default all), except stage 2's generator and critic widths (`width`), generator steps (`steps`), the
 marginal critic's weight (`marginal`, 0: off) and `jitter` (> 0: each critic update sees the pair latents plus
 N(0, jitter^2), standardised units, drawn from a generator of its own so the method's draws are unchanged);
+`lr_decay` (>= 0: stage 2's learning rate decays linearly to zero from that fraction of its steps on, a prototype);
 prints and appends one JSON line: per-stage seconds (wall), thread CPU time of the fit, stage-1 steps, the
 judge's conditional accuracy, the feature-CNN FD of 200 samples per class against the test split and k-NN
 precision / recall / density / coverage against 2,000 test images (lsdm_fast.metrics, nets cached in `cache`;
@@ -88,6 +90,24 @@ def jitter_pair_latents(sigma: float) -> None:
     MatchingStep._critic_terms = jittered
 
 
+def decay_stage2_lr(start: float) -> None:
+    """Stage 2's learning rate (generator and critics alike) held at MatchingConfig.lr for the first `start`
+    of the generator steps, then brought linearly to zero at the last step (a prototype: sync mode only)."""
+    from lsdm_fast.matching_step import MatchingStep
+    step_once = MatchingStep.__call__
+
+    def decayed(self, step):
+        total = self.cfg.generator_steps(self.z.shape[1])
+        frac = step / total
+        lr = self.cfg.lr * (1.0 if frac < start else (1.0 - frac) / (1.0 - start))
+        for opt in (self.gen_opt, self.critic_opt) + ((self.marginal_opt,) if self.marginal is not None else ()):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return step_once(self, step)
+
+    MatchingStep.__call__ = decayed
+
+
 def ema_checks_on_raw_weights() -> None:
     """With AutoencoderConfig.ema: the plateau checks measure the raw weights (the stop of a run without the EMA)
     while the run still ends on the average (at the lowest raw check, with the best-weights rule)."""
@@ -145,6 +165,9 @@ def main(argv):
     cfg = replace(cfg, matching=replace(cfg.matching, **match))
     ae = eval(f"dict({kv.get('ae', '')})")  # AutoencoderConfig overrides, e.g. ae="conv_design='patch',patch_depth=2"
     cfg = replace(cfg, autoencoder=replace(cfg.autoencoder, **ae))
+    lr_decay = float(kv.get("lr_decay", -1))  # >= 0: linear decay to zero from that fraction of the steps on
+    if lr_decay >= 0:
+        decay_stage2_lr(lr_decay)
     raw_checks = kv.get("ema_checks", "average") == "raw"
     if raw_checks:
         ema_checks_on_raw_weights()
@@ -182,7 +205,7 @@ def main(argv):
     recon = model.decode(model.encode(torch.from_numpy(real))).numpy().reshape(len(real), -1)
     recon_prdc = M.prdc(test_feats, M.extract_features(feat, recon))
     row = dict(data=os.path.basename(os.path.normpath(data)), pairs=len(split.paired), m=m, seed=seed, split=split_seed,
-               ema_checks="raw" if raw_checks else "average",
+               ema_checks="raw" if raw_checks else "average", lr_decay=lr_decay,
                ae=ae, match=match, width=width, steps=model.history["stage2_steps"], jitter=jitter, marginal=marginal, pseudo=pseudo,
                pseudo_pairs=model.history.get("pseudo_pairs"), prdc=prdc, real_prdc=real_prdc, recon_prdc=recon_prdc,
                recon_fd=decoded_fd[0.0], perturbed_fd=decoded_fd[0.25], wall_s=wall, cpu_s=cpu,
