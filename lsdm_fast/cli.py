@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--steps", type=_nonneg_int, default=None, help="override stage-2 (and pixel matching) steps")
     ex.add_argument("--steps-max", type=_positive(int), default=None,
                     help="override the most stage-2 steps the latent-sized budget gives (default 16000)")
+    ex.add_argument("--match-lr", type=_positive(float), default=None,
+                    help="override stage 2's (and pixel matching's) learning rate (default 6e-4; 3e-4 resumes "
+                         "results written before 2026-12-05)")
     ex.add_argument("--settings", default=None, help="comma-separated subset of the experiment's settings to run, "
                                                      "e.g. m=1000,m=10000 (default: all)")
     ex.add_argument("--latent-dim", type=_positive(int), default=None, help="override the latent dimension d")
@@ -553,7 +556,7 @@ def cmd_experiment(args) -> int:
                      ("pseudo_label", args.pseudo_label), ("ae_design", args.ae_design), ("ae_ema", args.ae_ema),
                      ("penalty_over", args.penalty_over), ("grow_latent", args.grow_latent),
                      ("grow_gain", args.grow_gain), ("latent_max", args.latent_max),
-                     ("match_steps_max", args.steps_max)):
+                     ("match_steps_max", args.steps_max), ("match_lr", args.match_lr)):
         if val is not None:
             budget = replace(budget, **{key: val})
     for key, val in (("ae_hidden", args.ae_hidden), ("match_hidden", args.match_hidden)):

@@ -34,6 +34,9 @@ WIDE_LATENT, WIDE_PATCH_LR, WIDE_PATCH_PATIENCE = 128, 3e-3, 3
 # 8,000 did too (results/experiments/issue25_stage2_steps); MNIST and the digits keep d = 32 and 4,000 steps.
 # Configs saved before steps_max existed ran with a cap of 8,000 (IMPLIED_BY_ABSENCE)
 MATCH_STEPS, MATCH_STEPS_WIDTH, MATCH_STEPS_MAX, LEGACY_MATCH_STEPS_MAX = 4000, 64, 16000, 8000
+# stage 2's rate (MatchingConfig.lr) before 2026-12-05; saved configs carry theirs, experiment budgets before
+# Budget.match_lr existed ran at it (BUDGET_IMPLIED_BY_ABSENCE)
+LEGACY_MATCH_LR = 3e-4
 LATENT_START = 32  # AutoencoderConfig.latent_dim=None: stage 1 starts at this size (grow_latent)
 IMPLIED_BY_ABSENCE = {
     "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
@@ -153,7 +156,11 @@ class MatchingConfig:
     steps: int | None = None
     steps_max: int = MATCH_STEPS_MAX
     batch_size: int = 256
-    lr: float = 3e-4  # 1e-4 (the literature's default) left stage 2 unconverged at 4000 steps: 92-94 % vs 97 % (MNIST, 100 pairs/class)
+    # 1e-4 (the literature's default) left stage 2 unconverged at 4000 steps: 92-94 % vs 97 % (MNIST, 100 pairs/class);
+    # 3e-4 (until 2026-12-05) still did at d = 512 (the texture set: FD 28.6 -> 25.7 at 6e-4, seed 0; a decayed rate
+    # 30.2) and at MNIST's d = 32 (FD MNIST_FD_LINE) (results/experiments/issue25_stage2_rate). Saved configs keep the
+    # rate they were written with
+    lr: float = 6e-4
     betas: tuple[float, float] = (0.5, 0.9)
     backend: str = "auto"  # for the critic step; the results do not depend on it
     generator_ema: float = 0.0  # decay of an EMA of the generator's weights, used for sampling (0: off)
@@ -229,13 +236,13 @@ class LSDMConfig:
                    marginal_weight: float = 0.0, pseudo_label: float | None = None, penalty_over: str | None = None,
                    grow_latent: float | None = None, ae_ema: float | None = None,
                    latent_max: int | None = None, steps_max: int | None = None,
-                   grow_gain: float | None = None) -> "LSDMConfig":
+                   grow_gain: float | None = None, match_lr: float | None = None) -> "LSDMConfig":
         """The config from the few knobs `lsdm train`/`demo` and `lsdm experiment` expose (one translation for
         all); everything else keeps its default. ae_steps: stage 1's steps ("steps") or their cap ("plateau");
         steps: stage 2's generator steps (None: sized to the latent, MatchingConfig.generator_steps, at most
         steps_max, None: its default);
         match_hidden: generator and critic widths (None: the defaults); conv_design: None for the default;
-        marginal_weight, pseudo_label, penalty_over: MatchingConfig's; grow_latent, grow_gain, latent_max, ae_ema (its `ema`):
+        marginal_weight, pseudo_label, penalty_over, match_lr (its `lr`): MatchingConfig's (None: its default); grow_latent, grow_gain, latent_max, ae_ema (its `ema`):
         AutoencoderConfig's
         (None: its default)."""
         nets = {} if match_hidden is None else {"generator_hidden": tuple(match_hidden),
@@ -255,7 +262,8 @@ class LSDMConfig:
                    matching=MatchingConfig(steps=steps, batch_size=batch_size, backend=backend,
                                            checkpoint_every=checkpoint_every, marginal_weight=marginal_weight,
                                            pseudo_label=pseudo_label, penalty_over=penalty_over,
-                                           **({} if steps_max is None else {"steps_max": steps_max}), **nets),
+                                           **({} if steps_max is None else {"steps_max": steps_max}),
+                                           **({} if match_lr is None else {"lr": match_lr}), **nets),
                    seed=seed, device=device, precision=precision)
 
     def validate(self) -> None:

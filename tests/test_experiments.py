@@ -138,6 +138,14 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert "written with a different budget (match_steps_max 8000 there, 16000 here)" in capsys.readouterr().err
     assert resume("--steps-max", "8000") == 0
     capsys.readouterr()
+    # results written before Budget had match_lr trained stage 2 at 3e-4: refused with today's 6e-4, resumed when
+    # given that one
+    assert res["budget"]["match_lr"] == 6e-4
+    write_without("match_lr")
+    assert resume() == 2
+    assert "written with a different budget (match_lr 0.0003 there, 0.0006 here)" in capsys.readouterr().err
+    assert resume("--match-lr", "3e-4") == 0
+    capsys.readouterr()
     # results written before Budget had marginal_weight resume as run without it; another weight is refused
     res["budget"].pop("marginal_weight")
     (out / "results.json").write_text(json.dumps(res))

@@ -261,7 +261,7 @@ def test_nan_in_a_batch_is_caught_on_the_device_and_not_applied():
         step.check()
     assert str(exc.value) == ("stage 2 (joint matching) diverged at generator step 3, critic step 0: the critic loss "
                               "is nan; the update was not applied (nor any after it) and the last good checkpoint "
-                              "is X; try a lower learning rate (matching lr is 0.0003)")
+                              "is X; try a lower learning rate (matching lr is 0.0006)")
 
 
 def test_nan_in_a_later_critic_update_matches_where_sync_mode_stops():

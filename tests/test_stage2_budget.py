@@ -26,6 +26,9 @@ def test_generator_steps_by_latent_and_fields():
     assert LSDMConfig.from_knobs().matching.steps_max == MATCH_STEPS_MAX
     assert LSDMConfig.from_knobs(steps=9).matching.steps == 9
     assert LSDMConfig.from_knobs(steps_max=8000).matching.steps_max == 8000
+    # stage 2's rate: 6e-4 (3e-4 before issue25_stage2_rate); a knob for experiment budgets that resume older ones
+    assert MatchingConfig().lr == LSDMConfig.from_knobs().matching.lr == 6e-4
+    assert LSDMConfig.from_knobs(match_lr=3e-4).matching.lr == 3e-4
     with pytest.raises(ValueError, match="steps must be >= 0"):
         LSDMConfig(matching=MatchingConfig(steps=-1)).validate()
     with pytest.raises(ValueError, match="matching.steps must be an integer or None"):
@@ -40,6 +43,9 @@ def test_saved_configs_keep_their_stage2_budget():
     old["matching"].pop("steps_max")
     assert LSDMConfig.from_dict(old, saved=True).matching.steps_max == 8000
     assert LSDMConfig.from_dict(old).matching.steps_max == MatchingConfig().steps_max == 16000
+    # a saved config carries its stage-2 rate: one written at 3e-4 resumes at 3e-4
+    old["matching"]["lr"] = 3e-4
+    assert LSDMConfig.from_dict(old, saved=True).matching.lr == 3e-4
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..config import LEGACY_MATCH_STEPS_MAX, AutoencoderConfig, LSDMConfig, MatchingConfig
+from ..config import LEGACY_MATCH_LR, LEGACY_MATCH_STEPS_MAX, AutoencoderConfig, LSDMConfig, MatchingConfig
 
 # lsdm_paired_only: its stage 1 to convergence, like LSDM's; ..._equal_steps: as many stage-1 steps as LSDM's
 # took in the same cell (equal compute). Stage 2, the denoiser and pixel matching take equal steps and batches.
@@ -24,6 +24,7 @@ class Budget:
     ae_steps: int = 20000  # stage-1 steps ("steps") or their cap ("plateau")
     match_steps: int | None = None  # None: stage 2 sized to the latent (MatchingConfig.generator_steps), pixels MATCH_STEPS
     match_steps_max: int = MatchingConfig().steps_max  # ... at most this many (MatchingConfig.steps_max)
+    match_lr: float = MatchingConfig().lr  # stage 2's rate (pixel matching's too; MatchingConfig.lr)
     diffusion_steps: int = 8000
     batch_size: int = 256
     latent_dim: int | None = None  # None: fitted to the data (AutoencoderConfig.latent_dim)
@@ -51,7 +52,7 @@ class Budget:
 # Budget fields added since results were first written, and what a results.json without them was run with
 BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0, "ae_design": "strided", "ae_ema": 0.0,
                              "penalty_over": "joint", "grow_latent": 0.1, "grow_gain": 0.0, "latent_max": 128,
-                             "match_steps_max": LEGACY_MATCH_STEPS_MAX}
+                             "match_steps_max": LEGACY_MATCH_STEPS_MAX, "match_lr": LEGACY_MATCH_LR}
 
 QUICK = Budget(ae_kind="mlp", ae_stop="steps", ae_steps=40, match_steps=6, diffusion_steps=40, batch_size=32,
                latent_dim=4, ae_hidden=(64, 32), match_hidden=(32, 32), eval_per_class=8, eval_sr=40, feature_steps=20,
@@ -114,4 +115,5 @@ def lsdm_config(b: Budget, seed: int, backend: str) -> LSDMConfig:
                                  match_hidden=b.match_hidden, latent_noise=b.latent_noise, backend=backend, seed=seed,
                                  marginal_weight=b.marginal_weight, pseudo_label=b.pseudo_label, penalty_over=b.penalty_over,
                                  conv_design=b.ae_design, ae_ema=b.ae_ema, grow_latent=b.grow_latent,
-                                 grow_gain=b.grow_gain, latent_max=b.latent_max, steps_max=b.match_steps_max)
+                                 grow_gain=b.grow_gain, latent_max=b.latent_max, steps_max=b.match_steps_max,
+                                 match_lr=b.match_lr)
