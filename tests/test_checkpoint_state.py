@@ -15,14 +15,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def config():  # the config tests/data/make_v1_checkpoints.py wrote the format-1 files with (fields added since at
-    # the values their absence means: config.IMPLIED_BY_ABSENCE; penalty_over was saved, "joint", the default then)
+    # the values their absence means: config.IMPLIED_BY_ABSENCE; penalty_over and stage 2's lr were saved, "joint"
+    # and 3e-4, the defaults then)
     return LSDMConfig(autoencoder=AutoencoderConfig(kind="mlp", latent_dim=4, hidden=(32,), steps=30, batch_size=32,
                                                     checkpoint_every=10, stop="steps", conv_design="strided",
                                                     lr=1e-3, warmup_steps=0, grow_latent=0.0, grow_gain=0.0),
                       matching=MatchingConfig(generator_hidden=(32,), critic_hidden=(32, 32), steps=8, batch_size=16,
                                               backend="torch", generator_ema=0.5, checkpoint_every=4,
                                               marginal_weight=0.0, pseudo_label=0.0, penalty_over="joint",
-                                              steps_max=8000), seed=7)
+                                              steps_max=8000, lr=3e-4), seed=7)
 
 
 @pytest.fixture(scope="module")
