@@ -243,9 +243,8 @@ class LSDMConfig:
         steps: stage 2's generator steps (None: sized to the latent, MatchingConfig.generator_steps, at most
         steps_max, None: its default);
         match_hidden: generator and critic widths (None: the defaults); conv_design: None for the default;
-        marginal_weight, pseudo_label, penalty_over, match_lr (its `lr`): MatchingConfig's (None: its default); grow_latent, grow_gain, latent_max, ae_ema (its `ema`):
-        AutoencoderConfig's
-        (None: its default)."""
+        marginal_weight, pseudo_label, penalty_over, match_lr (its `lr`): MatchingConfig's (None: its default);
+        grow_latent, grow_gain, latent_max, ae_ema (its `ema`): AutoencoderConfig's (None: its default)."""
         nets = {} if match_hidden is None else {"generator_hidden": tuple(match_hidden),
                                                  "critic_hidden": tuple(match_hidden)}
         design = {} if conv_design is None else {"conv_design": conv_design}

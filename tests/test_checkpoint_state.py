@@ -9,6 +9,7 @@ import torch
 
 from lsdm_fast import LSDM, AutoencoderConfig, LSDMConfig, MatchingConfig
 from lsdm_fast.checkpoint import CHECKPOINT_FILE, CheckpointError, read_checkpoint
+from lsdm_fast.config import LEGACY_MATCH_LR
 from lsdm_fast.data import load_digits_dataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,7 +24,7 @@ def config():  # the config tests/data/make_v1_checkpoints.py wrote the format-1
                       matching=MatchingConfig(generator_hidden=(32,), critic_hidden=(32, 32), steps=8, batch_size=16,
                                               backend="torch", generator_ema=0.5, checkpoint_every=4,
                                               marginal_weight=0.0, pseudo_label=0.0, penalty_over="joint",
-                                              steps_max=8000, lr=3e-4), seed=7)
+                                              steps_max=8000, lr=LEGACY_MATCH_LR), seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lsdm_fast import LSDM
+from lsdm_fast.config import LEGACY_MATCH_LR
 from lsdm_fast.data import load_digits_dataset
 from lsdm_fast.models import PatchEncoder
 
@@ -32,7 +33,7 @@ def config():
     cfg.matching.backend = "torch"
     # the rate the rounding-level allowance below was set at (3e-4, the default until 2026-12-05): at 6e-4 these
     # 8 steps leave 9 of one layer's 448 weights past 1e-4 (2 %), over the 1 % allowed
-    cfg.matching.lr = 3e-4
+    cfg.matching.lr = LEGACY_MATCH_LR
     return cfg
 
 
