@@ -3,9 +3,11 @@ comparison row `lsdm experiment superres_x4` makes (lsdm_paired_only_equal_steps
 the default (issue 25; results/experiments/issue25_stage2_probes).
 
     python scripts/tuning/sr_paired_only.py SEED STAGE1_STEPS MATCH_STEPS [data=MNIST_FOLDER] [cache=FOLDER] [log=FILE]
+                                            [match=K=V,...]
 
 STAGE1_STEPS: LSDM's stage-1 step count on that seed (its row's stage1_steps). Split, conditions, config and
-scoring are the experiment's own (split seed = SEED), so with MATCH_STEPS 4000 the row equals the experiment's."""
+scoring are the experiment's own (split seed = SEED), so with MATCH_STEPS 4000 the row equals the experiment's.
+`match` overrides MatchingConfig fields as in stage2_size.py (e.g. match=critic_steps=2)."""
 import os
 import sys
 from dataclasses import replace
@@ -30,12 +32,14 @@ def main(argv):
     py = torch.from_numpy(train.images[split.paired])
     budget = replace(Budget(), match_steps=steps)
     cfg = lsdm_config(budget, seed, "auto")
+    match = eval(f"dict({kv.get('match', '')})")  # MatchingConfig overrides, e.g. match="critic_steps=2"
+    cfg = replace(cfg, matching=replace(cfg.matching, **match))
     equal = replace(cfg, autoencoder=replace(cfg.autoencoder, stop="steps", steps=n1, epochs=0.0))
     model = fit_paired_only(equal, px, py, num_classes=train.num_classes, progress=False)
     feat = M.feature_net(train.images, train.labels, train.num_classes, cache_dir=cache)
     judge = M.judge_net(train.images, train.labels, train.num_classes, cache_dir=cache)
     res = score_superres(model, train, test, feat, judge, seed, split.paired, budget)
-    emit(dict(method="lsdm_paired_only_equal_steps", seed=seed, stage1_steps=n1, steps=steps, **res), kv.get("log"))
+    emit(dict(method="lsdm_paired_only_equal_steps", seed=seed, stage1_steps=n1, steps=steps, match=match, **res), kv.get("log"))
 
 
 if __name__ == "__main__":
