@@ -25,7 +25,7 @@ reconstruction FD and the FD of test latents moved by 0.25 standardised units be
 decoder amplifies stage 2's misses).
 
 task=superres: superres_x4's setting instead (`pairs` random pairs, 7x7 -> 28x28 conditions, the rest unpaired;
-npc, pseudo and marginal do not apply), scored by the experiments' own Evaluator, so with split=SEED the row
+npc and marginal do not apply, pseudo must stay 0: pseudo-pairs need class labels), scored by the experiments' own Evaluator, so with split=SEED the row
 equals the LSDM row of `lsdm experiment superres_x4 --seeds SEED`."""
 import hashlib
 import json
