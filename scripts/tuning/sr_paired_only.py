@@ -18,7 +18,7 @@ from lsdm_fast import metrics as M
 from lsdm_fast.baselines import fit_paired_only
 from lsdm_fast.data import load_dataset, make_conditions, split_paired_unpaired
 from lsdm_fast.experiments.registry import Budget, lsdm_config
-from stage2_size import emit, score_superres  # this folder's
+from stage2_size import emit, score_superres, with_match  # this folder's
 
 
 def main(argv):
@@ -31,15 +31,14 @@ def main(argv):
     px = torch.from_numpy(make_conditions(train, "superres", 4)[split.paired])
     py = torch.from_numpy(train.images[split.paired])
     budget = replace(Budget(), match_steps=steps)
-    cfg = lsdm_config(budget, seed, "auto")
-    match = eval(f"dict({kv.get('match', '')})")  # MatchingConfig overrides, e.g. match="critic_steps=2"
-    cfg = replace(cfg, matching=replace(cfg.matching, **match))
+    cfg, match = with_match(lsdm_config(budget, seed, "auto"), kv)
     equal = replace(cfg, autoencoder=replace(cfg.autoencoder, stop="steps", steps=n1, epochs=0.0))
     model = fit_paired_only(equal, px, py, num_classes=train.num_classes, progress=False)
     feat = M.feature_net(train.images, train.labels, train.num_classes, cache_dir=cache)
     judge = M.judge_net(train.images, train.labels, train.num_classes, cache_dir=cache)
     res = score_superres(model, train, test, feat, judge, seed, split.paired, budget)
-    emit(dict(method="lsdm_paired_only_equal_steps", seed=seed, stage1_steps=n1, steps=steps, match=match, **res), kv.get("log"))
+    emit(dict(method="lsdm_paired_only_equal_steps", seed=seed, stage1_steps=n1, steps=steps, match=match, **res),
+         kv.get("log"))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ reconstruction FD and the FD of test latents moved by 0.25 standardised units be
 decoder amplifies stage 2's misses).
 
 task=superres: superres_x4's setting instead (`pairs` random pairs, 7x7 -> 28x28 conditions, the rest unpaired;
-npc and marginal do not apply, pseudo must stay 0: pseudo-pairs need class labels), scored by the experiments' own Evaluator, so with split=SEED the row
-equals the LSDM row of `lsdm experiment superres_x4 --seeds SEED`."""
+npc and marginal do not apply, pseudo must stay 0: pseudo-pairs need class labels), scored by the experiments' own
+Evaluator, so with split=SEED the row equals the LSDM row of `lsdm experiment superres_x4 --seeds SEED`."""
 import hashlib
 import json
 import os
@@ -131,6 +131,13 @@ def score_superres(model, train, test, feat, judge, seed: int, paired, budget: B
     return ev(lambda c: model.sample(c, 1, seed=seed + 1000), model, model)[0]
 
 
+def with_match(cfg: LSDMConfig, kv: dict) -> tuple[LSDMConfig, dict]:
+    """`cfg` with the MatchingConfig overrides of the `match` argument (e.g. match="generator_ema=0.999"), and
+    those overrides (for the row)."""
+    match = eval(f"dict({kv.get('match', '')})")
+    return replace(cfg, matching=replace(cfg.matching, **match)), match
+
+
 def emit(row: dict, log: str | None) -> None:
     """Print the row as one JSON line and append it to `log` (if given)."""
     print(json.dumps(row))
@@ -163,8 +170,7 @@ def main(argv):
     marginal = float(kv.get("marginal", 0))
     pseudo = float(kv.get("pseudo", 0))
     cfg = replace(cfg, matching=replace(cfg.matching, marginal_weight=marginal, pseudo_label=pseudo))
-    match = eval(f"dict({kv.get('match', '')})")  # MatchingConfig overrides, e.g. match="generator_ema=0.999"
-    cfg = replace(cfg, matching=replace(cfg.matching, **match))
+    cfg, match = with_match(cfg, kv)
     ae = eval(f"dict({kv.get('ae', '')})")  # AutoencoderConfig overrides, e.g. ae="conv_design='patch',patch_depth=2"
     cfg = replace(cfg, autoencoder=replace(cfg.autoencoder, **ae))
     lr_decay = float(kv.get("lr_decay", -1))  # >= 0: linear decay to zero from that fraction of the steps on
