@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .config import LATENT_START, PSEUDO_LABEL_AUTO, LSDMConfig, as_config, check_sampling_seed
+from .config import LATENT_START, PSEUDO_CONDITION_AUTO, PSEUDO_LABEL_AUTO, LSDMConfig, as_config, check_sampling_seed
 from .io import require_free_space
 from .model_folder import FORMAT_VERSION, MODEL_FILES, ModelFolderError, load_model, meta_json, save_model  # noqa: F401
 from .models import MLP, Critic, Generator, build_autoencoder, resolve_kind
@@ -162,9 +162,11 @@ class LSDM:
             self.latent_mean, self.latent_std = state.latent_mean, state.latent_std
             if state.stage == Stage.MATCHING:  # stage 2 on the pairs, which come first in all_y
                 z_std = (z_all - state.latent_mean) / state.latent_std  # every image's: the marginal critic's
-                x_pairs, z_pairs = self._stage2_pairs(state, x, z_std, n_pairs)
+                x_pairs, z_pairs = self._stage2_pairs(state, x, z_std, all_y, n_pairs)
+                steps = cfg.matching.generator_steps(z_std.shape[1], pseudo_conditions=(
+                    self.meta["cond_kind"] != "onehot" and len(x_pairs) > n_pairs))
                 train_joint_matching(state, x_pairs, z_pairs, cfg.matching, backends=backends, z_marginal=z_std,
-                                     **kw)
+                                     steps=steps, **kw)
                 state.stage, state.optim = Stage.DONE, None  # the step count stays: resumed_from says where it ended
                 if ck is not None:
                     ck.save(state)
@@ -247,19 +249,35 @@ class LSDM:
             torch.manual_seed(self.config.seed)
             self._build(self.meta["data_dim"], self.meta["cond_dim"], self.meta["image_shape"])
 
-    def _stage2_pairs(self, state: TrainingState, x: torch.Tensor, z_std: torch.Tensor,
+    def _stage2_pairs(self, state: TrainingState, x: torch.Tensor, z_std: torch.Tensor, all_y: torch.Tensor,
                       n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage 2's (conditions, standardised latents): the pairs, and with matching.pseudo_label > 0 the
-        unpaired latents its classifier labels confidently (recomputed identically on resume)."""
-        from .pseudo_labels import pseudo_label
+        """Stage 2's (conditions, standardised latents): the pairs, and the unpaired latents with a pseudo-label
+        (class labels, matching.pseudo_label) or a pseudo-condition (float conditions, matching.pseudo_condition);
+        recomputed identically on resume."""
+        from .pseudo_labels import pseudo_condition, pseudo_label
 
-        q = self.config.matching.pseudo_label
+        m, onehot = self.config.matching, self.meta["cond_kind"] == "onehot"
+        q = m.pseudo_label if onehot else m.pseudo_condition
         if q is None:  # auto
-            q = PSEUDO_LABEL_AUTO if self.meta["cond_kind"] == "onehot" else 0.0
+            q = PSEUDO_LABEL_AUTO if onehot else PSEUDO_CONDITION_AUTO
         if q == 0 or len(z_std) == n_pairs:
             return x, z_std[:n_pairs]
+        seed = self.config.seed + PSEUDO_SEED
+        if not onehot:
+            pc = pseudo_condition(z_std[:n_pairs], x, z_std[n_pairs:], q, seed=seed, y_pairs=all_y[:n_pairs],
+                                  y_unpaired=all_y[n_pairs:])
+            r2 = None if pc.heldout_r2 != pc.heldout_r2 else pc.heldout_r2  # nan (too few pairs): none
+            state.history["pseudo_pairs"] = {"kept": len(pc.index), "fraction": pc.kept_fraction, "heldout_r2": r2,
+                                             "regressor": pc.regressor}
+            if not len(pc.index) and m.pseudo_condition is not None:  # asked for, not given
+                why = (f"the better regressor ({pc.regressor}) explains R^2 = {r2:.3f} of the held-out pairs' "
+                       "condition variance, below it" if r2 is not None else "too few pairs to check a regressor on")
+                warnings.warn(f"matching.pseudo_condition={q:g}: no pseudo-conditions for the unpaired images: {why}; "
+                              "stage 2 uses the pairs alone", stacklevel=3)
+            z_kept = z_std[n_pairs:][pc.index.to(z_std.device)]
+            return torch.cat([x, pc.conditions.to(x)]), torch.cat([z_std[:n_pairs], z_kept])
         k = self.meta["num_classes"]
-        pl = pseudo_label(z_std[:n_pairs], x.argmax(1), z_std[n_pairs:], k, q, seed=self.config.seed + PSEUDO_SEED)
+        pl = pseudo_label(z_std[:n_pairs], x.argmax(1), z_std[n_pairs:], k, q, seed=seed)
         state.history["pseudo_pairs"] = {"kept": len(pl.index), "fraction": pl.kept_fraction,
                                          "per_class": torch.bincount(pl.labels, minlength=k).tolist()}
         x_pl = F.one_hot(pl.labels, k).to(x)
@@ -339,7 +357,12 @@ class LSDM:
                 raise ValueError(f"{name} must have values in [0, 1], got [{float(t.min()):.3g}, {float(t.max()):.3g}]")
         if (self.config.matching.pseudo_label or 0) > 0 and self.meta["cond_kind"] != "onehot":
             raise ValueError("matching.pseudo_label labels the unpaired images with classes: it needs integer class "
-                             f"labels as paired_x, got float conditions {tuple(px.shape)}; set it to 0 for these")
+                             f"labels as paired_x, got float conditions {tuple(px.shape)}; set it to 0 for these "
+                             "(matching.pseudo_condition gives float conditions theirs)")
+        if (self.config.matching.pseudo_condition or 0) > 0 and self.meta["cond_kind"] == "onehot":
+            raise ValueError("matching.pseudo_condition predicts float conditions for the unpaired images; paired_x "
+                             "holds integer class labels, which get pseudo-labels (matching.pseudo_label) instead: "
+                             "set it to 0 or None for these")
         self.meta.update(data_dim=int(py.shape[1]), image_shape=image_shape, format_version=FORMAT_VERSION)
         if self.config.autoencoder.latent_dim is None:  # fitted to the data: from LATENT_START (grow_latent)
             self.config = replace(self.config, autoencoder=replace(self.config.autoencoder, latent_dim=LATENT_START))

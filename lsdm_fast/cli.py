@@ -116,6 +116,11 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="class labels: unpaired images whose latent a classifier trained on the pairs labels with "
                         "at least this probability join stage 2's pairs (default: 0.99 for --task class, off for "
                         "superres; 0: off; docs/design.md §1)")
+    p.add_argument("--pseudo-condition", type=_confidence, default=None, metavar="R2",
+                   help="float conditions (superres): every unpaired image joins stage 2's pairs with a condition "
+                        "predicted from it by a regressor trained on the pairs, if that explains at least this share "
+                        "of held-out pairs' condition variance; stage 2 then takes twice the steps (default: 0.99 for "
+                        "superres; 0: off; docs/design.md §1)")
     p.add_argument("--penalty-over", choices=["joint", "latent"], default=None,
                    help="stage 2's gradient penalty: over the latent only, one 1-Lipschitz critic per condition, or "
                         "over (condition, latent) jointly (default: latent for class labels in a latent of 128 or more, "
@@ -267,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the weight of stage 2's marginal critic (0: off)")
     ex.add_argument("--pseudo-label", type=_confidence, default=None, metavar="CONFIDENCE",
                     help="override stage 2's pseudo-label confidence (default: 0.99 for class labels; 0: off)")
+    ex.add_argument("--pseudo-condition", type=_confidence, default=None, metavar="R2",
+                    help="override the held-out R^2 stage 2's pseudo-conditions need (default: 0.99 for float "
+                         "conditions; 0: off)")
     ex.add_argument("--penalty-over", choices=["joint", "latent"], default=None,
                     help="override stage 2's gradient penalty (default: latent for class labels from a 128-d "
                          "latent up, else joint)")
@@ -298,6 +306,7 @@ def _config_from_args(args, ae_kind="mlp"):
                                  device=args.device, precision=args.precision, checkpoint_every=args.checkpoint_every,
                                  conv_design=getattr(args, "ae_design", None),
                                  marginal_weight=args.marginal_weight, pseudo_label=args.pseudo_label,
+                                 pseudo_condition=args.pseudo_condition,
                                  penalty_over=args.penalty_over, grow_latent=getattr(args, "grow_latent", None),
                                  grow_gain=getattr(args, "grow_gain", None), latent_max=getattr(args, "latent_max", None),
                                  ae_ema=getattr(args, "ae_ema", None))
@@ -553,7 +562,8 @@ def cmd_experiment(args) -> int:
     budget = QUICK if args.quick else (DIGITS if args.data in ("digits", "sklearn-digits") else Budget())
     for key, val in (("ae_steps", args.ae_steps), ("match_steps", args.steps), ("diffusion_steps", args.diffusion_steps),
                      ("latent_dim", args.latent_dim), ("marginal_weight", args.marginal_weight),
-                     ("pseudo_label", args.pseudo_label), ("ae_design", args.ae_design), ("ae_ema", args.ae_ema),
+                     ("pseudo_label", args.pseudo_label), ("pseudo_condition", args.pseudo_condition),
+                     ("ae_design", args.ae_design), ("ae_ema", args.ae_ema),
                      ("penalty_over", args.penalty_over), ("grow_latent", args.grow_latent),
                      ("grow_gain", args.grow_gain), ("latent_max", args.latent_max),
                      ("match_steps_max", args.steps_max), ("match_lr", args.match_lr)):
@@ -568,6 +578,9 @@ def cmd_experiment(args) -> int:
     if (budget.pseudo_label or 0) > 0 and any(s.task != "class" for s in EXPERIMENTS[args.name].settings):
         raise ValueError(f"--pseudo-label labels unpaired images with classes; experiment {args.name!r} has "
                          "float conditions (super-resolution): leave it off there")
+    if (budget.pseudo_condition or 0) > 0 and any(s.task == "class" for s in EXPERIMENTS[args.name].settings):
+        raise ValueError(f"--pseudo-condition predicts float conditions; experiment {args.name!r} has class labels, "
+                         "which get --pseudo-label: leave it off there")
     if args.ddim_steps:
         steps = tuple(_int_list(args.ddim_steps, "--ddim-steps"))
         budget = replace(budget, ddim_steps=steps, ddim_few=min(steps), ddim_many=max(steps))

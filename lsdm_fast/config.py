@@ -12,6 +12,8 @@ KINDS = ("auto", "mlp", "conv")
 CONV_DESIGNS = ("patch", "strided")
 STOPS = ("plateau", "steps")
 PSEUDO_LABEL_AUTO = 0.99  # MatchingConfig.pseudo_label=None with class labels
+PSEUDO_CONDITION_AUTO = 0.99  # MatchingConfig.pseudo_condition=None with float conditions (a held-out R^2)
+PSEUDO_CONDITION_STEPS = 2  # stage 2's generator steps are this many times the latent's (within steps_max) with them
 
 # Fields added after configs were first saved, and what a saved config without them meant: an old
 # checkpoint or model keeps its behaviour (and still resumes) instead of taking today's default.
@@ -42,7 +44,8 @@ IMPLIED_BY_ABSENCE = {
     "autoencoder": {"stop": "steps", "epochs": 0.0, "conv_channels": (32, 64), "res_blocks": 0,
                     "conv_design": "strided", "warmup_steps": 0, "ema": 0.0, "check_epochs": 1.0,
                     "backend": "auto", "grow_latent": 0.0, "grow_gain": 0.0},
-    "matching": {"marginal_weight": 0.0, "pseudo_label": 0.0, "steps_max": LEGACY_MATCH_STEPS_MAX},
+    "matching": {"marginal_weight": 0.0, "pseudo_label": 0.0, "pseudo_condition": 0.0,
+                 "steps_max": LEGACY_MATCH_STEPS_MAX},
 }
 
 
@@ -175,6 +178,13 @@ class MatchingConfig:
     # class labels, off for float conditions; 0: off. MNIST, 100 pairs/class, 3 seeds: FD 11.0 -> 7.5, accuracy
     # 98.5 -> 99.5 % (results/experiments/issue25_pseudo)
     pseudo_label: float | None = None
+    # float conditions (super-resolution's low-resolution image): every unpaired image joins stage 2's pairs with a
+    # condition predicted from it by a regressor trained on the pairs (ridge from the pixels, or MLPs from the
+    # latent), if that regressor explains >= pseudo_condition of the held-out pairs' condition variance (R^2;
+    # pseudo_labels.pseudo_condition); stage 2 then takes PSEUDO_CONDITION_STEPS times the generator steps (within
+    # steps_max). None: PSEUDO_CONDITION_AUTO for float conditions, off for class labels; 0: off. MNIST x4, 1,000
+    # pairs, seeds 0-2: FD below paired-only LSDM's, PSNR above it (results/experiments/issue25_pseudo_conditions)
+    pseudo_condition: float | None = None
     checkpoint_every: int = 0  # generator steps between checkpoints (0: only at the end); needs a checkpoint_dir
 
     def penalty_for(self, class_labels: bool, latent_dim: int) -> str:
@@ -184,13 +194,15 @@ class MatchingConfig:
             return self.penalty_over
         return "latent" if class_labels and latent_dim >= WIDE_LATENT else "joint"
 
-    def generator_steps(self, latent_dim: int) -> int:
+    def generator_steps(self, latent_dim: int, pseudo_conditions: bool = False) -> int:
         """Stage 2's generator steps for a `latent_dim`-wide latent: `steps`, or where it is None MATCH_STEPS for
         each whole MATCH_STEPS_WIDTH dimensions (at least once), at most `steps_max`: 4,000 at d = 32 or 64, 8,000
-        at 128, 16,000 from 256 up."""
+        at 128, 16,000 from 256 up; with `pseudo_conditions` (every unpaired image a pair) PSEUDO_CONDITION_STEPS
+        times that, at most `steps_max`: 8,000 at d = 32."""
         if self.steps is not None:
             return self.steps
-        return min(self.steps_max, MATCH_STEPS * max(1, latent_dim // MATCH_STEPS_WIDTH))
+        base = MATCH_STEPS * max(1, latent_dim // MATCH_STEPS_WIDTH)
+        return min(self.steps_max, base * (PSEUDO_CONDITION_STEPS if pseudo_conditions else 1))
 
 
 @dataclass
@@ -234,7 +246,8 @@ class LSDMConfig:
                    ae_steps: int = 20000, steps: int | None = None, batch_size: int = 256, match_hidden=None,
                    latent_noise: float = 0.0, backend: str = "auto", seed: int = 0, device: str = "cpu",
                    precision: str = "fp32", checkpoint_every: int = 0, conv_design: str | None = None,
-                   marginal_weight: float = 0.0, pseudo_label: float | None = None, penalty_over: str | None = None,
+                   marginal_weight: float = 0.0, pseudo_label: float | None = None,
+                   pseudo_condition: float | None = None, penalty_over: str | None = None,
                    grow_latent: float | None = None, ae_ema: float | None = None,
                    latent_max: int | None = None, steps_max: int | None = None,
                    grow_gain: float | None = None, match_lr: float | None = None) -> "LSDMConfig":
@@ -243,7 +256,8 @@ class LSDMConfig:
         steps: stage 2's generator steps (None: sized to the latent, MatchingConfig.generator_steps, at most
         steps_max, None: its default);
         match_hidden: generator and critic widths (None: the defaults); conv_design: None for the default;
-        marginal_weight, pseudo_label, penalty_over, match_lr (its `lr`): MatchingConfig's (None: its default);
+        marginal_weight, pseudo_label, pseudo_condition, penalty_over, match_lr (its `lr`): MatchingConfig's (None:
+        its default);
         grow_latent, grow_gain, latent_max, ae_ema (its `ema`): AutoencoderConfig's (None: its default)."""
         nets = {} if match_hidden is None else {"generator_hidden": tuple(match_hidden),
                                                  "critic_hidden": tuple(match_hidden)}
@@ -261,7 +275,8 @@ class LSDMConfig:
                                                  latent_noise=latent_noise, checkpoint_every=checkpoint_every, **design),
                    matching=MatchingConfig(steps=steps, batch_size=batch_size, backend=backend,
                                            checkpoint_every=checkpoint_every, marginal_weight=marginal_weight,
-                                           pseudo_label=pseudo_label, penalty_over=penalty_over,
+                                           pseudo_label=pseudo_label, pseudo_condition=pseudo_condition,
+                                           penalty_over=penalty_over,
                                            **({} if steps_max is None else {"steps_max": steps_max}),
                                            **({} if match_lr is None else {"lr": match_lr}), **nets),
                    seed=seed, device=device, precision=precision)
@@ -306,6 +321,9 @@ class LSDMConfig:
              f"matching.marginal_weight must be a finite number >= 0, got {m.marginal_weight}"),
             (m.pseudo_label is None or 0 <= m.pseudo_label <= 1,
              f"matching.pseudo_label must be None (auto), 0 (off) or a confidence in (0, 1], got {m.pseudo_label}"),
+            (m.pseudo_condition is None or 0 <= m.pseudo_condition <= 1,
+             f"matching.pseudo_condition must be None (auto), 0 (off) or a held-out R^2 in (0, 1], got "
+             f"{m.pseudo_condition}"),
             (len(m.critic_hidden) >= 1, "matching.critic_hidden needs at least one width (a hidden layer)"),
             (all(w >= 1 for w in (*a.hidden, *m.generator_hidden, *m.critic_hidden)), "layer widths must be >= 1"),
             ((a.lr is None or a.lr > 0) and m.lr > 0, "learning rates must be positive"),

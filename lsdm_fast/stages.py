@@ -351,12 +351,13 @@ def train_autoencoder(state: TrainingState, y: torch.Tensor, cfg: AutoencoderCon
 def train_joint_matching(state: TrainingState, x: torch.Tensor, z: torch.Tensor, cfg: MatchingConfig, *,
                          precision: str = "fp32", progress: bool = True, checkpoint: Checkpointer | None = None,
                          mode: str = "auto", backends: dict[str, str] | None = None,
-                         z_marginal: torch.Tensor | None = None) -> None:
+                         z_marginal: torch.Tensor | None = None, steps: int | None = None) -> None:
     """Stage 2: match the law of (x, G(eta, x)) to that of the pairs (x, z) with a WGAN-GP critic and, with
     `z_marginal` (every image's standardised latent) and cfg.marginal_weight > 0, G's latent law to theirs with
     a second critic h(z) (matching_step.py).
     mode: how MatchingStep runs ("auto": replayed from CUDA graphs on CUDA, host-checked on CPU);
-    backends: the ops' backends as matching_step.resolve_backends gives them (None: resolved here)."""
+    backends: the ops' backends as matching_step.resolve_backends gives them (None: resolved here);
+    steps: the generator steps (None: cfg.generator_steps of the latent)."""
     step_fn = MatchingStep(state.generator, state.critic, x, z, cfg, state.rng, precision=precision,
                            describe=_describer(checkpoint), mode=mode, backends=backends, z_marginal=z_marginal)
     if state.optim is not None:
@@ -373,7 +374,7 @@ def train_joint_matching(state: TrainingState, x: torch.Tensor, z: torch.Tensor,
         pending.clear()
         state.history["backend"] = step_fn.backend
 
-    total = cfg.generator_steps(z.shape[1])  # None: sized to the latent
+    total = cfg.generator_steps(z.shape[1]) if steps is None else steps
     state.history["stage2_steps"] = total
     bar = _steps(state.step, total, "stage 2: joint matching", progress)
     for step in bar:

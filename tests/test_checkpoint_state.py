@@ -23,7 +23,8 @@ def config():  # the config tests/data/make_v1_checkpoints.py wrote the format-1
                                                     lr=1e-3, warmup_steps=0, grow_latent=0.0, grow_gain=0.0),
                       matching=MatchingConfig(generator_hidden=(32,), critic_hidden=(32, 32), steps=8, batch_size=16,
                                               backend="torch", generator_ema=0.5, checkpoint_every=4,
-                                              marginal_weight=0.0, pseudo_label=0.0, penalty_over="joint",
+                                              marginal_weight=0.0, pseudo_label=0.0, pseudo_condition=0.0,
+                                              penalty_over="joint",
                                               steps_max=8000, lr=LEGACY_MATCH_LR), seed=7)
 
 

@@ -61,6 +61,7 @@ def test_train_ae_design_patch(tmp_path):
     (["train", "--data", "/no/such/folder"], "/no/such/folder: data folder not found"),
     (["sample", "--model", "/no/such/model"], "config.json: not found"),
     (["experiment", "superres_x4", "--quick", "--pseudo-label", "0.9"], "float conditions (super-resolution)"),
+    (["experiment", "class_n10", "--quick", "--pseudo-condition", "0.9"], "has class labels, which get --pseudo-label"),
 ])
 def test_bad_paths_give_one_clear_line(argv, message, capsys):
     assert main(argv) == 2
@@ -73,6 +74,7 @@ def test_bad_paths_give_one_clear_line(argv, message, capsys):
     ["train", "--data", "x", "--n-per-class", "abc"],
     ["train", "--data", "x", "--steps", "-1"],
     ["train", "--data", "x", "--pseudo-label", "1.5"],
+    ["train", "--data", "x", "--pseudo-condition", "-0.1"],
     ["train", "--data", "x", "--ae-ema", "1"],
     ["experiment", "class_n10", "--ae-ema", "-0.5"],
     ["train", "--data", "x", "--task", "nope"],

@@ -100,6 +100,9 @@ def test_experiment_quick_class(tmp_path, capsys):
     assert resume() == 2
     assert "written with a different budget" in capsys.readouterr().err
     assert resume("--pseudo-label", "0") == 0
+    # ... and before it had pseudo_condition, without pseudo-conditions, which class labels never get: resumed as is
+    write_without("pseudo_condition")
+    assert resume() == 0
     # results written before Budget had ae_design ran the strided autoencoder: resumed with today's default (patch)
     # they are refused, not continued with another autoencoder
     write_without("ae_design")

@@ -22,6 +22,11 @@ def test_generator_steps_by_latent_and_fields():
     assert MatchingConfig(steps_max=100).generator_steps(32) == 100
     for steps in (0, 7, 12345, 40000):  # explicit steps always win, over the cap too
         assert MatchingConfig(steps=steps).generator_steps(256) == steps
+        assert MatchingConfig(steps=steps).generator_steps(32, pseudo_conditions=True) == steps
+    # with pseudo-conditions (every unpaired image a pair) twice the latent's steps, within the cap
+    doubled = {32: 8000, 64: 8000, 127: 8000, 128: 16000, 256: 16000, 512: 16000}
+    assert {d: MatchingConfig().generator_steps(d, pseudo_conditions=True) for d in doubled} == doubled
+    assert MatchingConfig(steps_max=8000).generator_steps(128, pseudo_conditions=True) == 8000
     assert LSDMConfig.from_knobs().matching.steps is None
     assert LSDMConfig.from_knobs().matching.steps_max == MATCH_STEPS_MAX
     assert LSDMConfig.from_knobs(steps=9).matching.steps == 9

@@ -259,6 +259,21 @@ def test_fuzzed_model_configs_are_refused_cleanly(saved_model, tmp_path_factory,
         LSDM.load(folder)
 
 
+def test_train_superres_with_pseudo_conditions(tmp_path):
+    """--task superres: every unpaired image gets a predicted low-resolution view (the pooled view is linear in
+    the pixels; 160 training pairs for 64 pixels) and stage 2 twice the steps; --pseudo-condition 0 turns it off."""
+    i = TINY.index("--n-per-class")
+    argv = ["train", "--data", "digits", "--task", "superres", "--factor", "2", "--n-pairs", "200", "--no-eval",
+            *TINY[:i], *TINY[i + 2:]]
+    assert main([*argv, "--out", str(tmp_path / "on")]) == 0
+    history = json.load(open(os.path.join(str(tmp_path / "on"), "model", "history.json")))
+    pseudo = history["pseudo_pairs"]
+    assert pseudo["regressor"] == "pixels" and pseudo["heldout_r2"] > 0.99
+    assert pseudo["fraction"] == 1.0 and pseudo["kept"] == history["counts"]["unpaired"] > 0
+    assert main([*argv, "--pseudo-condition", "0", "--out", str(tmp_path / "off")]) == 0
+    assert "pseudo_pairs" not in json.load(open(os.path.join(str(tmp_path / "off"), "model", "history.json")))
+
+
 def test_train_on_colour_images_and_on_superres_pairs(tmp_path, capsys):
     rng = np.random.default_rng(0)
     labels = np.arange(120) % 4
@@ -280,6 +295,10 @@ def test_train_on_colour_images_and_on_superres_pairs(tmp_path, capsys):
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert m["paired"] == 20 and m["unpaired"] == 80 - 20 + 30  # 80 training pairs (20 % held out) + 30 unpaired
     assert "psnr_db" in m
+    # pseudo-conditions (on by default): 16 training pairs for 64 pixels and the latent's 3 values are too few to
+    # predict the 4x4 view to R^2 0.99 held out, so none, and the model's history says so
+    pseudo = json.load(open(os.path.join(out, "model", "history.json")))["pseudo_pairs"]
+    assert pseudo["kept"] == 0 and pseudo["heldout_r2"] < 0.99 and pseudo["regressor"] in ("pixels", "latent")
     capsys.readouterr()
     assert main(["train", "--data", str(tmp_path / "pairs.npz"), "--out", str(tmp_path / "x"), *TINY]) == 2
     assert "use --task superres" in capsys.readouterr().err

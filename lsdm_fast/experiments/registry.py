@@ -38,6 +38,7 @@ class Budget:
     match_hidden: tuple = (512, 512)  # generator and critic widths (stage 2; pixel matching too)
     marginal_weight: float = 0.0  # stage 2's marginal critic (MatchingConfig's; 0: off)
     pseudo_label: float | None = None  # stage 2's pseudo-pairs' confidence (MatchingConfig's; None: auto, 0: off)
+    pseudo_condition: float | None = None  # float conditions' pseudo-pairs' held-out R^2 (MatchingConfig's; ditto)
     penalty_over: str | None = None  # stage 2's gradient penalty (MatchingConfig's; None: by the conditions and latent)
     eval_per_class: int = 200  # class task: generated samples per class
     eval_sr: int = 1000  # superres task: test inputs
@@ -50,7 +51,7 @@ class Budget:
 
 
 # Budget fields added since results were first written, and what a results.json without them was run with
-BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0, "ae_design": "strided", "ae_ema": 0.0,
+BUDGET_IMPLIED_BY_ABSENCE = {"marginal_weight": 0.0, "pseudo_label": 0.0, "pseudo_condition": 0.0, "ae_design": "strided", "ae_ema": 0.0,
                              "penalty_over": "joint", "grow_latent": 0.1, "grow_gain": 0.0, "latent_max": 128,
                              "match_steps_max": LEGACY_MATCH_STEPS_MAX, "match_lr": LEGACY_MATCH_LR}
 
@@ -113,7 +114,8 @@ def lsdm_config(b: Budget, seed: int, backend: str) -> LSDMConfig:
     return LSDMConfig.from_knobs(latent_dim=b.latent_dim, ae_kind=b.ae_kind, ae_hidden=b.ae_hidden, ae_stop=b.ae_stop,
                                  ae_steps=b.ae_steps, steps=b.match_steps, batch_size=b.batch_size,
                                  match_hidden=b.match_hidden, latent_noise=b.latent_noise, backend=backend, seed=seed,
-                                 marginal_weight=b.marginal_weight, pseudo_label=b.pseudo_label, penalty_over=b.penalty_over,
+                                 marginal_weight=b.marginal_weight, pseudo_label=b.pseudo_label,
+                                 pseudo_condition=b.pseudo_condition, penalty_over=b.penalty_over,
                                  conv_design=b.ae_design, ae_ema=b.ae_ema, grow_latent=b.grow_latent,
                                  grow_gain=b.grow_gain, latent_max=b.latent_max, steps_max=b.match_steps_max,
                                  match_lr=b.match_lr)

@@ -201,7 +201,8 @@ def _match_steps(b) -> str:
     if b.match_steps is not None:
         return str(b.match_steps)
     return (f"{MATCH_STEPS} (stage 2: {MATCH_STEPS} per {MATCH_STEPS_WIDTH} latent dimensions, at least once, at most "
-            f"{b.match_steps_max}, MatchingConfig.generator_steps; the stage2_steps field of results.json says which)")
+            f"{b.match_steps_max}; LSDM with pseudo-conditions, float conditions only, twice that within the same cap; "
+            "MatchingConfig.generator_steps; the stage2_steps field of results.json says which)")
 
 
 def fid_note(ctx: dict, eval_nets: dict) -> str:

@@ -179,6 +179,10 @@ def _run_experiment(name, exp, data, seeds, out, quick, backend, budget, cache_d
         # a field added to Budget since: the value its absence meant (the run was made without it)
         old_budget = None if old.get("budget") is None else {**BUDGET_IMPLIED_BY_ABSENCE, **old["budget"]}
         now = json.loads(json.dumps(asdict(budget)))
+        if all(s.task == "class" for s in exp.settings):  # pseudo-conditions never apply: auto and off are alike
+            for b in (old_budget, now):
+                if b is not None and b.get("pseudo_condition") is None:
+                    b["pseudo_condition"] = 0.0
         if old_budget not in (None, now):
             differ = ", ".join(f"{k} {old_budget.get(k)!r} there, {now.get(k)!r} here"
                                for k in sorted(set(old_budget) | set(now)) if old_budget.get(k) != now.get(k))

@@ -3,7 +3,7 @@
 average (issue 25's recall and super-resolution FD; docs/design.md §7).
 
     python scripts/tuning/stage2_size.py SEED [data=digits|MNIST_FOLDER] [npc=20] [m=all] [split=0] [width=512]
-                                         [steps=4000] [jitter=0] [marginal=0] [pseudo=0] [ae=K=V,...]
+                                         [steps=4000] [jitter=0] [marginal=0] [pseudo=0] [pcond=0] [ae=K=V,...]
                                          [match=K=V,...] [ema_checks=average|raw] [task=class|superres]
                                          [pairs=1000] [lr_decay=-1] [cache=FOLDER] [tag=]
                                          [log=runs.jsonl]
@@ -25,8 +25,9 @@ reconstruction FD and the FD of test latents moved by 0.25 standardised units be
 decoder amplifies stage 2's misses).
 
 task=superres: superres_x4's setting instead (`pairs` random pairs, 7x7 -> 28x28 conditions, the rest unpaired;
-npc and marginal do not apply, pseudo must stay 0: pseudo-pairs need class labels), scored by the experiments' own
-Evaluator, so with split=SEED the row equals the LSDM row of `lsdm experiment superres_x4 --seeds SEED`."""
+npc and marginal do not apply, pseudo must stay 0: pseudo-pairs need class labels; pcond=R2 is
+MatchingConfig.pseudo_condition, default 0 here, 0.99 in the package), scored by the experiments' own Evaluator, so
+with split=SEED pcond=0.99 the row equals the LSDM row of `lsdm experiment superres_x4 --seeds SEED`."""
 import hashlib
 import json
 import os
@@ -169,7 +170,9 @@ def main(argv):
         jitter_pair_latents(jitter)
     marginal = float(kv.get("marginal", 0))
     pseudo = float(kv.get("pseudo", 0))
-    cfg = replace(cfg, matching=replace(cfg.matching, marginal_weight=marginal, pseudo_label=pseudo))
+    pcond = float(kv.get("pcond", 0))  # superres: MatchingConfig.pseudo_condition
+    cfg = replace(cfg, matching=replace(cfg.matching, marginal_weight=marginal, pseudo_label=pseudo,
+                                        pseudo_condition=pcond))
     cfg, match = with_match(cfg, kv)
     ae = eval(f"dict({kv.get('ae', '')})")  # AutoencoderConfig overrides, e.g. ae="conv_design='patch',patch_depth=2"
     cfg = replace(cfg, autoencoder=replace(cfg.autoencoder, **ae))
@@ -193,7 +196,8 @@ def main(argv):
         emit(dict(data=os.path.basename(os.path.normpath(data)), task="superres", pairs=len(split.paired), m=m,
                   seed=seed, split=split_seed, ae=ae, match=match, width=width, steps=model.history["stage2_steps"],
                   wall_s=wall, cpu_s=cpu, stage_s=model.history["seconds"], stage1_steps=model.history["stage1_steps"],
-                  latent_dim=model.config.autoencoder.latent_dim, **res), kv.get("log"))
+                  latent_dim=model.config.autoencoder.latent_dim, pcond=pcond,
+                  pseudo_pairs=model.history.get("pseudo_pairs"), **res), kv.get("log"))
         return
     labels = np.repeat(np.arange(train.num_classes), 200)
     y = model.sample(torch.from_numpy(labels), 1, seed=seed + 1000).numpy()
