@@ -53,8 +53,9 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-def _classifier(z: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> nn.Module:
-    net = nn.Sequential(nn.Linear(z.shape[1], HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, num_classes))
+def _train_mlp(z: torch.Tensor, target: torch.Tensor, out_dim: int, loss_fn, generator: torch.Generator) -> nn.Module:
+    """One small MLP (d -> HIDDEN -> out_dim) trained on (z, target) with input noise, from `generator` alone."""
+    net = nn.Sequential(nn.Linear(z.shape[1], HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, out_dim))
     for layer in (net[0], net[2]):
         bound = layer.in_features ** -0.5
         with torch.no_grad():
@@ -65,11 +66,15 @@ def _classifier(z: torch.Tensor, labels: torch.Tensor, num_classes: int, generat
     for _ in range(steps):
         i = torch.randint(0, len(z), (min(BATCH, len(z)),), generator=generator)
         noisy = z[i] + INPUT_NOISE * torch.randn(len(i), z.shape[1], generator=generator)
-        loss = F.cross_entropy(net(noisy), labels[i])
+        loss = loss_fn(net(noisy), target[i])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return net
+
+
+def _classifier(z: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> nn.Module:
+    return _train_mlp(z, labels, num_classes, F.cross_entropy, generator)
 
 
 def pseudo_label(z_pairs: torch.Tensor, labels: torch.Tensor, z_unpaired: torch.Tensor, num_classes: int,
@@ -114,31 +119,12 @@ class PseudoConditions:
     kept_fraction: float
 
 
-def _mlp_regressor(z: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> nn.Module:
-    net = nn.Sequential(nn.Linear(z.shape[1], HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, x.shape[1]))
-    for layer in (net[0], net[2]):
-        bound = layer.in_features ** -0.5
-        with torch.no_grad():
-            layer.weight.uniform_(-bound, bound, generator=generator)
-            layer.bias.uniform_(-bound, bound, generator=generator)
-    opt = torch.optim.Adam(net.parameters(), LR, weight_decay=WEIGHT_DECAY)
-    steps = min(max(-(-EPOCHS * len(z) // BATCH), STEPS_RANGE[0]), STEPS_RANGE[1])
-    for _ in range(steps):
-        i = torch.randint(0, len(z), (min(BATCH, len(z)),), generator=generator)
-        noisy = z[i] + INPUT_NOISE * torch.randn(len(i), z.shape[1], generator=generator)
-        loss = F.mse_loss(net(noisy), x[i])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return net
-
-
 def _latent_regressor(z: torch.Tensor, x: torch.Tensor, generator: torch.Generator):
     """An ensemble of ENSEMBLE small MLPs from the standardised latent to the standardised condition: for
     conditions that are a nonlinear function of the image."""
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     with torch.enable_grad(), torch.random.fork_rng(devices=[]):
-        nets = [_mlp_regressor(z, (x - mean) / std, generator) for _ in range(ENSEMBLE)]
+        nets = [_train_mlp(z, (x - mean) / std, x.shape[1], F.mse_loss, generator) for _ in range(ENSEMBLE)]
 
     def predict(z_new: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
